@@ -1,0 +1,101 @@
+"""An async-first, OpenAI-compatible gateway for your own LLM handlers.
+
+Handlers written for LiteLLM's custom-provider API run here with only the import
+changed: ``import litellm`` -> ``import gateway``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import types
+from ._sync import set_thread_limit
+from .calls import (
+    abatch_completion,
+    acompletion,
+    aembedding,
+    aimage_generation,
+    batch_completion,
+    completion,
+    embedding,
+    image_generation,
+)
+from .custom_llm import CustomLLM
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    BadGatewayError,
+    BadRequestError,
+    ContextWindowExceededError,
+    CustomLLMError,
+    GatewayError,
+    GatewayTimeoutError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    Timeout,
+    UnprocessableEntityError,
+)
+from .provider import Provider
+from .registry import get_llm_provider, register_provider, unregister_provider
+from .streaming import stream_chunk_builder
+from .types import (
+    EmbeddingResponse,
+    GenericStreamingChunk,
+    ImageObject,
+    ImageResponse,
+    ModelResponse,
+    ModelResponseStream,
+    Usage,
+)
+
+__version__ = "0.1.0"
+
+# Read at call time, as in LiteLLM: assign a list of
+# {"provider": name, "custom_handler": handler} to register handlers.
+custom_provider_map: list[dict[str, Any]] = []
+
+__all__ = [
+    "APIConnectionError",
+    "AuthenticationError",
+    "BadGatewayError",
+    "BadRequestError",
+    "ContextWindowExceededError",
+    "CustomLLM",
+    "CustomLLMError",
+    "EmbeddingResponse",
+    "GatewayError",
+    "GatewayTimeoutError",
+    "GenericStreamingChunk",
+    "ImageObject",
+    "ImageResponse",
+    "InternalServerError",
+    "ModelResponse",
+    "ModelResponseStream",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Provider",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "Timeout",
+    "UnprocessableEntityError",
+    "Usage",
+    "__version__",
+    "abatch_completion",
+    "acompletion",
+    "aembedding",
+    "aimage_generation",
+    "batch_completion",
+    "completion",
+    "custom_provider_map",
+    "embedding",
+    "get_llm_provider",
+    "image_generation",
+    "register_provider",
+    "set_thread_limit",
+    "stream_chunk_builder",
+    "types",
+    "unregister_provider",
+]

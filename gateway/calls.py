@@ -1,0 +1,481 @@
+"""The library API: ``completion`` and friends, sync and async.
+
+Each call resolves its model string to a provider, builds a call, and runs it under
+the call's timeout. The HTTP gateway uses the same ``run_*`` functions with calls it
+built from a deployment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+import anyio
+
+from . import registry
+from ._sync import run_async
+from .errors import BadRequestError, GatewayError, Timeout, as_gateway_error
+from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from .streaming import StreamState
+from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
+
+__all__ = [
+    "abatch_completion",
+    "acompletion",
+    "aembedding",
+    "aimage_generation",
+    "astream_chunks",
+    "batch_completion",
+    "completion",
+    "embedding",
+    "image_generation",
+    "run_acompletion",
+    "run_aembedding",
+    "run_aimage_generation",
+]
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 600.0
+
+# Call kwargs about how to call, not what to ask: they go to ``litellm_params``;
+# everything else (OpenAI params and unknown extras) goes to ``optional_params``.
+_CALL_KWARGS = frozenset(
+    {
+        "api_version",
+        "base_model",
+        "caching",
+        "client",
+        "context_window_fallbacks",
+        "deployment_id",
+        "drop_params",
+        "fallbacks",
+        "input_cost_per_token",
+        "litellm_call_id",
+        "litellm_logging_obj",
+        "logger_fn",
+        "max_retries",
+        "metadata",
+        "mock_delay",
+        "model_info",
+        "num_retries",
+        "organization",
+        "output_cost_per_token",
+        "proxy_server_request",
+        "request_timeout",
+        "verbose",
+    }
+)
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    optional: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _CALL_KWARGS:
+            params[key] = value
+        elif value is not None:
+            optional[key] = value
+    return optional, params
+
+
+class _Prepared:
+    __slots__ = ("call", "provider", "timeout")
+
+    def __init__(self, provider: Provider, call: Any, timeout: float | None) -> None:
+        self.provider, self.call, self.timeout = provider, call, timeout
+
+
+def _resolve(
+    model: str, mock_response: Any, custom_llm_provider: str | None
+) -> tuple[Provider, str, str]:
+    if mock_response is not None:
+        return registry.provider_for("mock"), model, "mock"
+    return registry.resolve(model, custom_llm_provider)
+
+
+def _common(
+    model: str,
+    kwargs: dict[str, Any],
+    mock_response: Any,
+    custom_llm_provider: str | None,
+    api_key: str | None,
+    api_base: str | None,
+    headers: dict[str, str] | None,
+) -> tuple[Provider, str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    provider, provider_model, name = _resolve(model, mock_response, custom_llm_provider)
+    optional, params = _split_kwargs(kwargs)
+    params.update(
+        {
+            "model": model,
+            "custom_llm_provider": name,
+            "api_key": api_key,
+            "api_base": api_base,
+        }
+    )
+    if mock_response is not None:
+        params["mock_response"] = mock_response
+    merged = dict(headers or {})
+    merged.update(optional.pop("extra_headers", None) or {})
+    return provider, provider_model, optional, params, merged
+
+
+def _prepare_chat(
+    model: str,
+    messages: list[Any] | None,
+    stream: bool,
+    timeout: float | None,
+    mock_response: Any,
+    custom_llm_provider: str | None,
+    api_key: str | None,
+    api_base: str | None,
+    headers: dict[str, str] | None,
+    kwargs: dict[str, Any],
+) -> _Prepared:
+    provider, provider_model, optional, params, merged = _common(
+        model, kwargs, mock_response, custom_llm_provider, api_key, api_base, headers
+    )
+    if stream:
+        optional["stream"] = True
+    else:
+        optional.pop("stream_options", None)
+    call = ChatCall(
+        model=provider_model,
+        messages=list(messages or []),
+        optional_params=optional,
+        litellm_params=params,
+        api_key=api_key,
+        api_base=api_base,
+        headers=merged,
+        timeout=timeout,
+        stream=stream,
+    )
+    return _Prepared(provider, call, timeout)
+
+
+def _include_usage(call: ChatCall) -> bool:
+    options = call.optional_params.get("stream_options")
+    return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def _timeout_error(timeout: float | None) -> Timeout:
+    return Timeout(f"Request timed out after {timeout:g} s")
+
+
+# The runners: a provider, a call, a timeout, and one error hierarchy out.
+
+
+async def run_acompletion(
+    provider: Provider, call: ChatCall, model_name: str | None
+) -> ModelResponse:
+    timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
+    try:
+        with anyio.fail_after(timeout):
+            response = await provider.acompletion(call)
+    except TimeoutError as exc:
+        raise _timeout_error(timeout) from exc
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise as_gateway_error(exc) from exc
+    response.model = model_name
+    return response
+
+
+async def astream_chunks(
+    provider: Provider, call: ChatCall, model_name: str | None, *, raw_dicts: bool = False
+) -> AsyncIterator[Any]:
+    """OpenAI chunks for a streaming call.
+
+    The timeout bounds each wait for the next item, so a long stream that keeps
+    talking is never cut, and a stalled one is. Closing this iterator closes the
+    provider's stream (the handler's generator runs its ``finally``).
+    """
+    timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
+    state = StreamState(model_name, include_usage=_include_usage(call), raw_dicts=raw_dicts)
+    iterator = provider.astream(call)
+    try:
+        while True:
+            try:
+                with anyio.fail_after(timeout):
+                    item = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise _timeout_error(timeout) from exc
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise as_gateway_error(exc) from exc
+            for chunk in state.feed(item):
+                yield chunk
+        for chunk in state.close():
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()
+
+
+async def run_aembedding(
+    provider: Provider, call: EmbeddingCall, model_name: str | None
+) -> EmbeddingResponse:
+    response = await _run(provider.aembedding, call)
+    response.model = model_name
+    return response
+
+
+async def run_aimage_generation(provider: Provider, call: ImageCall) -> ImageResponse:
+    return await _run(provider.aimage_generation, call)
+
+
+async def _run(method: Callable[[Any], Any], call: Any) -> Any:
+    timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
+    try:
+        with anyio.fail_after(timeout):
+            return await method(call)
+    except TimeoutError as exc:
+        raise _timeout_error(timeout) from exc
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise as_gateway_error(exc) from exc
+
+
+def _run_sync(func: Callable[[Any], T], call: Any) -> T:
+    """A sync provider call; with a timeout it runs on a thread that is abandoned on expiry."""
+    try:
+        if call.timeout is None:
+            return func(call)
+        result: list[Any] = []
+
+        def target() -> None:
+            try:
+                result.append((True, func(call)))
+            except BaseException as exc:
+                result.append((False, exc))
+
+        thread = threading.Thread(target=target, name="gateway-call", daemon=True)
+        thread.start()
+        thread.join(call.timeout)
+        if not result:
+            raise _timeout_error(call.timeout)
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise as_gateway_error(exc) from exc
+
+
+def _sync_stream(prepared: _Prepared, model_name: str) -> Iterator[ModelResponseStream]:
+    call = prepared.call
+    state = StreamState(model_name, include_usage=_include_usage(call))
+    iterator = prepared.provider.stream(call)
+    try:
+        for item in iterator:
+            yield from state.feed(item)
+        yield from state.close()
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise as_gateway_error(exc) from exc
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+# The public calls.
+
+
+def completion(
+    model: str,
+    messages: list[Any] | None = None,
+    *,
+    stream: bool = False,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A chat completion: a ``ModelResponse``, or with ``stream=True`` an iterator of
+    ``ModelResponseStream`` chunks."""
+    prepared = _prepare_chat(
+        model, messages, stream, timeout, mock_response, custom_llm_provider,
+        api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    if stream:
+        return _sync_stream(prepared, model)
+    response = _run_sync(prepared.provider.completion, prepared.call)
+    response.model = model
+    return response
+
+
+async def acompletion(
+    model: str,
+    messages: list[Any] | None = None,
+    *,
+    stream: bool = False,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Async ``completion``; with ``stream=True`` returns an async iterator of chunks."""
+    prepared = _prepare_chat(
+        model, messages, stream, timeout, mock_response, custom_llm_provider,
+        api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    if stream:
+        return astream_chunks(prepared.provider, prepared.call, model)
+    return await run_acompletion(prepared.provider, prepared.call, model)
+
+
+_CallT = TypeVar("_CallT", EmbeddingCall, ImageCall)
+
+
+def _prepare_other(
+    call_type: type[_CallT],
+    model: str | None,
+    payload: dict[str, Any],
+    timeout: float | None,
+    mock_response: Any,
+    custom_llm_provider: str | None,
+    api_key: str | None,
+    api_base: str | None,
+    headers: dict[str, str] | None,
+    kwargs: dict[str, Any],
+) -> _Prepared:
+    if not model:
+        raise BadRequestError("a model is required", param="model")
+    provider, provider_model, optional, params, merged = _common(
+        model, kwargs, mock_response, custom_llm_provider, api_key, api_base, headers
+    )
+    call = call_type(
+        model=provider_model, optional_params=optional, litellm_params=params,
+        api_key=api_key, api_base=api_base, headers=merged, timeout=timeout, **payload,
+    )  # fmt: skip
+    return _Prepared(provider, call, timeout)
+
+
+def embedding(
+    model: str,
+    input: Any = None,
+    *,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> EmbeddingResponse:
+    prepared = _prepare_other(
+        EmbeddingCall, model, {"input": input}, timeout, mock_response,
+        custom_llm_provider, api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    response = _run_sync(prepared.provider.embedding, prepared.call)
+    response.model = model
+    return response
+
+
+async def aembedding(
+    model: str,
+    input: Any = None,
+    *,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> EmbeddingResponse:
+    prepared = _prepare_other(
+        EmbeddingCall, model, {"input": input}, timeout, mock_response,
+        custom_llm_provider, api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    return await run_aembedding(prepared.provider, prepared.call, model)
+
+
+def image_generation(
+    prompt: str,
+    model: str | None = None,
+    *,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> ImageResponse:
+    prepared = _prepare_other(
+        ImageCall, model, {"prompt": prompt}, timeout, mock_response,
+        custom_llm_provider, api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    return _run_sync(prepared.provider.image_generation, prepared.call)
+
+
+async def aimage_generation(
+    prompt: str,
+    model: str | None = None,
+    *,
+    timeout: float | None = None,
+    mock_response: Any = None,
+    custom_llm_provider: str | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> ImageResponse:
+    prepared = _prepare_other(
+        ImageCall, model, {"prompt": prompt}, timeout, mock_response,
+        custom_llm_provider, api_key, api_base, headers, kwargs,
+    )  # fmt: skip
+    return await run_aimage_generation(prepared.provider, prepared.call)
+
+
+async def abatch_completion(
+    model: str, messages: list[list[Any]], *, max_concurrency: int = 100, **kwargs: Any
+) -> list[ModelResponse | GatewayError]:
+    """One completion per message list, concurrently; results in input order.
+
+    A failed request yields its error in its slot and does not cancel the others.
+    """
+    results: list[Any] = [None] * len(messages)
+    limit = anyio.Semaphore(max_concurrency)
+
+    async def one(index: int, conversation: list[Any]) -> None:
+        async with limit:
+            try:
+                results[index] = await acompletion(model, conversation, **kwargs)
+            except GatewayError as exc:
+                results[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        for index, conversation in enumerate(messages):
+            tg.start_soon(one, index, conversation)
+    return results
+
+
+def batch_completion(
+    model: str, messages: list[list[Any]], *, max_concurrency: int = 100, **kwargs: Any
+) -> list[ModelResponse | GatewayError]:
+    """Sync ``abatch_completion``."""
+
+    async def run() -> list[Any]:
+        return await abatch_completion(model, messages, max_concurrency=max_concurrency, **kwargs)
+
+    return run_async(run)

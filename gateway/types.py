@@ -1,0 +1,207 @@
+"""OpenAI-shaped response types.
+
+msgspec Structs: one encoder call turns any of them into the exact JSON OpenAI sends.
+They also keep the habits of code written against LiteLLM's pydantic objects:
+attribute access, ``model_dump()``, ``resp["choices"]`` and dicts for nested fields.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, NotRequired, TypedDict
+
+import msgspec
+from msgspec import UNSET, UnsetType, field
+
+__all__ = [
+    "ChatCompletionDelta",
+    "Choices",
+    "Delta",
+    "Embedding",
+    "EmbeddingResponse",
+    "GenericStreamingChunk",
+    "ImageObject",
+    "ImageResponse",
+    "Message",
+    "ModelResponse",
+    "ModelResponseStream",
+    "StreamingChoices",
+    "Usage",
+]
+
+
+class _Compat(msgspec.Struct):
+    """Pydantic-style conveniences for code written against LiteLLM's types."""
+
+    def model_dump(self, **_: Any) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+    def model_dump_json(self, **_: Any) -> str:
+        return msgspec.json.encode(self).decode()
+
+    dict = model_dump  # pydantic v1 spelling
+    json = model_dump_json
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__struct_fields__ and getattr(self, key) is not UNSET
+
+
+def _convert(value: Any, cls: type[Any]) -> Any:
+    if isinstance(value, cls) or value is None or value is UNSET:
+        return value
+    if not isinstance(value, dict) and hasattr(value, "model_dump"):
+        value = value.model_dump()
+    return msgspec.convert(value, cls, from_attributes=not isinstance(value, dict))
+
+
+def _convert_list(values: list[Any], cls: type[Any]) -> list[Any]:
+    for i, value in enumerate(values):
+        if not isinstance(value, cls):
+            values[i] = _convert(value, cls)
+    return values
+
+
+class GenericStreamingChunk(TypedDict):
+    """One chunk yielded by a handler's ``streaming``/``astreaming``."""
+
+    text: str
+    tool_use: dict[str, Any] | None
+    is_finished: bool
+    finish_reason: str
+    usage: dict[str, int] | None
+    index: int
+    provider_specific_fields: NotRequired[dict[str, Any] | None]
+
+
+class Usage(_Compat):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: Any = UNSET
+    completion_tokens_details: Any = UNSET
+
+
+class Message(_Compat):
+    content: str | None = None
+    role: str = "assistant"
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    reasoning_content: Any = UNSET
+    refusal: Any = UNSET
+
+
+class Choices(_Compat):
+    finish_reason: str | None = "stop"
+    index: int = 0
+    message: Message = field(default_factory=Message)
+    logprobs: Any = UNSET
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.message, Message):
+            self.message = _convert(self.message, Message)
+
+
+def _chat_id() -> str:
+    return f"chatcmpl-{uuid.uuid4()}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class ModelResponse(_Compat):
+    id: str = field(default_factory=_chat_id)
+    choices: list[Choices] = field(default_factory=lambda: [Choices()])
+    created: int = field(default_factory=_now)
+    model: str | None = None
+    object: str = "chat.completion"
+    system_fingerprint: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    def __post_init__(self) -> None:
+        _convert_list(self.choices, Choices)
+        if not isinstance(self.usage, Usage):
+            self.usage = _convert(self.usage, Usage) or Usage()
+
+
+class Delta(_Compat, omit_defaults=True):
+    """A stream delta: absent fields are left out, as OpenAI does."""
+
+    role: str | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
+    tool_calls: list[Any] | UnsetType = UNSET
+    function_call: Any = UNSET
+    reasoning_content: Any = UNSET
+    refusal: Any = UNSET
+
+
+ChatCompletionDelta = Delta
+
+
+class StreamingChoices(_Compat):
+    index: int = 0
+    delta: Delta = field(default_factory=Delta)
+    finish_reason: str | None = None
+    logprobs: Any = UNSET
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.delta, Delta):
+            self.delta = _convert(self.delta, Delta)
+
+
+class ModelResponseStream(_Compat):
+    id: str = field(default_factory=_chat_id)
+    choices: list[StreamingChoices] = field(default_factory=lambda: [StreamingChoices()])
+    created: int = field(default_factory=_now)
+    model: str | None = None
+    object: str = "chat.completion.chunk"
+    system_fingerprint: str | None = None
+    usage: Usage | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        _convert_list(self.choices, StreamingChoices)
+        if self.usage is not UNSET and not isinstance(self.usage, Usage):
+            self.usage = _convert(self.usage, Usage)
+
+
+class ImageObject(_Compat, omit_defaults=True):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImageResponse(_Compat, omit_defaults=True):
+    created: int = field(default_factory=_now)
+    data: list[ImageObject] = field(default_factory=list)
+    usage: Any = None
+
+    def __post_init__(self) -> None:
+        _convert_list(self.data, ImageObject)
+
+
+class Embedding(_Compat):
+    embedding: list[float] | str = field(default_factory=list)
+    index: int = 0
+    object: str = "embedding"
+
+
+class EmbeddingResponse(_Compat):
+    object: str = "list"
+    data: list[Embedding] = field(default_factory=list)
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    def __post_init__(self) -> None:
+        _convert_list(self.data, Embedding)
+        if not isinstance(self.usage, Usage):
+            self.usage = _convert(self.usage, Usage) or Usage()

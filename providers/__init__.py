@@ -1,0 +1,1 @@
+"""Provider modules: one per backend, each a ``gateway.provider.Provider``."""
