@@ -87,5 +87,12 @@ class Provider:
     def image_generation(self, call: ImageCall) -> ImageResponse:
         return run_async(self.aimage_generation, call)
 
+    async def astart(self, settings: Any = None) -> None:
+        """Called by the HTTP gateway at start-up with ``GatewaySettings`` (may be None).
+
+        Nothing may depend on it having run: an app mounted in a host that skips the
+        sub-app's lifespan never calls it, so resources are also made lazily.
+        """
+
     async def aclose(self) -> None:
         """Release what the provider holds (clients, pools); called at shutdown."""
