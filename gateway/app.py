@@ -1,0 +1,545 @@
+"""The HTTP gateway: OpenAI-compatible routes as pure ASGI endpoints.
+
+Starlette only routes. Each endpoint reads the body, decodes it with msgspec, asks the
+router, and writes the answer itself: no Request/Response objects and no middleware
+on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from ._sync import set_thread_limit
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    RequestTooLargeError,
+    as_gateway_error,
+)
+from .router import Routed
+from .router import Router as ModelRouter
+
+__all__ = ["GatewayApp", "app_from_env", "create_app"]
+
+logger = logging.getLogger("gateway.app")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_DONE = b"data: [DONE]\n\n"
+
+
+# Request bodies. Only what the gateway itself needs is typed; every other field is
+# passed to the handler as-is in ``optional_params``.
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatRequest(msgspec.Struct):
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    timeout: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: str | None = None
+    dimensions: int | None = None
+    user: str | None = None
+    timeout: float | None = None
+
+
+class ImageRequest(msgspec.Struct):
+    model: str
+    prompt: str
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    style: str | None = None
+    response_format: str | None = None
+    user: str | None = None
+    timeout: float | None = None
+
+
+_NOT_OPTIONAL = frozenset({"model", "messages", "stream", "stream_options", "timeout"})
+_NOT_OPTIONAL_OTHER = frozenset({"model", "input", "prompt", "timeout"})
+
+
+def _validation_error(exc: msgspec.ValidationError) -> BadRequestError:
+    message = str(exc)
+    param = None
+    if "missing required field `" in message:
+        param = message.split("`")[1]
+    elif "- at `$." in message:
+        param = message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0].split(".")[0]
+    return BadRequestError(f"Invalid request: {message}", param=param)
+
+
+def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
+    try:
+        data = _decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("Request body must be a JSON object")
+    try:
+        return msgspec.convert(data, kind), data
+    except msgspec.ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+# Wire helpers.
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the request body arrived."""
+
+
+async def _send_json(send: Send, status: int, payload: bytes, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _error_headers(exc: GatewayError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), str(v).encode()) for k, v in exc.headers.items()]
+
+
+async def _send_error(send: Send, exc: GatewayError) -> None:
+    await _send_json(send, exc.status_code, _encode(exc.to_dict()), _error_headers(exc))
+
+
+def _sse_error(exc: GatewayError) -> bytes:
+    return b"data: " + _encode(exc.to_dict()) + b"\n\n"
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+class Runtime:
+    """Everything one app holds at run time, made once from the config."""
+
+    def __init__(self, config: Any) -> None:
+        settings = config.settings
+        self.config = config
+        self.settings = settings
+        self.master_key = config.master_key.encode() if config.master_key else None
+        self.body_limit = settings.max_request_body_bytes
+        self.router = ModelRouter(
+            config.model_list,
+            custom_providers=config.custom_providers,
+            default_timeout=settings.default_timeout,
+            **dict(config.router_settings),
+        )
+        self.started = int(time.time())
+        self.models_payload = _encode(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": self.started, "owned_by": "gateway"}
+                    for name in self.router.model_names()
+                ],
+            }
+        )
+        set_thread_limit(settings.sync_worker_threads)
+
+    def check_auth(self, scope: Scope) -> None:
+        if self.master_key is None:
+            return
+        presented = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                presented = token.strip() if scheme.lower() == b"bearer" else value
+                break
+            if name in (b"api-key", b"x-api-key"):
+                presented = value.strip()
+        if presented is None:
+            raise AuthenticationError(
+                "Missing API key: pass 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
+        if not hmac.compare_digest(presented, self.master_key):
+            raise AuthenticationError("Invalid API key", code="invalid_api_key")
+
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.body_limit
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    raise self._too_large()
+                break
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > limit:
+                raise self._too_large()
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise self._too_large()
+            parts.append(part)
+            if not message.get("more_body"):
+                return b"".join(parts)
+
+    def _too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(f"Request body is larger than {self.body_limit} bytes")
+
+    async def startup(self) -> None:
+        for provider in self.router.providers():
+            await provider.astart(self.settings)
+
+    async def shutdown(self) -> None:
+        for provider in self.router.providers():
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+
+
+def _request_headers(scope: Scope) -> dict[str, str]:
+    return {}
+
+
+def _timeout_header(scope: Scope) -> float | None:
+    for name, value in scope["headers"]:
+        if name == b"x-gateway-timeout":
+            try:
+                return float(value)
+            except ValueError:
+                raise BadRequestError(
+                    "x-gateway-timeout must be a number of seconds", param="timeout"
+                ) from None
+    return None
+
+
+def _routed_headers(routed: Routed) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-gateway-deployment", routed.deployment.encode()),
+        (b"x-gateway-attempts", str(routed.attempts).encode()),
+    ]
+
+
+class _Endpoint:
+    """A pure ASGI endpoint: method check, auth, error rendering at the edge."""
+
+    methods: tuple[str, ...] = ("POST",)
+    auth = True
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        allow = ", ".join(self.methods).encode()
+        self._allow = [(b"allow", allow)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            if scope["method"] not in self.methods:
+                exc = GatewayError(
+                    f"Method {scope['method']} not allowed; use {', '.join(self.methods)}",
+                    status_code=405,
+                    type="invalid_request_error",
+                )
+                await _send_json(send, 405, _encode(exc.to_dict()), self._allow)
+                return
+            if self.auth:
+                self.runtime.check_auth(scope)
+            await self.handle(scope, receive, tracking_send)
+        except _ClientGone:
+            return
+        except GatewayError as exc:
+            if not started:
+                await _send_error(send, exc)
+        except Exception as exc:
+            logger.exception("unhandled error on %s", scope.get("path"))
+            if not started:
+                await _send_error(send, as_gateway_error(exc))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
+    """Run a non-streaming call while watching for the client to go away.
+
+    If it does, the call is cancelled (the handler's coroutine sees the cancellation and
+    its ``finally`` runs) and nothing is sent.
+    """
+    routed: Routed | None = None
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+        try:
+            routed = await call()
+        except Exception as exc:
+            # Raised outside the task group, so the edge sees it bare, not in a group.
+            error = exc
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if routed is None:
+        return
+    await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))
+
+
+class ChatCompletions(_Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        body = await runtime.read_body(scope, receive)
+        request, data = _decode_body(body, ChatRequest)
+        if not request.messages and "messages" not in data:
+            raise BadRequestError("Missing required field `messages`", param="messages")
+        for i, message in enumerate(request.messages):
+            if not isinstance(message.get("role"), str):
+                raise BadRequestError(f"messages[{i}] has no `role`", param=f"messages[{i}].role")
+        stream = bool(request.stream)
+        optional = {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
+        if stream:
+            optional["stream"] = True
+            if data.get("stream_options") is not None:
+                optional["stream_options"] = data["stream_options"]
+        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
+        router = runtime.router
+        headers = _request_headers(scope)
+        if not stream:
+            await _answer(
+                receive,
+                send,
+                lambda: router.chat(
+                    request.model, request.messages, optional, timeout=timeout, headers=headers
+                ),
+            )
+            return
+        await _stream(
+            receive,
+            send,
+            lambda: router.chat(
+                request.model,
+                request.messages,
+                optional,
+                stream=True,
+                timeout=timeout,
+                headers=headers,
+            ),
+        )
+
+
+async def _stream(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
+    """Server-sent events, written as the handler yields them.
+
+    Headers go out once the first chunk exists, so a failure before it is a plain
+    HTTP error. A failure after it is an SSE error event. A disconnect cancels the
+    handler's stream; its ``finally`` runs.
+    """
+    chunks: AsyncIterator[Any] | None = None
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+        try:
+            routed = await call()
+            chunks = routed.result
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_SSE_HEADERS, *_routed_headers(routed)],
+                }
+            )
+            try:
+                async for chunk in chunks:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"data: " + _encode(chunk) + b"\n\n",
+                            "more_body": True,
+                        }
+                    )
+                tail = _DONE
+            except GatewayError as exc:
+                tail = _sse_error(exc)
+            except Exception as exc:
+                logger.exception("stream failed after it started")
+                tail = _sse_error(as_gateway_error(exc))
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except Exception as exc:
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+            if chunks is not None:
+                with anyio.CancelScope(shield=True):
+                    await chunks.aclose()  # type: ignore[attr-defined]
+    if error is not None:
+        raise error
+
+
+def _other_optional(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in _NOT_OPTIONAL_OTHER and v is not None}
+
+
+class Embeddings(_Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.runtime.read_body(scope, receive)
+        request, data = _decode_body(body, EmbeddingRequest)
+        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
+        router = self.runtime.router
+        optional = _other_optional(data)
+        await _answer(
+            receive,
+            send,
+            lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+        )
+
+
+class ImageGenerations(_Endpoint):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.runtime.read_body(scope, receive)
+        request, data = _decode_body(body, ImageRequest)
+        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
+        router = self.runtime.router
+        optional = _other_optional(data)
+        await _answer(
+            receive,
+            send,
+            lambda: router.image(request.model, request.prompt, optional, timeout=timeout),
+        )
+
+
+class Models(_Endpoint):
+    methods = ("GET", "HEAD")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, self.runtime.models_payload)
+
+
+class Liveliness(_Endpoint):
+    methods = ("GET", "HEAD")
+    auth = False
+    _payload = _encode("I'm alive!")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, self._payload)
+
+
+class Readiness(_Endpoint):
+    methods = ("GET", "HEAD")
+    auth = False
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        payload = _encode({"status": "healthy", "models": self.runtime.router.model_names()})
+        await _send_json(send, 200, payload)
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    exc = NotFoundError(f"No route for {scope['method']} {scope['path']}", code="not_found")
+    await _send_error(send, exc)
+
+
+class GatewayApp(Router):
+    """The gateway's ASGI app: a Starlette router over pure ASGI endpoints.
+
+    Serve it directly or mount it in another Starlette/FastAPI app. Its lifespan
+    starts and stops providers; if a host app never runs it, providers start lazily.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        endpoints: list[tuple[str, _Endpoint]] = [
+            ("/chat/completions", ChatCompletions(runtime)),
+            ("/images/generations", ImageGenerations(runtime)),
+            ("/embeddings", Embeddings(runtime)),
+            ("/models", Models(runtime)),
+        ]
+        routes = []
+        for path, endpoint in endpoints:
+            routes.append(Route("/v1" + path, endpoint))
+            routes.append(Route(path, endpoint))
+        routes.append(Route("/health/liveliness", Liveliness(runtime)))
+        routes.append(Route("/health/liveness", Liveliness(runtime)))
+        routes.append(Route("/health/readiness", Readiness(runtime)))
+        super().__init__(routes, default=_not_found, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        await self.runtime.startup()
+        try:
+            yield
+        finally:
+            await self.runtime.shutdown()
+
+
+def create_app(config_or_path: Any) -> GatewayApp:
+    """The gateway as an ASGI app, from a ``Config``, a config.yaml path, or a dict."""
+    from .config import Config, load_config, parse_config
+
+    if isinstance(config_or_path, Config):
+        config = config_or_path
+    elif isinstance(config_or_path, dict | bytes):
+        config = parse_config(config_or_path)
+    else:
+        config = load_config(config_or_path)
+    return GatewayApp(Runtime(config))
+
+
+def app_from_env() -> GatewayApp:
+    """App factory for uvicorn workers: reads the config path from ``GATEWAY_CONFIG``."""
+    return create_app(os.environ["GATEWAY_CONFIG"])
