@@ -1,0 +1,707 @@
+"""``config.yaml``: decoded once, at start-up, into frozen Structs.
+
+The file is LiteLLM's proxy config: ``model_list``, ``litellm_settings.custom_provider_map``,
+``general_settings.master_key``, ``router_settings``, ``environment_variables``, plus this
+gateway's own ``gateway_settings``. A broken file raises ``ConfigError`` whose text is one
+line naming the file, the key path and what is wrong. Keys the gateway does not use are
+warnings, not errors, since LiteLLM configs carry many.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Deployment",
+    "GatewaySettings",
+    "UpstreamSettings",
+    "load_config",
+    "parse_config",
+]
+
+logger = logging.getLogger("gateway.config")
+
+ENV_PREFIX = "os.environ/"
+
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+_PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+_NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ConfigError(Exception):
+    """A broken config. ``str(exc)`` is one line: ``<file>: <key.path>: <what is wrong>``."""
+
+    def __init__(self, source: str, key_path: str | None, problem: str) -> None:
+        self.source = source
+        self.key_path = key_path
+        self.problem = problem
+        where = f"{source}: {key_path}" if key_path else source
+        super().__init__(f"{where}: {problem}".replace("\n", " "))
+
+
+# The gateway's own settings. Unknown keys here are errors (with a suggestion): this
+# section is ours, so a typo in it must not pass silently.
+
+
+class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The shared HTTP client of the OpenAI-compatible provider."""
+
+    max_connections: _PositiveInt = 1000
+    max_keepalive_connections: _NonNegativeInt = 100
+    keepalive_expiry: _NonNegative = 30.0
+    connect_timeout: _Positive = 5.0
+    read_timeout: _Positive = 600.0
+    http2: bool = False
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``gateway_settings:`` section."""
+
+    sync_worker_threads: _PositiveInt = 64
+    max_request_body_bytes: _PositiveInt = 16 * 1024 * 1024
+    default_timeout: _Positive = 600.0
+    graceful_timeout: _NonNegative = 30.0
+    upstream: UpstreamSettings = UpstreamSettings()
+
+
+class Deployment(msgspec.Struct, frozen=True):
+    """One ``model_list`` entry: the public ``model_name`` and how to call it."""
+
+    model_name: str
+    model: str
+    # The whole litellm_params, env-resolved: the handler's custom keys are in here.
+    params: dict[str, Any]
+    api_key: str | None = None
+    api_base: str | None = None
+    timeout: float | None = None
+    stream_timeout: float | None = None
+    model_info: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A decoded, validated config; handlers are loaded objects."""
+
+    model_list: tuple[Deployment, ...] = ()
+    custom_providers: tuple[tuple[str, Any], ...] = ()
+    master_key: str | None = None
+    settings: GatewaySettings = GatewaySettings()
+    router_settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def model_names(self) -> list[str]:
+        """The public model names, each once, in file order."""
+        return list(dict.fromkeys(d.model_name for d in self.model_list))
+
+
+# The file's shape, as far as the gateway reads it. Unknown fields are ignored by msgspec
+# here; the warning pass below reports them.
+
+
+class _Params(msgspec.Struct):
+    model: str
+    api_key: str | None = None
+    api_base: str | None = None
+    timeout: _Positive | None = None
+    stream_timeout: _Positive | None = None
+
+
+class _Entry(msgspec.Struct):
+    model_name: str
+    litellm_params: _Params
+    model_info: dict[str, Any] | None = None
+
+
+class _ProviderEntry(msgspec.Struct):
+    provider: str
+    # A "module.attribute" string in YAML; a dict config may hold the handler itself.
+    custom_handler: Any
+
+
+class _LiteLLMSettings(msgspec.Struct):
+    custom_provider_map: list[_ProviderEntry] | None = None
+    request_timeout: _Positive | None = None
+
+
+class _GeneralSettings(msgspec.Struct):
+    master_key: str | None = None
+
+
+class _File(msgspec.Struct):
+    model_list: list[_Entry] | None = None
+    litellm_settings: _LiteLLMSettings | None = None
+    general_settings: _GeneralSettings | None = None
+    router_settings: dict[str, Any] | None = None
+    environment_variables: dict[str, Any] | None = None
+    gateway_settings: GatewaySettings | None = None
+
+
+def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    return cls.__struct_fields__
+
+
+# LiteLLM settings this gateway does not implement: reported as ignored, not as typos.
+_LITELLM_TOP = frozenset(
+    {
+        "assistant_settings",
+        "callback_settings",
+        "credential_list",
+        "files_settings",
+        "finetune_settings",
+        "guardrails",
+        "include",
+        "mcp_servers",
+        "prompts",
+        "search_tools",
+        "vector_store_registry",
+    }
+)
+_LITELLM_SETTINGS = frozenset(
+    {
+        "allowed_fails",
+        "budget_duration",
+        "cache",
+        "cache_params",
+        "callbacks",
+        "content_policy_fallbacks",
+        "context_window_fallbacks",
+        "cooldown_time",
+        "default_fallbacks",
+        "default_internal_user_params",
+        "default_team_settings",
+        "disable_end_user_cost_tracking",
+        "drop_params",
+        "enable_json_schema_validation",
+        "enable_preview_features",
+        "failure_callback",
+        "fallbacks",
+        "force_ipv4",
+        "json_logs",
+        "key_generation_settings",
+        "max_budget",
+        "modify_params",
+        "num_retries",
+        "redact_user_api_key_info",
+        "return_response_headers",
+        "service_callback",
+        "set_verbose",
+        "ssl_verify",
+        "success_callback",
+        "telemetry",
+        "turn_off_message_logging",
+        "upperbound_key_generate_params",
+    }
+)
+_LITELLM_GENERAL = frozenset(
+    {
+        "admin_only_routes",
+        "alert_to_webhook_url",
+        "alert_types",
+        "alerting",
+        "alerting_threshold",
+        "allow_user_auth",
+        "allowed_routes",
+        "background_health_checks",
+        "custom_auth",
+        "custom_key_generate",
+        "database_connection_pool_limit",
+        "database_connection_timeout",
+        "database_url",
+        "disable_master_key_return",
+        "disable_prisma_schema_update",
+        "disable_reset_budget",
+        "disable_spend_logs",
+        "enforce_user_param",
+        "forward_client_headers_to_llm_api",
+        "forward_openai_org_id",
+        "global_max_parallel_requests",
+        "health_check_details",
+        "health_check_interval",
+        "infer_model_from_keys",
+        "key_management_settings",
+        "key_management_system",
+        "litellm_key_header_name",
+        "max_parallel_requests",
+        "maximum_spend_logs_retention_period",
+        "otel",
+        "pass_through_endpoints",
+        "proxy_batch_write_at",
+        "proxy_budget_rescheduler_max_time",
+        "proxy_budget_rescheduler_min_time",
+        "public_routes",
+        "store_model_in_db",
+        "store_prompts_in_spend_logs",
+        "ui_access_mode",
+        "use_redis_transaction_buffer",
+        "use_x_forwarded_for",
+        "user_header_name",
+    }
+)
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _suggest(key: Any, candidates: Any) -> str:
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+}
+
+
+def _type_name(name: str) -> str:
+    return " or ".join(_TYPE_NAMES.get(part, part) for part in name.split(" | "))
+
+
+def _yaml_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+class _Parser:
+    def __init__(self, source: str, base_dir: str | None) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.warnings: list[str] = []
+
+    def error(self, path: str | None, problem: str) -> ConfigError:
+        return ConfigError(self.source, path or None, problem)
+
+    def warn(self, path: str, problem: str) -> None:
+        self.warnings.append(f"{self.source}: {path}: {problem}")
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def decode(self, data: bytes | str) -> Any:
+        try:
+            return msgspec.yaml.decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._yaml_error(str(exc)) from None
+
+    def _yaml_error(self, text: str) -> ConfigError:
+        # PyYAML's message: [context, context mark,] problem, problem mark. msgspec keeps
+        # only the text, so the position is read back from it.
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        marks = [re.search(r"line (\d+), column (\d+)", line) for line in lines]
+        position, problem = None, text.strip()
+        for i in range(len(lines) - 1, -1, -1):
+            if marks[i] is not None:
+                position = marks[i]
+                problem = lines[i - 1] if i > 0 else problem
+                break
+        where = f"line {position[1]}, column {position[2]}" if position else None
+        return self.error(where, f"invalid YAML: {problem}")
+
+    # -- environment ------------------------------------------------------------------
+
+    def apply_environment_variables(self, raw: dict[Any, Any]) -> None:
+        # LiteLLM exports this section before reading the rest, so os.environ/NAME
+        # can name these variables, and handlers see them in os.environ.
+        section = raw.get("environment_variables")
+        if section is None:
+            return
+        if not isinstance(section, dict):
+            raise self.error(
+                "environment_variables", f"expected a mapping, got {_yaml_type(section)}"
+            )
+        for name, value in section.items():
+            path = _join("environment_variables", name)
+            if not isinstance(name, str) or not name:
+                raise self.error(path, "a variable name must be a non-empty string")
+            if isinstance(value, dict | list):
+                raise self.error(path, f"expected a string or number, got {_yaml_type(value)}")
+            os.environ[name] = "" if value is None else str(value)
+
+    def resolve_env(self, value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            if not value.startswith(ENV_PREFIX):
+                return value
+            name = value[len(ENV_PREFIX) :]
+            if not name:
+                raise self.error(path, f"{value!r} names no environment variable")
+            resolved = os.environ.get(name)
+            if resolved is None:
+                raise self.error(path, f"environment variable {name} is not set")
+            return resolved
+        if isinstance(value, dict):
+            return {k: self.resolve_env(v, _join(path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve_env(v, _join(path, i)) for i, v in enumerate(value)]
+        return value
+
+    # -- unknown keys -----------------------------------------------------------------
+
+    def _unknown(
+        self, section: Any, path: str, known: Any, litellm: frozenset[str] = frozenset()
+    ) -> None:
+        if not isinstance(section, dict):
+            return  # the type check reports it
+        for key in section:
+            if key in known:
+                continue
+            where = _join(path, key)
+            if key in litellm:
+                self.warn(where, "LiteLLM setting not supported by this gateway, ignored")
+            else:
+                hint = _suggest(key, [*known, *litellm])
+                self.warn(where, f"unknown key, ignored{hint}")
+
+    def _strict(self, section: Any, path: str, cls: type[msgspec.Struct]) -> None:
+        if not isinstance(section, dict):
+            return
+        known = _fields(cls)
+        for key, value in section.items():
+            where = _join(path, key)
+            if key not in known:
+                raise self.error(where, f"unknown key{_suggest(key, known)}")
+            if key == "upstream":
+                self._strict(value, where, UpstreamSettings)
+
+    def check_keys(self, raw: dict[Any, Any]) -> None:
+        self._unknown(raw, "", _fields(_File), _LITELLM_TOP)
+        models = raw.get("model_list")
+        if isinstance(models, list):
+            for i, entry in enumerate(models):
+                self._unknown(entry, _join("model_list", i), _fields(_Entry))
+        settings = raw.get("litellm_settings")
+        self._unknown(settings, "litellm_settings", _fields(_LiteLLMSettings), _LITELLM_SETTINGS)
+        if isinstance(settings, dict) and isinstance(settings.get("custom_provider_map"), list):
+            for i, entry in enumerate(settings["custom_provider_map"]):
+                path = _join("litellm_settings.custom_provider_map", i)
+                self._unknown(entry, path, _fields(_ProviderEntry))
+        general = raw.get("general_settings")
+        self._unknown(general, "general_settings", _fields(_GeneralSettings), _LITELLM_GENERAL)
+        self._strict(raw.get("gateway_settings"), "gateway_settings", GatewaySettings)
+
+    # -- types ------------------------------------------------------------------------
+
+    def convert(self, raw: dict[Any, Any]) -> _File:
+        try:
+            # strict=False: values from environment variables are strings ("30" -> 30.0).
+            return msgspec.convert(raw, _File, strict=False)
+        except msgspec.ValidationError as exc:
+            raise self._validation_error(str(exc)) from None
+
+    def _validation_error(self, text: str) -> ConfigError:
+        message, _, at = text.partition(" - at ")
+        in_key = re.fullmatch(r"`key` in `\$(.*)`", at)
+        if in_key:
+            path, message = in_key[1].lstrip("."), f"a key {message[0].lower()}{message[1:]}"
+        else:
+            path = at.strip("`").removeprefix("$").lstrip(".")
+        missing = re.fullmatch(r"Object missing required field `(.+)`", message)
+        if missing:
+            return self.error(_join(path, missing[1]), "required key missing")
+        unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+        if unknown:
+            return self.error(_join(path, unknown[1]), "unknown key")
+        expected = re.fullmatch(r"(a key )?Expected `([^`]+)`(.*)", message)
+        if expected:
+            prefix = "a key: " if expected[1] else ""
+            rest = re.sub(r"`([^`]+)`", lambda m: _type_name(m[1]), expected[3])
+            return self.error(path, f"{prefix}expected {_type_name(expected[2])}{rest}")
+        return self.error(path, message)
+
+    # -- handlers ---------------------------------------------------------------------
+
+    def load_handler(self, target: Any, path: str) -> Any:
+        if not isinstance(target, str):
+            return target  # a dict config may hold the handler object itself
+        module_name, dot, attr = target.strip().rpartition(".")
+        if not dot or not module_name or not attr or "" in module_name.split("."):
+            raise self.error(path, f"expected 'module.attribute', got {target!r}")
+        try:
+            module = _import_handler_module(module_name, self.base_dir)
+        except _ImportFailure as exc:
+            raise self.error(path, str(exc)) from None
+        try:
+            handler = getattr(module, attr)
+        except AttributeError:
+            public = [n for n in vars(module) if not n.startswith("_")]
+            where = getattr(module, "__file__", None) or module_name
+            raise self.error(
+                path, f"handler module {where} has no attribute {attr!r}{_suggest(attr, public)}"
+            ) from None
+        from .custom_llm import HANDLER_METHODS
+        from .provider import Provider
+
+        if not isinstance(handler, Provider) and not any(
+            callable(getattr(handler, m, None)) for m in HANDLER_METHODS
+        ):
+            raise self.error(
+                path,
+                f"{target} is not a handler: it has none of {', '.join(HANDLER_METHODS)}",
+            )
+        return handler
+
+    # -- the whole file ---------------------------------------------------------------
+
+    def parse(self, raw: Any, path: str | None) -> Config:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise self.error("top level", f"expected a mapping, got {_yaml_type(raw)}")
+        # An empty section (`litellm_settings:` with nothing under it) is an absent one.
+        raw = {k: v for k, v in raw.items() if v is not None}
+        self.apply_environment_variables(raw)
+        raw = {
+            k: v if k == "environment_variables" else self.resolve_env(v, _join("", k))
+            for k, v in raw.items()
+        }
+        self.check_keys(raw)
+        file = self.convert(raw)
+
+        providers: list[tuple[str, Any]] = []
+        litellm_settings = file.litellm_settings or _LiteLLMSettings()
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(litellm_settings.custom_provider_map or ()):
+            where = _join("litellm_settings.custom_provider_map", i)
+            name = entry.provider.strip()
+            if not name or "/" in name:
+                raise self.error(f"{where}.provider", f"invalid provider name {entry.provider!r}")
+            if name in seen:
+                raise self.error(
+                    f"{where}.provider",
+                    f"provider {name!r} is already defined at custom_provider_map[{seen[name]}]",
+                )
+            seen[name] = i
+            providers.append(
+                (name, self.load_handler(entry.custom_handler, f"{where}.custom_handler"))
+            )
+
+        deployments = []
+        for i, (entry, raw_entry) in enumerate(
+            zip(file.model_list or (), raw.get("model_list") or (), strict=True)
+        ):
+            where = _join("model_list", i)
+            if not entry.model_name.strip():
+                raise self.error(f"{where}.model_name", "must not be empty")
+            params = entry.litellm_params
+            if not params.model.strip():
+                raise self.error(f"{where}.litellm_params.model", "must not be empty")
+            merged = dict(raw_entry["litellm_params"])
+            # Typed values (timeout "30" from the environment -> 30.0) win over raw ones.
+            for name in _fields(_Params):
+                if name in merged:
+                    merged[name] = getattr(params, name)
+            deployments.append(
+                Deployment(
+                    model_name=entry.model_name,
+                    model=params.model,
+                    params=merged,
+                    api_key=params.api_key,
+                    api_base=params.api_base,
+                    timeout=params.timeout,
+                    stream_timeout=params.stream_timeout,
+                    model_info=dict(entry.model_info or {}),
+                )
+            )
+        if not deployments:
+            self.warn("model_list", "no models configured")
+
+        settings = file.gateway_settings or GatewaySettings()
+        gateway_raw = raw.get("gateway_settings") or {}
+        if litellm_settings.request_timeout is not None and "default_timeout" not in gateway_raw:
+            # LiteLLM's global request timeout, unless our own setting says otherwise.
+            settings = msgspec.structs.replace(
+                settings, default_timeout=litellm_settings.request_timeout
+            )
+
+        for line in self.warnings:
+            logger.warning("%s", line)
+        return Config(
+            model_list=tuple(deployments),
+            custom_providers=tuple(providers),
+            master_key=(file.general_settings or _GeneralSettings()).master_key,
+            settings=settings,
+            router_settings=dict(file.router_settings or {}),
+            path=path,
+            warnings=tuple(self.warnings),
+        )
+
+
+# -- handler modules ------------------------------------------------------------------
+
+
+class _ImportFailure(Exception):
+    pass
+
+
+# Top-level module name -> the config folder we loaded it from, so a config in another
+# folder with a module of the same name (custom_handler.py) replaces ours, never a
+# module someone else imported.
+_loaded_from: dict[str, str] = {}
+
+
+def _local_file(module_name: str, base_dir: str) -> str | None:
+    parts = module_name.split(".")
+    for candidate in (
+        os.path.join(base_dir, *parts) + ".py",
+        os.path.join(base_dir, *parts, "__init__.py"),
+    ):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _is_under(module: Any, folder: str) -> bool:
+    locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or ())]
+    folder = os.path.realpath(folder)
+    for location in locations:
+        if location and os.path.realpath(location).startswith(folder + os.sep):
+            return True
+    return False
+
+
+@contextmanager
+def _path_first(folder: str) -> Iterator[None]:
+    # Like running a script from that folder: its siblings import first. Only for
+    # the import itself; afterwards sys.path is as it was.
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+
+
+def _where(exc: BaseException, folder: str | None) -> str:
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" ({os.path.basename(exc.filename)} line {exc.lineno})"
+    tb, found = exc.__traceback__, ""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if folder is None or os.path.realpath(filename).startswith(os.path.realpath(folder)):
+            if "importlib" not in filename:
+                found = f" ({os.path.basename(filename)} line {tb.tb_lineno})"
+        tb = tb.tb_next
+    return found
+
+
+def _import_handler_module(module_name: str, base_dir: str | None) -> Any:
+    local = _local_file(module_name, base_dir) if base_dir else None
+    top = module_name.partition(".")[0]
+    if local is not None and base_dir is not None:
+        existing = sys.modules.get(top)
+        if existing is not None and not _is_under(existing, base_dir):
+            if top not in _loaded_from:
+                raise _ImportFailure(
+                    f"handler module {local} is named like the already imported module "
+                    f"{top!r} ({getattr(existing, '__file__', None) or 'built-in'}); rename it"
+                )
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+        try:
+            with _path_first(base_dir):
+                importlib.invalidate_caches()
+                module = importlib.import_module(module_name)
+        except Exception as exc:
+            logger.debug("importing handler module %s failed", local, exc_info=True)
+            raise _ImportFailure(
+                f"importing handler module {local} failed: "
+                f"{type(exc).__name__}: {exc}{_where(exc, base_dir)}"
+            ) from None
+        if not _is_under(module, base_dir):
+            raise _ImportFailure(
+                f"handler module {module_name!r} resolved to "
+                f"{getattr(module, '__file__', None)}, not {local}"
+            )
+        _loaded_from[top] = base_dir
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        parts = module_name.split(".")
+        if exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+            looked = f"no {os.path.join(*parts)}.py in {base_dir}, and " if base_dir else ""
+            raise _ImportFailure(
+                f"handler module {module_name!r} not found ({looked}not importable)"
+            ) from None
+        raise _ImportFailure(
+            f"importing handler module {module_name!r} failed: ModuleNotFoundError: {exc}"
+        ) from None
+    except Exception as exc:
+        logger.debug("importing handler module %s failed", module_name, exc_info=True)
+        raise _ImportFailure(
+            f"importing handler module {module_name!r} failed: "
+            f"{type(exc).__name__}: {exc}{_where(exc, None)}"
+        ) from None
+
+
+# -- public entry points --------------------------------------------------------------
+
+
+def parse_config(
+    data: bytes | str | dict[str, Any],
+    *,
+    source: str = "<config>",
+    base_dir: str | None = None,
+    path: str | None = None,
+) -> Config:
+    """Decode and validate a config from YAML text or an already-decoded mapping.
+
+    ``base_dir`` is where ``custom_handler: module.attr`` modules are looked for first
+    (the config file's folder); ``source`` names the config in error messages.
+    """
+    parser = _Parser(source, os.path.abspath(base_dir) if base_dir else None)
+    raw = data if isinstance(data, dict) else parser.decode(data)
+    return parser.parse(raw, path)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, decode and validate a ``config.yaml``; ``ConfigError`` if anything is wrong."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(source, None, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(source, None, "is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    absolute = os.path.abspath(source)
+    return parse_config(data, source=source, base_dir=os.path.dirname(absolute), path=absolute)
