@@ -184,6 +184,11 @@ class ImageResponse(_Compat, omit_defaults=True):
     created: int = field(default_factory=_now)
     data: list[ImageObject] = field(default_factory=list)
     usage: Any = None
+    # Sent by OpenAI's gpt-image models; absent (and left out) otherwise.
+    background: Any = UNSET
+    output_format: Any = UNSET
+    quality: Any = UNSET
+    size: Any = UNSET
 
     def __post_init__(self) -> None:
         _convert_list(self.data, ImageObject)
