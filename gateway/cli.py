@@ -1,0 +1,190 @@
+"""The ``gateway`` command: serve a config.yaml with uvicorn.
+
+    gateway --config config.yaml [--host 0.0.0.0] [--port 4000] [--workers N] [--log-level info]
+
+A broken config prints one line, ``gateway: error: <file>: <key.path>: <problem>``, and
+exits with status 2, like a bad command-line argument. Imports are lazy so start-up
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["main"]
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_TRACE = 5  # uvicorn's TRACE level number
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
+    return port
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError("needs at least 1 worker")
+    return workers
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Serve your LLM handlers over an OpenAI-compatible HTTP API.",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"path to config.yaml (default: ${CONFIG_ENV})",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=_port, default=4000, help="port to bind, 0 for any free one (default: 4000)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes sharing the port (default: 1)",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)"
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    return parser
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config plus the gateway's loggers, for the parent and every worker."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    number = _TRACE if level == "trace" else level.upper()
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": number, "propagate": False}
+    # The CLI prints config warnings itself, once; workers reload the config and would
+    # repeat them.
+    quiet = number if level in ("debug", "trace") else "ERROR"
+    config["loggers"]["gateway.config"] = {"level": quiet}
+    return config
+
+
+def _say(line: str) -> None:
+    print(f"gateway: {line}", flush=True)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _banner(config: Config) -> None:
+    for warning in config.warnings:
+        _say(f"warning: {warning}")
+    names = config.model_names
+    if names:
+        _say(f"serving {len(names)} model{'s' * (len(names) != 1)}: {', '.join(names)}")
+    else:
+        _say("serving no models (model_list is empty)")
+
+
+def _fail(message: str) -> int:
+    print(f"gateway: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _uvicorn_options(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    return {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": args.log_level,
+        "log_config": _log_config(args.log_level),
+        "timeout_graceful_shutdown": config.settings.graceful_timeout,
+    }
+
+
+def _serve_one(app: Any, options: dict[str, Any], workers: int) -> int:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            # The address really bound (--port 0 picks a free port).
+            host, port = options["host"], options["port"]
+            for server in getattr(self, "servers", ()):
+                for sock in server.sockets or ():
+                    port = sock.getsockname()[1]
+                    break
+            _say(f"listening on {_url(host, port)} ({workers} worker, pid {os.getpid()})")
+
+    server = Server(uvicorn.Config(app, **options))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 3
+
+
+def _serve_many(path: str, options: dict[str, Any], workers: int) -> int:
+    import uvicorn
+
+    # Workers are new processes: each builds its own app from the config path.
+    os.environ[CONFIG_ENV] = path
+    _say(f"listening on {_url(options['host'], options['port'])} ({workers} workers)")
+    uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway; returns the exit status (2 for a broken config)."""
+    args = _parser().parse_args(argv)
+    if not args.config:
+        _parser().error(f"the following arguments are required: --config (or ${CONFIG_ENV})")
+    if args.workers > 1 and args.port == 0:
+        _parser().error("--port 0 works only with --workers 1")
+
+    import logging.config
+
+    from .config import ConfigError, load_config
+
+    logging.config.dictConfig(_log_config(args.log_level))
+    try:
+        config = load_config(args.config)
+        from .app import create_app
+
+        # Built here even with several workers: errors the app finds in the config
+        # (router settings, ...) fail now, once, instead of in every worker.
+        app = create_app(config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _banner(config)
+    options = _uvicorn_options(args, config)
+    if args.workers > 1:
+        return _serve_many(config.path or os.path.abspath(args.config), options, args.workers)
+    return _serve_one(app, options, args.workers)
