@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._sync import run_async
-from .errors import BadRequestError, GatewayError, Timeout, as_gateway_error
+from ._sync import deadline, run_async
+from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
 from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
@@ -159,6 +159,13 @@ def _include_usage(call: ChatCall) -> bool:
     return bool(isinstance(options, dict) and options.get("include_usage"))
 
 
+def _feed(state: StreamState, item: Any) -> list[Any]:
+    try:
+        return state.feed(item)
+    except (TypeError, ValueError) as exc:  # msgspec.ValidationError is a ValueError
+        raise BadGatewayError(f"handler streamed an invalid chunk: {exc}") from exc
+
+
 def _timeout_error(timeout: float | None) -> Timeout:
     return Timeout(f"Request timed out after {timeout:g} s")
 
@@ -171,7 +178,7 @@ async def run_acompletion(
 ) -> ModelResponse:
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     try:
-        with anyio.fail_after(timeout):
+        async with deadline(timeout):
             response = await provider.acompletion(call)
     except TimeoutError as exc:
         raise _timeout_error(timeout) from exc
@@ -198,7 +205,7 @@ async def astream_chunks(
     try:
         while True:
             try:
-                with anyio.fail_after(timeout):
+                async with deadline(timeout):
                     item = await iterator.__anext__()
             except StopAsyncIteration:
                 break
@@ -208,7 +215,7 @@ async def astream_chunks(
                 raise
             except Exception as exc:
                 raise as_gateway_error(exc) from exc
-            for chunk in state.feed(item):
+            for chunk in _feed(state, item):
                 yield chunk
         for chunk in state.close():
             yield chunk
@@ -234,7 +241,7 @@ async def run_aimage_generation(provider: Provider, call: ImageCall) -> ImageRes
 async def _run(method: Callable[[Any], Any], call: Any) -> Any:
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     try:
-        with anyio.fail_after(timeout):
+        async with deadline(timeout):
             return await method(call)
     except TimeoutError as exc:
         raise _timeout_error(timeout) from exc
@@ -278,7 +285,7 @@ def _sync_stream(prepared: _Prepared, model_name: str) -> Iterator[ModelResponse
     iterator = prepared.provider.stream(call)
     try:
         for item in iterator:
-            yield from state.feed(item)
+            yield from _feed(state, item)
         yield from state.close()
     except GatewayError:
         raise

@@ -9,7 +9,6 @@ gets the same ``id`` and ``created``, as OpenAI sends them.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +22,7 @@ from .types import (
     ModelResponseStream,
     StreamingChoices,
     Usage,
+    _chat_id,
 )
 
 __all__ = ["StreamState", "is_single_item", "stream_chunk_builder"]
@@ -59,7 +59,7 @@ class StreamState:
     def __init__(
         self, model: str | None, *, include_usage: bool = False, raw_dicts: bool = False
     ) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4()}"
+        self.id = _chat_id()
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
