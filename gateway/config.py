@@ -278,7 +278,9 @@ _TYPE_NAMES = {
 
 
 def _type_name(name: str) -> str:
-    return " or ".join(_TYPE_NAMES.get(part, part) for part in name.split(" | "))
+    # "str | null" -> "a string": null is how YAML spells an empty value, always allowed.
+    parts = [p for p in name.split(" | ") if p != "null"] or ["null"]
+    return " or ".join(_TYPE_NAMES.get(part, part) for part in parts)
 
 
 def _yaml_type(value: Any) -> str:
@@ -426,21 +428,19 @@ class _Parser:
     def _validation_error(self, text: str) -> ConfigError:
         message, _, at = text.partition(" - at ")
         in_key = re.fullmatch(r"`key` in `\$(.*)`", at)
-        if in_key:
-            path, message = in_key[1].lstrip("."), f"a key {message[0].lower()}{message[1:]}"
-        else:
-            path = at.strip("`").removeprefix("$").lstrip(".")
+        path = (in_key[1] if in_key else at.strip("`")).removeprefix("$").lstrip(".")
         missing = re.fullmatch(r"Object missing required field `(.+)`", message)
         if missing:
             return self.error(_join(path, missing[1]), "required key missing")
         unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
         if unknown:
             return self.error(_join(path, unknown[1]), "unknown key")
-        expected = re.fullmatch(r"(a key )?Expected `([^`]+)`(.*)", message)
+        expected = re.fullmatch(r"Expected `([^`]+)`(.*)", message)
         if expected:
-            prefix = "a key: " if expected[1] else ""
-            rest = re.sub(r"`([^`]+)`", lambda m: _type_name(m[1]), expected[3])
-            return self.error(path, f"{prefix}expected {_type_name(expected[2])}{rest}")
+            rest = re.sub(r"`([^`]+)`", lambda m: _type_name(m[1]), expected[2])
+            rest = re.sub(r"(\d)\.0\b", r"\1", rest)  # "> 0.0" -> "> 0"
+            problem = f"expected {_type_name(expected[1])}{rest}"
+            return self.error(path, f"a key: {problem}" if in_key else problem)
         return self.error(path, message)
 
     # -- handlers ---------------------------------------------------------------------
