@@ -243,7 +243,11 @@ class FakeUpstream:
             if drop_after is not None and i >= int(drop_after):
                 raise _Drop("dropping the connection mid-stream")
             if error_after is not None and i >= int(error_after):
-                event = _error(fake.get("message") or "fake stream failure", "server_error")
+                event = _error(
+                    fake.get("message") or "fake stream failure",
+                    "server_error",
+                    code=fake.get("code"),
+                )
                 await send_body(b"data: " + _encoder.encode(event) + b"\n\n", True)
                 await send_body(b"", False)
                 return

@@ -1,0 +1,612 @@
+"""The OpenAI-compatible provider through the library, against a real fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import struct
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import gateway
+from gateway import errors
+from gateway.calls import astream_chunks
+from gateway.provider import ChatCall
+from gateway.registry import provider_for
+from gateway.streaming import stream_chunk_builder
+from providers import openai as openai_provider
+from providers.openai import OpenAIProvider, _sse_events, current_client, pool_stats
+from tests.fake_upstream import FakeUpstream, run_fake_upstream
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def upstream_server() -> Iterator[FakeUpstream]:
+    with run_fake_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    upstream_server.reset()
+    return upstream_server
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> float:
+    """Seconds until ``predicate()`` holds; fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await anyio.sleep(0.01)
+    return time.monotonic() - start
+
+
+# Chat, JSON.
+
+
+async def test_chat_json_forwards_params_headers_and_body(upstream: FakeUpstream) -> None:
+    response = await gateway.acompletion(
+        "openai/served-model",
+        MESSAGES,
+        api_base=upstream.base_url,
+        api_key="sk-test-key-123",
+        temperature=0.2,
+        max_tokens=5,
+        extra_headers={"x-team": "blue"},
+        extra_body={"top_k": 3},
+        unknown_param="passed",
+        num_retries=2,  # the gateway's own: never sent upstream
+    )
+    assert response.choices[0].message.content == "Hello from the fake upstream"
+    assert response.model == "openai/served-model"
+    assert response.usage.total_tokens > 0
+    seen = upstream.requests_seen[-1]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == "Bearer sk-test-key-123"
+    assert seen.headers["x-team"] == "blue"
+    assert seen.body == {
+        "model": "served-model",
+        "messages": MESSAGES,
+        "temperature": 0.2,
+        "max_tokens": 5,
+        "unknown_param": "passed",
+        "top_k": 3,
+    }
+
+
+async def test_deployment_params_key_headers_body_and_env(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = provider_for("hosted_vllm")
+    call = ChatCall(
+        model="llama",
+        messages=MESSAGES,
+        optional_params={"seed": 1},
+        litellm_params={
+            "api_base": upstream.base_url + "/",
+            "api_key": "deployment-key",
+            "extra_headers": {"X-Tenant": "t1", "Host": "evil.invalid"},
+            "extra_body": {"repetition_penalty": 1.1},
+        },
+    )
+    response = await provider.acompletion(call)
+    assert response.choices[0].message.content
+    seen = upstream.requests_seen[-1]
+    assert seen.headers["authorization"] == "Bearer deployment-key"
+    assert seen.headers["x-tenant"] == "t1"
+    assert seen.headers["host"].startswith("127.0.0.1:")  # hop headers are never copied
+    assert seen.body["repetition_penalty"] == 1.1 and seen.body["seed"] == 1
+
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url)
+    assert upstream.requests_seen[-1].headers["authorization"] == "Bearer env-key"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    await gateway.acompletion("openai_like/x", MESSAGES, api_base=upstream.base_url)
+    assert "authorization" not in upstream.requests_seen[-1].headers
+
+
+async def test_chat_json_tool_calls(upstream: FakeUpstream) -> None:
+    response = await gateway.acompletion(
+        "openai/x", MESSAGES, api_base=upstream.base_url, fake={"tools": True}
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [c["function"]["name"] for c in choice.message.tool_calls] == [
+        "get_weather",
+        "get_time",
+    ]
+
+
+# Streaming.
+
+
+async def test_stream_passes_unknown_fields_through_raw(upstream: FakeUpstream) -> None:
+    provider = provider_for("openai")
+    call = ChatCall(
+        model="x",
+        messages=MESSAGES,
+        optional_params={
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "fake": {"extras": True},
+        },
+        litellm_params={},
+        api_base=upstream.base_url,
+        stream=True,
+    )
+    chunks = [c async for c in astream_chunks(provider, call, "public-name", raw_dicts=True)]
+    assert upstream.requests_seen[-1].body["stream_options"] == {"include_usage": True}
+    assert len({c["id"] for c in chunks}) == 1
+    assert {c["model"] for c in chunks} == {"public-name"}
+    content = [c for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content")]
+    assert content, chunks
+    for chunk in content:
+        assert chunk["x_fake_field"] == "kept"  # unknown top-level field
+        delta = chunk["choices"][0]["delta"]
+        assert delta["reasoning_content"].startswith("thought")
+        assert "x_delta_field" in delta
+        assert chunk["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"].total_tokens > 0
+
+
+async def test_stream_tool_call_deltas_reassemble(upstream: FakeUpstream) -> None:
+    stream = await gateway.acompletion(
+        "openai/x", MESSAGES, api_base=upstream.base_url, stream=True, fake={"tools": True}
+    )
+    chunks = [c async for c in stream]
+    deltas = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert len(deltas) > 4  # the arguments arrived in pieces
+    whole = stream_chunk_builder(chunks)
+    calls = whole.choices[0].message.tool_calls
+    assert [(c["id"], c["function"]["name"]) for c in calls] == [
+        ("call_weather", "get_weather"),
+        ("call_time", "get_time"),
+    ]
+    assert calls[0]["function"]["arguments"] == '{"city": "Paris", "unit": "c"}'
+    assert calls[1]["function"]["arguments"] == '{"tz": "Europe/Paris"}'
+    assert whole.choices[0].finish_reason == "tool_calls"
+
+
+async def test_stream_relays_each_chunk_as_it_arrives(upstream: FakeUpstream) -> None:
+    started = time.monotonic()
+    stream = await gateway.acompletion(
+        "openai/x",
+        MESSAGES,
+        api_base=upstream.base_url,
+        stream=True,
+        fake={"chunks": 4, "interval": 0.15},
+    )
+    arrivals = []
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 4
+    # Spaced like the upstream sent them (every 0.15 s), not all at the end.
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert all(gap > 0.08 for gap in gaps), arrivals
+    assert arrivals[0] < 0.4, arrivals
+
+
+async def test_sse_parser_handles_any_split_of_the_bytes() -> None:
+    wire = (
+        b": keep-alive comment\r\n\r\n"
+        b'data: {"a": 1}\n\n'
+        b"event: error\n"
+        b'data: {"error": {"message": "x"}}\n\n'
+        b'data: {"b":\n'
+        b"data: 2}\n\n"
+        b'data:{"c": 3}\r\n\r\n'
+        b"data: [DONE]"
+    )
+    expected = [
+        (b"", b'{"a": 1}'),
+        (b"error", b'{"error": {"message": "x"}}'),
+        (b"", b'{"b":\n2}'),
+        (b"", b'{"c": 3}'),
+        (b"", b"[DONE]"),
+    ]
+
+    class Parts(httpx.AsyncByteStream):
+        def __init__(self, parts: list[bytes]) -> None:
+            self.parts = parts
+
+        async def __aiter__(self) -> Any:
+            for part in self.parts:
+                yield part
+
+    for size in (1, 2, 3, 7, 16, len(wire)):
+        parts = [wire[i : i + size] for i in range(0, len(wire), size)]
+        response = httpx.Response(200, stream=Parts(parts))
+        assert [e async for e in _sse_events(response)] == expected, size
+
+
+# Errors keep their meaning.
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "retryable"),
+    [
+        (400, errors.BadRequestError, False),
+        (401, errors.AuthenticationError, False),
+        (403, errors.PermissionDeniedError, False),
+        (404, errors.NotFoundError, False),
+        (409, errors.BadRequestError, False),
+        (422, errors.UnprocessableEntityError, False),
+        (429, errors.RateLimitError, True),
+        (500, errors.InternalServerError, True),
+        (502, errors.BadGatewayError, True),
+        (503, errors.ServiceUnavailableError, True),
+        (504, errors.GatewayTimeoutError, True),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_status_maps_to_same_status(
+    upstream: FakeUpstream, status: int, cls: type[Exception], retryable: bool, stream: bool
+) -> None:
+    fake = {"status": status, "message": f"upstream says {status}", "code": "some_code"}
+    with pytest.raises(cls) as info:
+        result = await gateway.acompletion(
+            "openai/x", MESSAGES, api_base=upstream.base_url, stream=stream, fake=fake
+        )
+        if stream:
+            async for _ in result:
+                pass
+    exc = info.value
+    assert exc.status_code == status
+    assert exc.message == f"upstream says {status}"
+    assert exc.code == "some_code"
+    assert exc.retryable is retryable
+
+
+async def test_rate_limit_keeps_retry_after(upstream: FakeUpstream) -> None:
+    with pytest.raises(errors.RateLimitError) as info:
+        await gateway.aembedding(
+            "openai/e", "hi", api_base=upstream.base_url, fake={"status": 429, "retry_after": 17}
+        )
+    assert info.value.headers == {"Retry-After": "17"}
+    assert info.value.retryable
+
+
+async def test_context_window_error_keeps_its_code(upstream: FakeUpstream) -> None:
+    fake = {"status": 400, "code": "context_length_exceeded", "message": "too long"}
+    with pytest.raises(errors.ContextWindowExceededError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
+
+
+async def test_secrets_are_redacted_from_upstream_messages(upstream: FakeUpstream) -> None:
+    fake = {
+        "status": 401,
+        "message": "Incorrect API key provided: my-private-key-42. Also sk-proj-AbC123xyz "
+        "and header Bearer tok.en-value were wrong.",
+    }
+    with pytest.raises(errors.AuthenticationError) as info:
+        await gateway.acompletion(
+            "openai/x", MESSAGES, api_base=upstream.base_url, api_key="my-private-key-42", fake=fake
+        )
+    message = info.value.message
+    for secret in ("my-private-key-42", "sk-proj-AbC123xyz", "tok.en-value"):
+        assert secret not in message
+    assert message.startswith("Incorrect API key provided: [REDACTED]")
+
+
+@pytest.mark.parametrize(
+    ("fake", "stream", "needle"),
+    [
+        ({"garbage": "html"}, False, "not valid JSON"),
+        ({"garbage": "truncated"}, False, "not valid JSON"),
+        ({"garbage": "short"}, False, "RemoteProtocolError"),
+        ({"garbage": "event"}, True, "not valid JSON"),
+        ({"garbage": "no_done"}, True, "before [DONE]"),
+        ({"drop_after": 2}, True, "RemoteProtocolError"),
+        ({"stream_error_after": 2, "message": "model crashed"}, True, "model crashed"),
+    ],
+)
+async def test_broken_upstream_bodies_are_502(
+    upstream: FakeUpstream, fake: dict[str, Any], stream: bool, needle: str
+) -> None:
+    received: list[Any] = []
+    with pytest.raises(errors.BadGatewayError) as info:
+        result = await gateway.acompletion(
+            "openai/x", MESSAGES, api_base=upstream.base_url, stream=stream, fake=fake
+        )
+        if stream:
+            async for chunk in result:
+                received.append(chunk)
+    assert info.value.status_code == 502 and info.value.retryable
+    assert needle in info.value.message
+    if fake.get("drop_after") or fake.get("stream_error_after"):
+        assert received  # the chunks before the failure were relayed
+
+
+async def test_upstream_error_event_with_status_keeps_it(upstream: FakeUpstream) -> None:
+    fake = {"stream_error_after": 1, "message": "slow down", "code": 429}
+    with pytest.raises(errors.RateLimitError) as info:
+        stream = await gateway.acompletion(
+            "openai/x", MESSAGES, api_base=upstream.base_url, stream=True, fake=fake
+        )
+        async for _ in stream:
+            pass
+    assert info.value.message == "slow down" and info.value.retryable
+
+
+async def test_connect_error_is_retryable_502() -> None:
+    started = time.monotonic()
+    with pytest.raises(errors.APIConnectionError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base="http://127.0.0.1:9/v1")
+    assert info.value.status_code == 502 and info.value.retryable
+    assert "127.0.0.1:9" in info.value.message
+    assert time.monotonic() - started < 5
+
+
+async def test_hanging_upstream_times_out_and_is_released(upstream: FakeUpstream) -> None:
+    for stream in (False, True):
+        started = time.monotonic()
+        with pytest.raises((errors.Timeout, errors.GatewayTimeoutError)) as info:
+            result = await gateway.acompletion(
+                "openai/x",
+                MESSAGES,
+                api_base=upstream.base_url,
+                stream=stream,
+                timeout=0.5,
+                fake={"hang": True},
+            )
+            async for _ in result:
+                pass
+        elapsed = time.monotonic() - started
+        assert 0.4 < elapsed < 3, elapsed
+        assert info.value.retryable and info.value.status_code in (408, 504)
+        # The upstream learns the request is gone.
+        await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+    assert len(upstream.disconnects) == 2
+
+
+async def test_httpx_read_timeout_is_504(upstream: FakeUpstream) -> None:
+    # Called below the runner (no anyio deadline), so httpx's own read timeout fires.
+    provider = OpenAIProvider()
+    call = ChatCall(
+        model="x",
+        messages=MESSAGES,
+        optional_params={"fake": {"hang": True}},
+        litellm_params={},
+        api_base=upstream.base_url,
+        timeout=0.3,
+    )
+    with pytest.raises(errors.GatewayTimeoutError) as info:
+        await provider.acompletion(call)
+    assert info.value.status_code == 504 and info.value.retryable
+    assert "ReadTimeout" in info.value.message
+
+
+# Disconnects and the connection pool.
+
+
+async def test_closing_a_stream_closes_the_upstream_request(upstream: FakeUpstream) -> None:
+    stream = await gateway.acompletion(
+        "openai/x",
+        MESSAGES,
+        api_base=upstream.base_url,
+        stream=True,
+        fake={"chunks": 1000, "interval": 0.02},
+    )
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 3:
+            break
+    closed_at = time.monotonic()
+    await stream.aclose()
+    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    seen = upstream.disconnects[0]
+    assert seen.disconnected is not None and seen.disconnected - closed_at < 1.0
+    assert seen.chunks_sent < 1000  # the upstream stopped generating
+    stats = pool_stats()
+    assert stats["active"] == 0 and stats["requests"] == 0
+
+
+async def test_cancelling_a_stream_closes_the_upstream_request(upstream: FakeUpstream) -> None:
+    async def consume() -> None:
+        stream = await gateway.acompletion(
+            "openai/x",
+            MESSAGES,
+            api_base=upstream.base_url,
+            stream=True,
+            fake={"chunks": 1000, "interval": 0.02},
+        )
+        async for _ in stream:
+            pass
+
+    with anyio.move_on_after(0.3):
+        await consume()
+    cancelled_at = time.monotonic()
+    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    assert upstream.disconnects[0].disconnected - cancelled_at < 1.0  # type: ignore[operator]
+    assert upstream.open_requests == 0
+    assert pool_stats()["active"] == 0
+
+
+async def test_concurrent_streams_leave_no_connection_behind(upstream: FakeUpstream) -> None:
+    async def one(i: int) -> str:
+        stream = await gateway.acompletion(
+            "openai/x",
+            MESSAGES,
+            api_base=upstream.base_url,
+            stream=True,
+            fake={"chunks": 5, "interval": 0.05},
+        )
+        return stream_chunk_builder([c async for c in stream]).choices[0].message.content
+
+    before = pool_stats()
+    results: list[str] = []
+
+    async def run(i: int) -> None:
+        results.append(await one(i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(run, i)
+    after = pool_stats()
+    assert results == ["tok0 tok1 tok2 tok3 tok4 "] * 200
+    assert upstream.max_open_requests > 100  # they really ran at the same time
+    assert after["active"] == 0 and after["requests"] == 0
+    # Finished streams went back to the pool; the pool keeps at most its keep-alive cap.
+    assert after["idle"] == after["connections"] <= 100
+    assert before["active"] == 0
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+
+
+async def test_one_client_per_loop_and_settings_are_used() -> None:
+    provider = OpenAIProvider()
+    client = current_client()
+    assert current_client() is client
+    upstream = SimpleNamespace(
+        max_connections=7,
+        max_keepalive_connections=3,
+        keepalive_expiry=2.0,
+        connect_timeout=1.5,
+        read_timeout=9.0,
+        http2=True,
+    )
+    await provider.astart(SimpleNamespace(upstream=upstream))
+    try:
+        configured = current_client()
+        assert configured is not client and client.is_closed
+        pool = configured._transport._pool  # type: ignore[attr-defined]
+        assert pool._max_connections == 7 and pool._max_keepalive_connections == 3
+        assert configured.timeout.connect == 1.5 and configured.timeout.read == 9.0
+        # HTTP/2 only when the optional h2 package is installed.
+        try:
+            import h2  # noqa: F401
+
+            assert pool._http2
+        except ImportError:
+            assert not pool._http2
+
+        other: list[httpx.AsyncClient] = []
+        thread_result = await anyio.to_thread.run_sync(
+            lambda: asyncio.run(_client_in_new_loop(other))
+        )
+        assert thread_result is not configured and thread_result is other[0]
+        assert thread_result.is_closed  # closed when its loop ended
+    finally:
+        await provider.aclose()
+        openai_provider._upstream_settings = None
+    assert configured.is_closed
+
+
+async def _client_in_new_loop(out: list[httpx.AsyncClient]) -> httpx.AsyncClient:
+    client = current_client()
+    out.append(client)
+    return client
+
+
+# Embeddings and images.
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [("one text", 1), (["a", "bb", "ccc"], 3), ([1, 2, 3], 1), ([[1, 2], [3]], 2)],
+)
+async def test_embedding_inputs_pass_through(
+    upstream: FakeUpstream, value: Any, count: int
+) -> None:
+    response = await gateway.aembedding(
+        "openai/text-embedding-3-small", value, api_base=upstream.base_url, dimensions=4
+    )
+    assert upstream.requests_seen[-1].body == {
+        "model": "text-embedding-3-small",
+        "input": value,
+        "dimensions": 4,
+    }
+    assert len(response.data) == count
+    assert all(len(item.embedding) == 4 for item in response.data)
+    assert response.model == "openai/text-embedding-3-small"
+    assert response.usage.prompt_tokens == count
+
+
+async def test_embedding_base64_stays_base64(upstream: FakeUpstream) -> None:
+    response = await gateway.aembedding(
+        "openai/e", ["abc"], api_base=upstream.base_url, encoding_format="base64"
+    )
+    assert upstream.requests_seen[-1].body["encoding_format"] == "base64"
+    encoded = response.data[0].embedding
+    assert isinstance(encoded, str)
+    assert struct.unpack("<3f", base64.b64decode(encoded)) == (3.0, 0.625, 0.75)
+
+
+async def test_image_generation(upstream: FakeUpstream) -> None:
+    response = await gateway.aimage_generation(
+        "a cat", model="openai/dall-e-3", api_base=upstream.base_url, n=2, size="256x256"
+    )
+    assert upstream.requests_seen[-1].body == {
+        "model": "dall-e-3",
+        "prompt": "a cat",
+        "n": 2,
+        "size": "256x256",
+    }
+    assert [d.url for d in response.data] == [
+        "https://images.fake.invalid/0.png",
+        "https://images.fake.invalid/1.png",
+    ]
+    assert response.data[0].revised_prompt == "a cat (revised)"
+    assert response.size == "256x256"
+    b64 = await gateway.aimage_generation(
+        "a dog", model="openai/x", api_base=upstream.base_url, response_format="b64_json"
+    )
+    assert base64.b64decode(b64.data[0].b64_json) == b"fake-png-0"
+
+
+# Sync library calls.
+
+
+def test_sync_calls_work_and_close_their_client(upstream: FakeUpstream) -> None:
+    base = upstream.base_url
+    response = gateway.completion("openai/x", MESSAGES, api_base=base)
+    assert response.choices[0].message.content == "Hello from the fake upstream"
+    chunks = list(gateway.completion("openai/x", MESSAGES, api_base=base, stream=True))
+    assert stream_chunk_builder(chunks).choices[0].message.content == (
+        "Hello from the fake upstream"
+    )
+    assert len(gateway.embedding("openai/e", ["a", "b"], api_base=base).data) == 2
+    assert gateway.image_generation("p", model="openai/i", api_base=base).data[0].url
+    with pytest.raises(errors.RateLimitError):
+        gateway.completion("openai/x", MESSAGES, api_base=base, fake={"status": 429})
+    # Each sync call ran on a loop of its own; every client it made is closed by now.
+    assert all(entry.client.is_closed for entry in list(openai_provider._clients.values()))
+
+
+# The seed's test-model: openai/text-embedding-ada-002 with no api_base.
+
+
+async def test_seed_test_model_without_key_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(errors.AuthenticationError) as info:
+        await gateway.aembedding("openai/text-embedding-ada-002", "hello")
+    assert "OPENAI_API_KEY" in info.value.message
+    assert info.value.status_code == 401
+
+
+async def test_seed_test_model_without_network_fails_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This machine has no network: the name does not resolve, or no route exists.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key-000")
+    started = time.monotonic()
+    with pytest.raises((errors.APIConnectionError, errors.GatewayTimeoutError)) as info:
+        await gateway.aembedding("openai/text-embedding-ada-002", "hello")
+    assert time.monotonic() - started < 10
+    assert info.value.retryable
+    assert "api.openai.com" in info.value.message
+    assert "sk-not-a-real-key-000" not in info.value.message
