@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .errors import CustomLLMError
+from .llms.base import BaseLLM
 from .types import EmbeddingResponse, GenericStreamingChunk, ImageResponse, ModelResponse
 
 __all__ = ["HANDLER_METHODS", "CustomLLM", "serves"]
@@ -47,7 +48,7 @@ def _not_implemented() -> CustomLLMError:
     return CustomLLMError(status_code=500, message="Not implemented yet!")
 
 
-class CustomLLM:
+class CustomLLM(BaseLLM):
     """Base class of user handlers; same methods and defaults as LiteLLM's.
 
     Override only what your backend serves: the gateway fills the gaps (an async call
@@ -56,7 +57,7 @@ class CustomLLM:
     """
 
     def __init__(self) -> None:
-        pass
+        super().__init__()
 
     def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         raise _not_implemented()

@@ -49,14 +49,18 @@ def as_provider(handler: Any, name: str) -> Provider:
     """A ``Provider`` for a handler object (cached), or the provider itself."""
     if isinstance(handler, Provider):
         return handler
-    if isinstance(handler, type):
-        handler = handler()
     key = id(handler)
     entry = _wrapped.get(key)
     if entry is None or entry[0] is not handler:
-        from providers.custom import CustomProvider
+        # A class (from a config or an entry point) is instantiated once, here.
+        instance = handler() if isinstance(handler, type) else handler
+        if isinstance(instance, Provider):
+            provider = instance
+        else:
+            from providers.custom import CustomProvider
 
-        entry = _wrapped[key] = (handler, CustomProvider(handler, name))
+            provider = CustomProvider(instance, name)
+        entry = _wrapped[key] = (handler, provider)
     return entry[1]
 
 

@@ -181,7 +181,7 @@ class StreamState:
 
     def _feed_openai_dict(self, item: dict[str, Any], out: list[Any]) -> None:
         if not self.raw_dicts:
-            self._feed_stream_chunk(msgspec.convert(item, ModelResponseStream), out)
+            self._feed_stream_chunk(msgspec.convert(_absent_nulls(item), ModelResponseStream), out)
             return
         if item.get("usage"):
             self.usage = item["usage"]
@@ -222,6 +222,20 @@ class StreamState:
             calls = [{**_plain(call), "index": i} for i, call in enumerate(message.tool_calls)]
             self._emit(out, Delta(tool_calls=calls))
         self._finish(out, choice.finish_reason)
+
+
+def _absent_nulls(item: dict[str, Any]) -> dict[str, Any]:
+    # LiteLLM's pydantic Delta dumps absent fields as None (role, tool_calls, ...);
+    # ours spells them as absent. Content keeps its null (OpenAI sends it with tools).
+    choices = item.get("choices")
+    if not choices or not any(None in (c.get("delta") or {}).values() for c in choices):
+        return item
+    fixed = []
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        delta = {k: v for k, v in delta.items() if v is not None or k == "content"}
+        fixed.append({**choice, "delta": delta})
+    return {**item, "choices": fixed}
 
 
 def _plain(value: Any) -> dict[str, Any]:

@@ -151,12 +151,25 @@ def _to_embedding(result: Any, fallback: EmbeddingResponse) -> EmbeddingResponse
     return _as(EmbeddingResponse, result, fallback, "embedding response")
 
 
+@contextlib.asynccontextmanager
+async def _aclosing(iterator: Any) -> AsyncIterator[Any]:
+    # Close inner async generators when the stream is closed, so the handler's
+    # `finally` runs now and not whenever the garbage collector gets to it.
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def _aiter_any(result: Any) -> AsyncIterator[Any]:
     if inspect.isawaitable(result):
         result = await result
     if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
+        async with _aclosing(result):
+            async for item in result:
+                yield item
     elif is_single_item(result):
         yield result
     else:
@@ -233,19 +246,20 @@ class CustomProvider(Provider):
 
     async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         if self._astreaming.served:
-            async for item in _aiter_any(self._astreaming(_chat_kwargs(call, is_async=True))):
-                yield item
+            items = _aiter_any(self._astreaming(_chat_kwargs(call, is_async=True)))
         elif self._streaming.served:
             result = await run_in_thread(self._streaming, _chat_kwargs(call, is_async=False))
             if hasattr(result, "__aiter__") or is_single_item(result):
-                async for item in _aiter_any(result):
-                    yield item
+                items = _aiter_any(result)
             else:
-                async for item in _pull_in_threads(iter(result)):
-                    yield item
+                items = _pull_in_threads(iter(result))
         else:
             # No streaming method: stream the whole answer.
             yield await self.acompletion(call)
+            return
+        async with _aclosing(items):
+            async for item in items:
+                yield item
 
     # chat, sync
 
