@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,9 @@ def _serve_one(app: Any, options: dict[str, Any], workers: int) -> int:
             _say(f"listening on {_url(host, port)} ({workers} worker, pid {os.getpid()})")
 
     server = Server(uvicorn.Config(app, **options))
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to whatever
+    # handler was there before; a no-op one makes a clean stop exit with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     except KeyboardInterrupt:
