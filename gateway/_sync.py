@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -141,13 +142,16 @@ def _in_event_loop() -> bool:
     return True
 
 
-def run_async(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+def run_async(func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
     """Run an async function to completion from sync code.
 
     Works in a plain thread and inside a running event loop alike (where it runs a
     loop of its own on a helper thread), so a handler's ``async def`` may call the
-    sync API, as the seed's handlers do.
+    sync API, as the seed's handlers do. With ``timeout`` it is cancelled after that
+    many seconds and ``TimeoutError`` is raised.
     """
+    if timeout is not None:
+        return run_async(_bounded, timeout, func, *args)
     if not _in_event_loop():
         return anyio.run(func, *args)
     result: list[Any] = []
@@ -167,8 +171,19 @@ def run_async(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     raise value
 
 
-def iterate_async(factory: Callable[[], AsyncIterator[T] | Awaitable[Any]]) -> Iterator[T]:
-    """Iterate an async iterator from sync code, one item at a time, closing it at the end."""
+async def _bounded(timeout: float, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    with anyio.fail_after(timeout):
+        return await func(*args)
+
+
+def iterate_async(
+    factory: Callable[[], AsyncIterator[T] | Awaitable[Any]], timeout: float | None = None
+) -> Iterator[T]:
+    """Iterate an async iterator from sync code, one item at a time, closing it at the end.
+
+    With ``timeout``, each wait for an item is cancelled after that many seconds and
+    ``TimeoutError`` is raised.
+    """
     with anyio.from_thread.start_blocking_portal() as portal:
 
         async def open_() -> Any:
@@ -178,10 +193,59 @@ def iterate_async(factory: Callable[[], AsyncIterator[T] | Awaitable[Any]]) -> I
         try:
             while True:
                 try:
-                    yield portal.call(iterator.__anext__)
+                    if timeout is None:
+                        yield portal.call(iterator.__anext__)
+                    else:
+                        yield portal.call(_bounded, timeout, iterator.__anext__)
                 except StopAsyncIteration:
                     return
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 portal.call(aclose)
+
+
+_DONE: Any = object()
+
+
+def iterate_in_thread(iterator: Iterator[T], timeout: float) -> Iterator[T]:
+    """Items of a blocking iterator, waiting at most ``timeout`` seconds for each.
+
+    The iterator runs on a helper thread, one item per request, so nothing is read
+    ahead. On expiry ``TimeoutError`` is raised and the thread is abandoned: it closes
+    the iterator once its pending item arrives (Python cannot interrupt it sooner).
+    """
+    requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            while requests.get():
+                try:
+                    item = next(iterator, _DONE)
+                except BaseException as exc:
+                    results.put((False, exc))
+                    return
+                results.put((True, item))
+                if item is _DONE:
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=produce, name="gateway-stream", daemon=True).start()
+    try:
+        while True:
+            requests.put(True)
+            try:
+                ok, item = results.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no stream item within {timeout:g} s") from None
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        requests.put(False)

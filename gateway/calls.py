@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._sync import deadline, run_async
+from ._sync import deadline, iterate_in_thread, run_async
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
@@ -275,6 +275,8 @@ def _run_sync(func: Callable[[Any], T], call: Any) -> T:
         return value
     except GatewayError:
         raise
+    except TimeoutError as exc:  # the provider's own deadline fired first
+        raise _timeout_error(call.timeout) from exc
     except Exception as exc:
         raise as_gateway_error(exc) from exc
 
@@ -283,12 +285,17 @@ def _sync_stream(prepared: _Prepared, model_name: str) -> Iterator[ModelResponse
     call = prepared.call
     state = StreamState(model_name, include_usage=_include_usage(call))
     iterator = prepared.provider.stream(call)
+    if call.timeout is not None:
+        # Bounds each wait for an item, as in astream_chunks; a stuck handler is abandoned.
+        iterator = iterate_in_thread(iterator, call.timeout)
     try:
         for item in iterator:
             yield from _feed(state, item)
         yield from state.close()
     except GatewayError:
         raise
+    except TimeoutError as exc:
+        raise _timeout_error(call.timeout) from exc
     except Exception as exc:
         raise as_gateway_error(exc) from exc
     finally:

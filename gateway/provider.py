@@ -76,16 +76,16 @@ class Provider:
         )
 
     def completion(self, call: ChatCall) -> ModelResponse:
-        return run_async(self.acompletion, call)
+        return run_async(self.acompletion, call, timeout=call.timeout)
 
     def stream(self, call: ChatCall) -> Iterator[Any]:
-        return iterate_async(lambda: self.astream(call))
+        return iterate_async(lambda: self.astream(call), call.timeout)
 
     def embedding(self, call: EmbeddingCall) -> EmbeddingResponse:
-        return run_async(self.aembedding, call)
+        return run_async(self.aembedding, call, timeout=call.timeout)
 
     def image_generation(self, call: ImageCall) -> ImageResponse:
-        return run_async(self.aimage_generation, call)
+        return run_async(self.aimage_generation, call, timeout=call.timeout)
 
     async def astart(self, settings: Any = None) -> None:
         """Called by the HTTP gateway at start-up with ``GatewaySettings`` (may be None).

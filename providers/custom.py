@@ -197,9 +197,9 @@ async def _pull_in_threads(iterator: Iterator[Any]) -> AsyncIterator[Any]:
                 close()
 
 
-def _iter_any(result: Any) -> Iterator[Any]:
+def _iter_any(result: Any, timeout: float | None) -> Iterator[Any]:
     if hasattr(result, "__aiter__"):
-        yield from iterate_async(lambda: _aiter_any(result))
+        yield from iterate_async(lambda: _aiter_any(result), timeout)
     elif is_single_item(result):
         yield result
     else:
@@ -269,7 +269,7 @@ class CustomProvider(Provider):
             result = self._completion(kwargs)
         elif self._acompletion.served:
             kwargs["acompletion"] = True
-            result = run_async(_awaited, self._acompletion, kwargs)
+            result = run_async(_awaited, self._acompletion, kwargs, timeout=call.timeout)
         elif self._streaming.served or self._astreaming.served:
             state = StreamState(call.model)
             chunks = [c for item in self.stream(call) for c in state.feed(item)]
@@ -280,10 +280,11 @@ class CustomProvider(Provider):
 
     def stream(self, call: ChatCall) -> Iterator[Any]:
         if self._streaming.served:
-            yield from _iter_any(self._streaming(_chat_kwargs(call, is_async=False)))
+            yield from _iter_any(self._streaming(_chat_kwargs(call, is_async=False)), call.timeout)
         elif self._astreaming.served:
             yield from iterate_async(
-                lambda: _aiter_any(self._astreaming(_chat_kwargs(call, is_async=True)))
+                lambda: _aiter_any(self._astreaming(_chat_kwargs(call, is_async=True))),
+                call.timeout,
             )
         else:
             yield self.completion(call)
@@ -305,7 +306,7 @@ class CustomProvider(Provider):
         if self._embedding.served:
             result = self._embedding(kwargs)
         elif self._aembedding.served:
-            result = run_async(_awaited, self._aembedding, kwargs)
+            result = run_async(_awaited, self._aembedding, kwargs, timeout=call.timeout)
         else:
             raise self._missing("embedding")
         return _to_embedding(result, kwargs["model_response"])
@@ -327,7 +328,7 @@ class CustomProvider(Provider):
         if self._image.served:
             result = self._image(kwargs)
         elif self._aimage.served:
-            result = run_async(_awaited, self._aimage, kwargs)
+            result = run_async(_awaited, self._aimage, kwargs, timeout=call.timeout)
         else:
             raise self._missing("image generation")
         return _as(ImageResponse, result, kwargs["model_response"], "image response")
