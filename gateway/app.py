@@ -84,7 +84,7 @@ class ChatRequest(msgspec.Struct):
 
 class EmbeddingRequest(msgspec.Struct):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[Any]  # list of str, token ids, or token-id lists: checked below
     encoding_format: str | None = None
     dimensions: int | None = None
     user: str | None = None
@@ -479,10 +479,27 @@ def _other_optional(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in _NOT_OPTIONAL_OTHER and v is not None}
 
 
+def _check_embedding_input(value: Any) -> None:
+    if isinstance(value, str):
+        return
+    if not value:
+        raise BadRequestError("`input` must not be empty", param="input")
+    if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
+        return
+    if all(isinstance(v, list) and all(type(t) is int for t in v) for v in value):
+        return
+    raise BadRequestError(
+        "`input` must be a string, a list of strings, a list of token ids, or a list of "
+        "token-id lists",
+        param="input",
+    )
+
+
 class Embeddings(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, EmbeddingRequest)
+        _check_embedding_input(request.input)
         timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
         router = self.runtime.router
         optional = _other_optional(data)
