@@ -1,0 +1,81 @@
+"""The gateway as an ASGI app mounted inside someone else's Starlette or FastAPI service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fake_upstream import serve_in_thread
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+import gateway
+from gateway.app import create_app
+
+
+class Handler(gateway.CustomLLM):
+    async def acompletion(self, *args: Any, **kwargs: Any) -> gateway.ModelResponse:
+        await asyncio.sleep(0)  # yields, so the disconnect watcher and deadline arm
+        return gateway.completion(model="x", mock_response="from the mounted gateway")
+
+    def streaming(self, *args: Any, **kwargs: Any) -> Any:
+        yield from ["a", "b"]
+
+
+def gateway_config() -> dict[str, Any]:
+    return {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "h/m"}}],
+        "litellm_settings": {
+            "custom_provider_map": [{"provider": "h", "custom_handler": Handler()}]
+        },
+        "general_settings": {"master_key": "sk-mounted"},
+    }
+
+
+def home(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("host app")
+
+
+def starlette_host() -> Starlette:
+    # Starlette never runs a mounted app's lifespan: the gateway must work without it.
+    return Starlette(routes=[Route("/", home), Mount("/llm", app=create_app(gateway_config()))])
+
+
+def fastapi_host() -> FastAPI:
+    app = FastAPI()
+    app.get("/")(lambda: "host app")
+    app.mount("/llm", create_app(gateway_config()))
+    return app
+
+
+@pytest.fixture(params=[starlette_host, fastapi_host], ids=["starlette", "fastapi"])
+def host(request: pytest.FixtureRequest) -> Iterator[str]:
+    with serve_in_thread(request.param(), lifespan="on") as handle:
+        yield handle.url
+
+
+AUTH = {"Authorization": "Bearer sk-mounted"}
+
+
+def test_mounted_under_prefix(host: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{host}/llm/v1/chat/completions", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "from the mounted gateway"
+    assert r.json()["model"] == "m"
+
+    stream = httpx.post(f"{host}/llm/chat/completions", json={**body, "stream": True}, headers=AUTH)
+    assert stream.status_code == 200
+    assert stream.text.endswith("data: [DONE]\n\n")
+    assert '"content":"a"' in stream.text
+
+    assert httpx.get(f"{host}/llm/v1/models", headers=AUTH).json()["data"][0]["id"] == "m"
+    assert httpx.get(f"{host}/llm/health/liveliness").status_code == 200
+    assert httpx.post(f"{host}/llm/v1/chat/completions", json=body).status_code == 401
+    # The host's own routes still answer.
+    assert "host app" in httpx.get(f"{host}/").text
