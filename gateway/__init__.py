@@ -40,6 +40,7 @@ from .errors import (
 )
 from .provider import Provider
 from .registry import get_llm_provider, register_provider, unregister_provider
+from .router import Router
 from .streaming import stream_chunk_builder
 from .types import (
     EmbeddingResponse,
@@ -78,12 +79,14 @@ __all__ = [
     "PermissionDeniedError",
     "Provider",
     "RateLimitError",
+    "Router",
     "ServiceUnavailableError",
     "Timeout",
     "UnprocessableEntityError",
     "Usage",
     "__version__",
     "abatch_completion",
+    "create_app",
     "acompletion",
     "aembedding",
     "aimage_generation",
@@ -99,3 +102,13 @@ __all__ = [
     "types",
     "unregister_provider",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP app pulls in Starlette; import it only when asked, so `import gateway`
+    # stays fast for library users.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'gateway' has no attribute {name!r}")
