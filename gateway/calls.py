@@ -395,6 +395,7 @@ def embedding(
     headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> EmbeddingResponse:
+    """Embeddings for ``input`` (a string or a list), as an ``EmbeddingResponse``."""
     prepared = _prepare_other(
         EmbeddingCall, model, {"input": input}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -416,6 +417,7 @@ async def aembedding(
     headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> EmbeddingResponse:
+    """Async ``embedding``."""
     prepared = _prepare_other(
         EmbeddingCall, model, {"input": input}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -435,6 +437,7 @@ def image_generation(
     headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> ImageResponse:
+    """Images for ``prompt``, as an ``ImageResponse``."""
     prepared = _prepare_other(
         ImageCall, model, {"prompt": prompt}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -454,6 +457,7 @@ async def aimage_generation(
     headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> ImageResponse:
+    """Async ``image_generation``."""
     prepared = _prepare_other(
         ImageCall, model, {"prompt": prompt}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, NotRequired, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 from msgspec import UNSET, UnsetType, field
@@ -71,19 +71,26 @@ def _convert_list(values: list[Any], cls: type[Any]) -> list[Any]:
     return values
 
 
-class GenericStreamingChunk(TypedDict):
-    """One chunk yielded by a handler's ``streaming``/``astreaming``."""
-
+class _RequiredChunkKeys(TypedDict):
     text: str
     tool_use: dict[str, Any] | None
     is_finished: bool
     finish_reason: str
     usage: dict[str, int] | None
     index: int
-    provider_specific_fields: NotRequired[dict[str, Any] | None]
+
+
+# total=False, not NotRequired[...]: under `from __future__ import annotations`
+# Python 3.11 cannot see NotRequired and would make the key required.
+class GenericStreamingChunk(_RequiredChunkKeys, total=False):
+    """One chunk yielded by a handler's ``streaming``/``astreaming``."""
+
+    provider_specific_fields: dict[str, Any] | None
 
 
 class Usage(_Compat):
+    """Token counts, as in OpenAI's ``usage``."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -120,6 +127,8 @@ def _now() -> int:
 
 
 class ModelResponse(_Compat):
+    """A chat completion (``object: chat.completion``)."""
+
     id: str = field(default_factory=_chat_id)
     choices: list[Choices] = field(default_factory=lambda: [Choices()])
     created: int = field(default_factory=_now)
@@ -160,6 +169,8 @@ class StreamingChoices(_Compat):
 
 
 class ModelResponseStream(_Compat):
+    """One chunk of a streamed chat completion (``object: chat.completion.chunk``)."""
+
     id: str = field(default_factory=_chat_id)
     choices: list[StreamingChoices] = field(default_factory=lambda: [StreamingChoices()])
     created: int = field(default_factory=_now)
@@ -175,12 +186,16 @@ class ModelResponseStream(_Compat):
 
 
 class ImageObject(_Compat, omit_defaults=True):
+    """One generated image: ``url`` or ``b64_json``."""
+
     b64_json: str | None = None
     url: str | None = None
     revised_prompt: str | None = None
 
 
 class ImageResponse(_Compat, omit_defaults=True):
+    """The answer to an image generation request."""
+
     created: int = field(default_factory=_now)
     data: list[ImageObject] = field(default_factory=list)
     usage: Any = None
@@ -201,6 +216,8 @@ class Embedding(_Compat):
 
 
 class EmbeddingResponse(_Compat):
+    """The answer to an embeddings request (``object: list``)."""
+
     object: str = "list"
     data: list[Embedding] = field(default_factory=list)
     model: str | None = None
