@@ -472,7 +472,9 @@ class ServerHandle:
 @contextlib.contextmanager
 def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterator[ServerHandle]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto is TCP; with proto 0 every response pays Nagle + delayed ACK (40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

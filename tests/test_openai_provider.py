@@ -433,7 +433,7 @@ async def test_cancelling_a_stream_closes_the_upstream_request(upstream: FakeUps
     cancelled_at = time.monotonic()
     await _wait_for(lambda: upstream.disconnects, timeout=2)
     assert upstream.disconnects[0].disconnected - cancelled_at < 1.0  # type: ignore[operator]
-    assert upstream.open_requests == 0
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
     assert pool_stats()["active"] == 0
 
 

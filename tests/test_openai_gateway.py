@@ -1,0 +1,515 @@
+"""The OpenAI-compatible provider through the HTTP gateway, with the official SDK as client.
+
+Three real servers on loopback: the fake upstream, the gateway (uvicorn with uvloop and
+httptools, as the CLI runs it) and, for the chain, a second gateway in front of the first.
+"""
+
+from __future__ import annotations
+
+import base64
+import statistics
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import openai
+import pytest
+
+from gateway.app import create_app
+from providers.openai import pool_stats
+from tests.fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MESSAGES = [{"role": "user", "content": "hi"}]
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+def _config(base_url: str) -> dict[str, Any]:
+    def deployment(name: str, model: str, **params: Any) -> dict[str, Any]:
+        return {
+            "model_name": name,
+            "litellm_params": {
+                "model": model,
+                "api_base": base_url,
+                "api_key": UPSTREAM_KEY,
+                **params,
+            },
+        }
+
+    return {
+        "model_list": [
+            deployment("m", "openai/upstream-model", extra_headers={"x-deployment": "m"}),
+            deployment("vllm", "hosted_vllm/meta-llama", extra_body={"top_k": 5}),
+            deployment("emb", "openai/text-embedding-3-small"),
+            deployment("img", "openai/dall-e-3"),
+            deployment("quick", "openai/upstream-model", timeout=0.5),
+            {
+                "model_name": "down",
+                "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
+            },
+        ],
+        "gateway_settings": {"upstream": {"max_connections": 500, "max_keepalive_connections": 50}},
+    }
+
+
+@pytest.fixture(scope="module")
+def upstream_server() -> Iterator[FakeUpstream]:
+    with run_fake_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture(scope="module")
+def gateway_server(upstream_server: FakeUpstream) -> Iterator[ServerHandle]:
+    app = create_app(_config(upstream_server.base_url))
+    with serve_in_thread(app, loop="uvloop", http="httptools") as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def chained_server(gateway_server: ServerHandle) -> Iterator[ServerHandle]:
+    """A second gateway whose upstream is the first gateway."""
+    config = {
+        "model_list": [
+            {
+                "model_name": name,
+                "litellm_params": {
+                    "model": f"openai/{name}",
+                    "api_base": gateway_server.url + "/v1",
+                    "api_key": "sk-gateway-one-key",
+                },
+            }
+            for name in ("m", "emb", "img")
+        ]
+    }
+    with serve_in_thread(create_app(config), loop="uvloop", http="httptools") as handle:
+        yield handle
+
+
+@pytest.fixture
+async def client(gateway_server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=gateway_server.url + "/v1", api_key="client-key", max_retries=0
+    ) as sdk:
+        yield sdk
+
+
+def _stats(server: ServerHandle) -> dict[str, int]:
+    async def stats() -> dict[str, int]:
+        return pool_stats()
+
+    return server.call(stats)
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await anyio.sleep(0.01)
+
+
+# Chat.
+
+
+async def test_chat_json(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    response = await client.chat.completions.create(
+        model="m", messages=MESSAGES, temperature=0.3, extra_body={"custom_flag": True}
+    )
+    assert response.choices[0].message.content == "Hello from the fake upstream"
+    assert response.model == "m"
+    seen = upstream.requests_seen[-1]
+    assert seen.body["model"] == "upstream-model"
+    assert seen.body["temperature"] == 0.3 and seen.body["custom_flag"] is True
+    # The deployment's key and headers go upstream; the client's key never does.
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert seen.headers["x-deployment"] == "m"
+    assert "client-key" not in str(seen.headers)
+
+
+async def test_hosted_vllm_alias_and_extra_body(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    response = await client.chat.completions.create(model="vllm", messages=MESSAGES)
+    assert response.model == "vllm"
+    assert upstream.requests_seen[-1].body["model"] == "meta-llama"
+    assert upstream.requests_seen[-1].body["top_k"] == 5
+
+
+async def test_stream_passes_fields_through(
+    gateway_server: ServerHandle, upstream: FakeUpstream
+) -> None:
+    body = {
+        "model": "m",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "fake": {"extras": True},
+    }
+    async with (
+        httpx.AsyncClient(base_url=gateway_server.url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [msgspec.json.decode(e) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and {c["model"] for c in chunks} == {"m"}
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(content) == 5
+    for chunk in content:
+        assert chunk["x_fake_field"] == "kept"
+        assert chunk["system_fingerprint"] == "fp_fake"
+        delta = chunk["choices"][0]["delta"]
+        assert delta["reasoning_content"].startswith("thought") and "x_delta_field" in delta
+        assert chunk["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+async def test_stream_with_sdk_and_tool_calls_reassemble(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_body={"fake": {"tools": True}}
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or ():
+                slot = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] += delta.id or ""
+                slot["name"] += (delta.function and delta.function.name) or ""
+                slot["arguments"] += (delta.function and delta.function.arguments) or ""
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls == {
+        0: {
+            "id": "call_weather",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris", "unit": "c"}',
+        },
+        1: {"id": "call_time", "name": "get_time", "arguments": '{"tz": "Europe/Paris"}'},
+    }
+
+
+async def _ttft(sdk: openai.AsyncOpenAI, model: str) -> float:
+    started = time.perf_counter()
+    stream = await sdk.chat.completions.create(
+        model=model, messages=MESSAGES, stream=True, extra_body={"fake": {"delay": 0.02}}
+    )
+    first = None
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+    assert first is not None
+    return first
+
+
+async def test_ttft_through_gateway_is_close_to_direct(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    async with openai.AsyncOpenAI(base_url=upstream.base_url, api_key="x", max_retries=0) as direct:
+        await _ttft(direct, "upstream-model")  # warm both paths' connections
+        await _ttft(client, "m")
+        direct_times, gateway_times = [], []
+        for _ in range(15):
+            direct_times.append(await _ttft(direct, "upstream-model"))
+            gateway_times.append(await _ttft(client, "m"))
+    added = statistics.median(gateway_times) - statistics.median(direct_times)
+    print(
+        f"TTFT median direct {statistics.median(direct_times) * 1000:.1f} ms, "
+        f"via gateway {statistics.median(gateway_times) * 1000:.1f} ms, "
+        f"added {added * 1000:.1f} ms"
+    )
+    assert added < 0.020  # the issue's bound; benchmarks/ measures it properly
+
+
+# Disconnects and the pool.
+
+
+async def test_client_disconnect_closes_upstream_within_a_second(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream, gateway_server: ServerHandle
+) -> None:
+    stream = await client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"fake": {"chunks": 2000, "interval": 0.01}},
+    )
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 5:
+            break
+    await stream.close()
+    closed_at = time.monotonic()
+    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    seen = upstream.disconnects[0]
+    assert seen.disconnected is not None and seen.disconnected - closed_at < 1.0
+    assert seen.chunks_sent < 2000
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+    stats = _stats(gateway_server)
+    assert stats["active"] == 0 and stats["requests"] == 0
+
+
+async def test_disconnect_while_waiting_for_json_closes_upstream(
+    gateway_server: ServerHandle, upstream: FakeUpstream
+) -> None:
+    body = {"model": "m", "messages": MESSAGES, "fake": {"hang": True}}
+    async with httpx.AsyncClient(base_url=gateway_server.url) as http:
+        with anyio.move_on_after(0.3):
+            await http.post("/v1/chat/completions", json=body)
+    gone_at = time.monotonic()
+    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    assert upstream.disconnects[0].disconnected - gone_at < 1.0  # type: ignore[operator]
+
+
+async def test_200_concurrent_streams_leak_no_connections(
+    gateway_server: ServerHandle, upstream: FakeUpstream
+) -> None:
+    before = _stats(gateway_server)
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    texts: list[str] = []
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=30) as http,
+        openai.AsyncOpenAI(
+            base_url=gateway_server.url + "/v1", api_key="k", max_retries=0, http_client=http
+        ) as sdk,
+    ):
+
+        async def one() -> None:
+            stream = await sdk.chat.completions.create(
+                model="m",
+                messages=MESSAGES,
+                stream=True,
+                extra_body={"fake": {"chunks": 5, "interval": 0.05}},
+            )
+            parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            texts.append("".join(parts))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(one)
+    after = _stats(gateway_server)
+    print(f"gateway upstream pool before {before}, after {after}")
+    print(f"upstream saw at most {upstream.max_open_requests} requests at once")
+    assert texts == ["tok0 tok1 tok2 tok3 tok4 "] * 200
+    assert upstream.max_open_requests > 50  # they overlapped
+    assert after["active"] == 0 and after["requests"] == 0
+    assert after["idle"] == after["connections"] <= 50  # the configured keep-alive cap
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+
+
+# Errors keep their meaning.
+
+
+@pytest.mark.parametrize(
+    ("status", "sdk_error"),
+    [
+        (400, openai.BadRequestError),
+        (401, openai.AuthenticationError),
+        (403, openai.PermissionDeniedError),
+        (404, openai.NotFoundError),
+        (422, openai.UnprocessableEntityError),
+        (429, openai.RateLimitError),
+        (500, openai.InternalServerError),
+        (503, openai.InternalServerError),
+    ],
+)
+async def test_upstream_status_reaches_the_client(
+    client: openai.AsyncOpenAI, status: int, sdk_error: type[Exception]
+) -> None:
+    fake = {"status": status, "message": f"upstream says {status}", "retry_after": 3}
+    with pytest.raises(sdk_error) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, extra_body={"fake": fake}
+        )
+    error = info.value
+    assert error.status_code == status  # type: ignore[attr-defined]
+    assert error.body["message"] == f"upstream says {status}"  # type: ignore[attr-defined]
+    if status == 429:
+        assert error.response.headers["retry-after"] == "3"  # type: ignore[attr-defined]
+
+
+async def test_upstream_status_before_first_chunk_of_a_stream(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, extra_body={"fake": {"status": 429}}
+        )
+    assert info.value.status_code == 429
+
+
+async def test_upstream_key_is_redacted(client: openai.AsyncOpenAI) -> None:
+    fake = {"status": 401, "message": f"Incorrect API key provided: {UPSTREAM_KEY}"}
+    with pytest.raises(openai.AuthenticationError) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, extra_body={"fake": fake}
+        )
+    assert UPSTREAM_KEY not in str(info.value.body)
+    assert "[REDACTED]" in info.value.body["message"]  # type: ignore[index]
+
+
+async def test_unreachable_upstream_is_502(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(model="down", messages=MESSAGES)
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "api_connection_error"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("garbage", ["html", "truncated", "short"])
+async def test_broken_upstream_json_is_502(client: openai.AsyncOpenAI, garbage: str) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, extra_body={"fake": {"garbage": garbage}}
+        )
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "upstream_error"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "fake", [{"drop_after": 3}, {"garbage": "no_done"}, {"stream_error_after": 3}]
+)
+async def test_stream_broken_after_start_is_an_error_event(
+    client: openai.AsyncOpenAI, fake: dict[str, Any]
+) -> None:
+    stream = await client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_body={"fake": fake}
+    )
+    received = []
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            received.append(chunk)
+    assert received  # what arrived before the failure was relayed
+
+
+async def test_hanging_upstream_times_out_per_request(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    cases = [("quick", {}), ("m", {"timeout": 0.5})]  # deployment timeout; request timeout
+    for model, extra in cases:
+        for stream in (False, True):
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as info:
+                await client.chat.completions.create(
+                    model=model,
+                    messages=MESSAGES,
+                    stream=stream,
+                    extra_body={"fake": {"hang": True}, **extra},
+                )
+            assert info.value.status_code in (408, 504)
+            assert time.monotonic() - started < 3
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+    assert len(upstream.disconnects) == 4
+
+
+# Embeddings and images.
+
+
+async def test_embeddings(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    # The SDK asks for base64 by default and decodes it itself: the string must survive.
+    response = await client.embeddings.create(model="emb", input=["abc", "de"])
+    assert upstream.requests_seen[-1].body["encoding_format"] == "base64"
+    assert [d.embedding for d in response.data] == [[3.0, 0.625, 0.75], [2.25, 0.625, 0.75]]
+    assert response.model == "emb"
+    floats = await client.embeddings.create(
+        model="emb", input=[[1, 2, 3]], encoding_format="float", dimensions=2
+    )
+    assert upstream.requests_seen[-1].body["input"] == [[1, 2, 3]]
+    assert floats.data[0].embedding == [3.0, 0.625]
+    single = await client.embeddings.create(model="emb", input="one", encoding_format="float")
+    assert len(single.data) == 1
+
+
+async def test_embeddings_raw_base64(gateway_server: ServerHandle) -> None:
+    async with httpx.AsyncClient(base_url=gateway_server.url) as http:
+        response = await http.post(
+            "/v1/embeddings", json={"model": "emb", "input": "abc", "encoding_format": "base64"}
+        )
+    encoded = response.json()["data"][0]["embedding"]
+    assert struct.unpack("<3f", base64.b64decode(encoded)) == (3.0, 0.625, 0.75)
+
+
+async def test_images(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    response = await client.images.generate(model="img", prompt="a cat", n=2, size="256x256")
+    assert [d.url for d in response.data or ()] == [
+        "https://images.fake.invalid/0.png",
+        "https://images.fake.invalid/1.png",
+    ]
+    assert upstream.requests_seen[-1].body == {
+        "model": "dall-e-3",
+        "prompt": "a cat",
+        "n": 2,
+        "size": "256x256",
+    }
+    assert response.size == "256x256"
+    b64 = await client.images.generate(model="img", prompt="x", response_format="b64_json")
+    assert base64.b64decode((b64.data or [])[0].b64_json or "") == b"fake-png-0"
+
+
+# A chain: gateway -> gateway -> fake upstream.
+
+
+async def test_chain_of_two_gateways(chained_server: ServerHandle, upstream: FakeUpstream) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=chained_server.url + "/v1", api_key="k", max_retries=0
+    ) as sdk:
+        response = await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        assert response.choices[0].message.content == "Hello from the fake upstream"
+        assert response.model == "m"
+        assert upstream.requests_seen[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+        stream = await sdk.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, extra_body={"fake": {"tools": True}}
+        )
+        names = [
+            call.function.name
+            async for chunk in stream
+            for choice in chunk.choices
+            for call in choice.delta.tool_calls or ()
+            if call.function and call.function.name
+        ]
+        assert names == ["get_weather", "get_time"]
+
+        embedded = await sdk.embeddings.create(model="emb", input="abc")
+        assert embedded.data[0].embedding == [3.0, 0.625, 0.75]
+        image = await sdk.images.generate(model="img", prompt="p")
+        assert (image.data or [])[0].url == "https://images.fake.invalid/0.png"
+
+        with pytest.raises(openai.RateLimitError) as info:
+            await sdk.chat.completions.create(
+                model="m",
+                messages=MESSAGES,
+                extra_body={"fake": {"status": 429, "retry_after": 9, "message": "busy"}},
+            )
+        assert info.value.response.headers["retry-after"] == "9"
+        assert info.value.body["message"] == "busy"  # type: ignore[index]
+
+
+# The seed's test-model: openai/text-embedding-ada-002 without api_base.
+
+
+@pytest.fixture
+def example_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerHandle]:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with serve_in_thread(create_app(str(EXAMPLES / "config.yaml"))) as handle:
+        yield handle
+
+
+async def test_seed_test_model_fails_clearly_without_key(example_server: ServerHandle) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=example_server.url + "/v1", api_key="k", max_retries=0
+    ) as sdk:
+        started = time.monotonic()
+        with pytest.raises(openai.AuthenticationError) as info:
+            await sdk.embeddings.create(model="test-model", input="hello")
+    assert time.monotonic() - started < 5
+    assert "OPENAI_API_KEY" in info.value.body["message"]  # type: ignore[index]
