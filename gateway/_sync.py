@@ -121,6 +121,80 @@ class _LazyTimeout:
             raise TimeoutError from exc
 
 
+class IdleTimeout:
+    """Bounds each wait for a stream's next item with one timer for the whole stream.
+
+    ``async with deadline()`` around every item would make and cancel a timer per
+    chunk; here each chunk only stamps ``loop.time()``, and the timer re-arms itself
+    when it fires. Usage: ``await idle.wait(iterator.__anext__())`` raises
+    ``TimeoutError`` when one wait lasts ``timeout`` seconds. Other anyio backends fall
+    back to a ``fail_after`` per wait.
+    """
+
+    __slots__ = (
+        "_cancelling",
+        "_expired",
+        "_loop",
+        "_since",
+        "_task",
+        "_timer",
+        "_waiting",
+        "timeout",
+    )
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting = False
+        self._expired = False
+        self._since = 0.0
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                with anyio.fail_after(self.timeout):
+                    return await awaitable
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._since = loop.time()
+        self._waiting = True
+        if self._timer is None:
+            self._timer = loop.call_at(self._since + self.timeout, self._fire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if task.uncancel() <= self._cancelling:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = False
+
+    def _fire(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return  # re-armed by the next wait
+        assert self._loop is not None
+        due = self._since + self.timeout
+        if self._loop.time() >= due:
+            self._expired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._fire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class _AnyioDeadline:
     __slots__ = ("_scope",)
 

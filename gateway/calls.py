@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._sync import deadline, iterate_in_thread, run_async
+from ._sync import IdleTimeout, deadline, iterate_in_thread, run_async
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
@@ -202,11 +202,11 @@ async def astream_chunks(
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     state = StreamState(model_name, include_usage=_include_usage(call), raw_dicts=raw_dicts)
     iterator = provider.astream(call)
+    idle = IdleTimeout(timeout)
     try:
         while True:
             try:
-                async with deadline(timeout):
-                    item = await iterator.__anext__()
+                item = await idle.wait(iterator.__anext__())
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
@@ -220,6 +220,7 @@ async def astream_chunks(
         for chunk in state.close():
             yield chunk
     finally:
+        idle.close()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             with anyio.CancelScope(shield=True):
