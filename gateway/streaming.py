@@ -28,6 +28,7 @@ from .types import (
 __all__ = ["StreamState", "is_single_item", "stream_chunk_builder"]
 
 _UNSET = msgspec.UNSET
+_encode = msgspec.json.Encoder().encode
 
 
 def is_single_item(value: Any) -> bool:
@@ -40,13 +41,18 @@ def is_single_item(value: Any) -> bool:
 class StreamState:
     """Per-stream state: one id, role on the first chunk, exactly one finish chunk.
 
-    ``raw_dicts=True`` lets OpenAI-shaped dicts (from an OpenAI-compatible upstream)
-    pass through as dicts, unknown fields and all, only re-stamped.
+    ``raw_dicts=True`` is the HTTP gateway's mode, where chunks are only ever encoded:
+    OpenAI-shaped dicts (from an OpenAI-compatible upstream) pass through as dicts,
+    unknown fields and all, only re-stamped; and plain text chunks, most of any
+    stream, come out as ``msgspec.Raw`` JSON made from a per-stream template (the
+    same bytes the Structs encode to, without building three Structs per chunk).
     """
 
     __slots__ = (
         "_finished",
+        "_prefix",
         "_role_sent",
+        "_suffix",
         "_tools_seen",
         "created",
         "id",
@@ -68,6 +74,24 @@ class StreamState:
         self._role_sent = False
         self._finished = False
         self._tools_seen = False
+        self._prefix: bytes | None = None
+        self._suffix = b""
+        if raw_dicts:
+            self._prefix = (
+                b'{"id":"%s","choices":[{"index":0,"delta":{"content":' % self.id.encode()
+            )
+            self._suffix = b'},"finish_reason":null}],"created":%d,"model":%s,%s}' % (
+                self.created,
+                _encode(model),
+                b'"object":"chat.completion.chunk","system_fingerprint":null'
+                + (b',"usage":null' if include_usage else b""),
+            )
+
+    def _text(self, out: list[Any], text: str) -> None:
+        if self._prefix is not None and self._role_sent:
+            out.append(msgspec.Raw(self._prefix + _encode(text) + self._suffix))
+        else:
+            self._emit(out, Delta(content=text))
 
     def _make(self, delta: Delta, finish_reason: str | None = None) -> ModelResponseStream:
         return ModelResponseStream(
@@ -101,7 +125,7 @@ class StreamState:
         out: list[Any] = []
         if isinstance(item, str):
             if item:
-                self._emit(out, Delta(content=item))
+                self._text(out, item)
         elif isinstance(item, dict):
             if "choices" in item:
                 self._feed_openai_dict(item, out)
@@ -140,7 +164,9 @@ class StreamState:
     def _feed_generic(self, item: dict[str, Any], out: list[Any]) -> None:
         text = item.get("text")
         tool_use = item.get("tool_use")
-        if text or tool_use:
+        if text and not tool_use:
+            self._text(out, text)
+        elif tool_use:
             delta = Delta(content=text) if text else Delta()
             if tool_use:
                 self._tools_seen = True
