@@ -98,7 +98,7 @@ _HOP_HEADERS = frozenset(
 )
 
 _SECRETS = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|(?<=Bearer )\S+", re.IGNORECASE)
-_DRAIN_AFTER_DONE = 1.0  # seconds to wait for the body's end after [DONE]
+_DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
 
 
 # The shared client: one per event loop, made lazily or at start-up.
@@ -266,8 +266,26 @@ def _event_error(item: Any, api_key: str | None) -> GatewayError:
     return BadGatewayError(f"upstream stream error: {message}")
 
 
-def _decode(content: bytes, decoder: msgspec.json.Decoder[T], cls: type[T], what: str) -> T:
+def _is_error(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("error") is not None
+        and not data.get("choices")
+        and not data.get("data")
+    )
+
+
+def _decode(
+    content: bytes, decoder: msgspec.json.Decoder[T], cls: type[T], what: str, api_key: str | None
+) -> T:
+    data: Any = None
     try:
+        # Every field of the response types has a default, so an error object would
+        # decode as an empty answer: look for one first (a substring scan is cheap).
+        if b'"error"' in content:
+            data = _decoder.decode(content)
+            if _is_error(data):
+                raise _event_error(data, api_key)
         return decoder.decode(content)
     except msgspec.ValidationError:
         pass
@@ -277,9 +295,8 @@ def _decode(content: bytes, decoder: msgspec.json.Decoder[T], cls: type[T], what
             f"upstream sent a {what} that is not valid JSON ({exc}): {snippet!r}"
         ) from None
     # Valid JSON of another shape: tolerate nulls some servers send for absent fields.
-    data = _decoder.decode(content)
-    if isinstance(data, dict) and "error" in data and len(data) <= 2:
-        raise _event_error(data, None)
+    if data is None:
+        data = _decoder.decode(content)
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if v is not None}
     try:
@@ -467,7 +484,9 @@ class OpenAIProvider(Provider):
         response = await self._send(
             target, "/chat/completions", self._chat_body(call, target), stream=False
         )
-        return _decode(response.content, _chat_decoder, ModelResponse, "chat completion")
+        return _decode(
+            response.content, _chat_decoder, ModelResponse, "chat completion", target.api_key
+        )
 
     async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         target = _Target(self, call)
@@ -521,7 +540,9 @@ class OpenAIProvider(Provider):
         body.update(_strip(call.optional_params))
         body.update(target.extra_body)
         response = await self._send(target, "/embeddings", body, stream=False)
-        return _decode(response.content, _embedding_decoder, EmbeddingResponse, "embedding")
+        return _decode(
+            response.content, _embedding_decoder, EmbeddingResponse, "embedding", target.api_key
+        )
 
     async def aimage_generation(self, call: ImageCall) -> ImageResponse:
         target = _Target(self, call)
@@ -529,4 +550,6 @@ class OpenAIProvider(Provider):
         body.update(_strip(call.optional_params))
         body.update(target.extra_body)
         response = await self._send(target, "/images/generations", body, stream=False)
-        return _decode(response.content, _image_decoder, ImageResponse, "image response")
+        return _decode(
+            response.content, _image_decoder, ImageResponse, "image response", target.api_key
+        )

@@ -25,7 +25,9 @@ an ``x-fake`` header holding the same object as JSON. Keys (all optional):
 - ``stream_error_after``: send ``data: {"error": ...}`` after that many chunks
 - ``garbage``: ``"html"`` (a non-JSON 200), ``"truncated"`` (cut JSON, framed
   correctly), ``"short"`` (body shorter than its Content-Length), ``"event"`` (a stream
-  event that is not JSON), ``"no_done"`` (a stream that stops without finish or [DONE])
+  event that is not JSON), ``"no_done"`` (a stream that stops without finish or [DONE]),
+  ``"error_body"`` (HTTP 200 carrying ``{"error": ...}``)
+- ``null_usage``: JSON answers carry ``"usage": null``
 """
 
 from __future__ import annotations
@@ -201,6 +203,10 @@ class FakeUpstream:
         self, fake: dict[str, Any], payload: Any, send: Any, send_body: Callable[..., Any]
     ) -> None:
         garbage = fake.get("garbage")
+        if garbage == "error_body":  # some servers answer 200 with an error object
+            payload = _error(fake.get("message") or "failed", "server_error", fake.get("code"))
+        if fake.get("null_usage"):
+            payload["usage"] = None
         data = _encoder.encode(payload)
         if garbage == "html":
             data = b"<html><body>502 Bad Gateway (nginx)</body></html>"

@@ -47,7 +47,7 @@ def _config(base_url: str) -> dict[str, Any]:
             deployment("vllm", "hosted_vllm/meta-llama", extra_body={"top_k": 5}),
             deployment("emb", "openai/text-embedding-3-small"),
             deployment("img", "openai/dall-e-3"),
-            deployment("quick", "openai/upstream-model", timeout=0.5),
+            deployment("quick", "openai/upstream-model", timeout=0.3),
             {
                 "model_name": "down",
                 "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
@@ -394,7 +394,7 @@ async def test_stream_broken_after_start_is_an_error_event(
 async def test_hanging_upstream_times_out_per_request(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    cases = [("quick", {}), ("m", {"timeout": 0.5})]  # deployment timeout; request timeout
+    cases = [("quick", {}), ("m", {"timeout": 0.3})]  # deployment timeout; request timeout
     for model, extra in cases:
         for stream in (False, True):
             started = time.monotonic()

@@ -342,6 +342,22 @@ async def test_upstream_error_event_with_status_keeps_it(upstream: FakeUpstream)
     assert info.value.message == "slow down" and info.value.retryable
 
 
+async def test_ok_status_with_error_body_and_null_usage(upstream: FakeUpstream) -> None:
+    fake = {"garbage": "error_body", "code": 503, "message": "overloaded"}
+    with pytest.raises(errors.ServiceUnavailableError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    assert info.value.message == "overloaded"
+    with pytest.raises(errors.BadGatewayError):
+        await gateway.aembedding(
+            "openai/e", "x", api_base=upstream.base_url, fake={"garbage": "error_body"}
+        )
+    # Servers that send "usage": null are tolerated.
+    response = await gateway.acompletion(
+        "openai/x", MESSAGES, api_base=upstream.base_url, fake={"null_usage": True}
+    )
+    assert response.choices[0].message.content and response.usage.total_tokens == 0
+
+
 async def test_connect_error_is_retryable_502() -> None:
     started = time.monotonic()
     with pytest.raises(errors.APIConnectionError) as info:
