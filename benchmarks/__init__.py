@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks run [scenario ...]`` (see benchmarks/README.md)."""

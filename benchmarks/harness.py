@@ -1,0 +1,480 @@
+"""Servers as processes, the run context the scenarios share, and the run itself.
+
+Every target runs in its own process (``start_new_session``, pinned to the server CPU),
+the load generator in another (pinned to the load CPU), and this process only starts,
+measures and stops them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import load
+from .payloads import TTFT_SETTINGS, chat_body
+
+__all__ = [
+    "REPO",
+    "SCENARIOS",
+    "Context",
+    "Server",
+    "ServerError",
+    "free_port",
+    "http_request",
+    "normalise",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+# In run order; each name is a module in benchmarks/scenarios/.
+SCENARIOS = ("chat", "chat-sync", "stream", "ttft", "proxy", "startup", "memory", "soak")
+CHAT_PATH = "/v1/chat/completions"
+READY_BODY = chat_body("bench-chat")
+
+
+class ServerError(RuntimeError):
+    """A target could not be started or stopped answering."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes = b"", timeout: float = 30.0
+) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, body). Chunked bodies are decoded."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body else {}
+        conn.request(method, path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+_ID = re.compile(rb"chatcmpl-[0-9a-f-]{36}")
+_CREATED = re.compile(rb'"created":\d+')
+
+
+def normalise(body: bytes) -> bytes:
+    """A response with its id and timestamp values masked (their length is kept)."""
+    body = _ID.sub(lambda m: b"chatcmpl-" + b"x" * (len(m.group()) - 9), body)
+    return _CREATED.sub(lambda m: b'"created":' + b"0" * (len(m.group()) - 10), body)
+
+
+def _rss_tree(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, in bytes."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+                break
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass
+    return total
+
+
+@dataclass
+class Server:
+    """One target process: started, polled until it answers, measured, stopped."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
+    cpus: set[int] | None = None
+    ready_path: str = CHAT_PATH
+    ready_body: bytes = READY_BODY
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cpus = self.cpus
+        log = self.log_path.open("ab")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: stopping it stops its workers too
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds from process start to the first 200 answer to a chat request."""
+        assert self.proc is not None
+        deadline = self.started_at + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"{self.name} exited with status {self.proc.returncode}: {self.log_tail()}"
+                )
+            try:
+                status, _ = http_request(self.port, "POST", self.ready_path, self.ready_body, 5)
+                if status == 200:
+                    return time.perf_counter() - self.started_at
+            except OSError:
+                pass
+            if time.perf_counter() > deadline:
+                raise ServerError(f"{self.name} did not answer within {timeout:g} s")
+            time.sleep(0.005)
+
+    def rss(self) -> int:
+        assert self.proc is not None
+        return _rss_tree(self.proc.pid)
+
+    def log_tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+# Targets.
+
+TARGET_LABELS = {
+    "gateway": "this gateway (python -m gateway)",
+    "baseline": "bare Starlette + uvicorn + msgspec",
+    "raw": "bare ASGI callable on uvicorn",
+    "litellm": "LiteLLM proxy",
+    "mock": "the mock timing served by the bare Starlette app",
+    "upstream": "the upstream (bare Starlette app) called directly",
+}
+
+
+def gateway_config(upstream_port: int | None = None) -> dict[str, Any]:
+    """The config.yaml every gateway run serves."""
+    models: list[dict[str, Any]] = [
+        {"model_name": "bench-chat", "litellm_params": {"model": "bench-async/chat"}},
+        {"model_name": "bench-chat-sync", "litellm_params": {"model": "bench-sync/chat"}},
+        {"model_name": "bench-stream", "litellm_params": {"model": "bench-async/stream"}},
+        {"model_name": "bench-stream-sync", "litellm_params": {"model": "bench-sync/stream"}},
+        {"model_name": "bench-ttft", "litellm_params": {"model": "mock/ttft", **TTFT_SETTINGS}},
+    ]
+    if upstream_port is not None:
+        models.append(
+            {
+                "model_name": "bench-proxy",
+                "litellm_params": {
+                    "model": "openai/bench-upstream",
+                    "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                    "api_key": "bench-key",
+                },
+            }
+        )
+    return {
+        "model_list": models,
+        "litellm_settings": {
+            "custom_provider_map": [
+                {"provider": "bench-async", "custom_handler": "benchmarks.handlers.async_handler"},
+                {"provider": "bench-sync", "custom_handler": "benchmarks.handlers.sync_handler"},
+            ]
+        },
+    }
+
+
+def litellm_config(upstream_port: int | None = None) -> dict[str, Any]:
+    """The equivalent LiteLLM config (handlers in ``litellm_bench_handlers.py``)."""
+    config = gateway_config(upstream_port)
+    for entry in config["model_list"]:
+        if entry["model_name"] == "bench-ttft":
+            entry["litellm_params"] = {"model": "bench-ttft/ttft"}
+    config["litellm_settings"] = {
+        "custom_provider_map": [
+            {"provider": name, "custom_handler": f"litellm_bench_handlers.{attr}"}
+            for name, attr in (
+                ("bench-async", "async_handler"),
+                ("bench-sync", "sync_handler"),
+                ("bench-ttft", "ttft_handler"),
+            )
+        ]
+    }
+    return config
+
+
+@dataclass
+class Context:
+    """What a scenario needs: settings, the load generator, and targets to start."""
+
+    duration: float
+    connections: list[int]
+    quick: bool
+    out_dir: Path
+    litellm: str | None = None
+    tool: str = "wrk"
+    pin: bool = True
+    wrk_threads: int = 1
+    soak_duration: float = 180.0
+    memory_requests: int = 100_000
+    startup_runs: int = 5
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    servers: list[Server] = field(default_factory=list)
+    echo: Callable[[str], None] = print
+
+    @property
+    def server_cpus(self) -> set[int] | None:
+        return {0} if self.pin and (os.cpu_count() or 1) >= 2 else None
+
+    @property
+    def load_cpus(self) -> set[int] | None:
+        return {1} if self.pin and (os.cpu_count() or 1) >= 2 else None
+
+    def targets(self, *names: str) -> list[str]:
+        """``names`` with ``litellm`` only when ``--litellm`` was given."""
+        return [n for n in names if n != "litellm" or self.litellm]
+
+    # servers
+
+    def server(self, target: str, *, upstream_port: int | None = None) -> Server:
+        """A target, not started yet."""
+        port = free_port()
+        log_path = self.work_dir / f"{target}-{port}.log"
+        py = sys.executable
+        env = {"PYTHONPATH": str(REPO)}
+        if target == "gateway":
+            config = self.work_dir / f"gateway-{port}.yaml"
+            config.write_text(yaml.safe_dump(gateway_config(upstream_port), sort_keys=False))
+            argv = [py, "-m", "gateway", "--config", str(config)]
+            argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        elif target in ("baseline", "mock", "upstream"):
+            argv = [py, "-m", "benchmarks.servers.baseline", "--port", str(port)]
+        elif target == "raw":
+            argv = [py, "-m", "benchmarks.servers.raw", "--port", str(port)]
+        elif target == "litellm":
+            assert self.litellm is not None
+            argv = self._litellm_argv(port, upstream_port)
+            env = {"LITELLM_LOG": "ERROR"}
+        else:
+            raise ValueError(f"unknown target {target!r}")
+        server = Server(target, argv, port, log_path, env=env, cpus=self.server_cpus)
+        if target == "litellm":
+            server.cwd = self.work_dir
+        return server
+
+    def _litellm_argv(self, port: int, upstream_port: int | None) -> list[str]:
+        folder = self.work_dir / f"litellm-{port}"
+        folder.mkdir()
+        handlers = Path(__file__).with_name("litellm_handlers.py")
+        shutil.copy(handlers, folder / "litellm_bench_handlers.py")
+        config = folder / "config.yaml"
+        config.write_text(yaml.safe_dump(litellm_config(upstream_port), sort_keys=False))
+        assert self.litellm is not None
+        return [
+            self.litellm,
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ]
+
+    def start(self, target: str, *, upstream_port: int | None = None) -> Server:
+        """A target started and answering (stopped at the end of the scenario)."""
+        server = self.server(target, upstream_port=upstream_port)
+        self.servers.append(server)
+        server.start()
+        server.wait_ready(120 if target == "litellm" else 30)
+        return server
+
+    def start_all(
+        self, targets: Sequence[str], *, upstream_port: int | None = None
+    ) -> tuple[dict[str, Server], dict[str, str]]:
+        """Start each target; a target that fails is reported, not fatal."""
+        started: dict[str, Server] = {}
+        failed: dict[str, str] = {}
+        for target in targets:
+            try:
+                started[target] = self.start(target, upstream_port=upstream_port)
+            except ServerError as exc:
+                failed[target] = str(exc)
+                self.echo(f"  ! {target} did not start: {exc}")
+        return started, failed
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
+
+    # load
+
+    def throughput(
+        self,
+        server: Server,
+        bodies: Sequence[bytes],
+        connections: int,
+        *,
+        duration: float | None = None,
+        requests: int = 0,
+        on_tick: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Requests per second and latency percentiles from wrk (or the asyncio client)."""
+        seconds = self.duration if duration is None else duration
+        if self.tool == "wrk":
+            return load.wrk_run(
+                server.url + CHAT_PATH,
+                bodies,
+                connections=connections,
+                duration=seconds if not requests else max(seconds, 600),
+                requests=requests,
+                threads=self.wrk_threads,
+                cpus=self.load_cpus,
+                on_tick=on_tick,
+            )
+        return load.client_run(
+            server.port,
+            CHAT_PATH,
+            bodies,
+            connections=connections,
+            duration=seconds if not requests else max(seconds, 600),
+            requests=requests or -1,
+            cpus=self.load_cpus,
+            on_tick=on_tick,
+        )
+
+    def streams(
+        self, server: Server, body: bytes, connections: int, duration: float | None = None
+    ) -> dict[str, Any]:
+        """Per-chunk timing of streaming requests from the asyncio client."""
+        return load.client_run(
+            server.port,
+            CHAT_PATH,
+            [body],
+            connections=connections,
+            duration=self.duration if duration is None else duration,
+            stream=True,
+            cpus=self.load_cpus,
+        )
+
+    def same_bytes(
+        self, servers: dict[str, Server], body: bytes, reference: str = "gateway"
+    ) -> dict[str, bool]:
+        """Whether each target answers ``body`` with the reference's bytes (ids masked)."""
+        answers: dict[str, bytes] = {}
+        for name, server in servers.items():
+            try:
+                status, payload = http_request(server.port, "POST", CHAT_PATH, body)
+            except OSError as exc:
+                self.echo(f"  ! {name}: {exc}")
+                continue
+            answers[name] = normalise(payload) if status == 200 else b"HTTP %d" % status
+        if reference not in answers:
+            return {}
+        result = {}
+        for name, answer in answers.items():
+            if name == reference:
+                continue
+            result[name] = answer == answers[reference]
+            if not result[name]:
+                self.echo(
+                    f"  ! {name} answers other bytes than {reference}:\n"
+                    f"    {reference}: {answers[reference][:300]!r}\n"
+                    f"    {name}: {answer[:300]!r}"
+                )
+        return result
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        memory = round(int(first.split()[1]) / 1024 / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    versions = {}
+    for name in ("uvicorn", "starlette", "msgspec", "anyio", "httpx", "httptools", "uvloop"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gb": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "wrk": load.wrk_version(),
+        "commit": commit or None,
+    }
+
+
+def now_stamp() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,156 @@
+"""Pieces the scenarios share: number formatting, ratios, checks, the throughput run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..harness import Context, http_request
+
+__all__ = ["check", "fmt", "headline_level", "ratio", "run_throughput", "warm_up"]
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: thousands separators for big numbers, a dash for missing ones."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def check(figure: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
+    """A target from the issue: ``value op bound`` (ok is None when not measured)."""
+    ok = None
+    if value is not None:
+        ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+    return {"figure": figure, "value": value, "target": f"{op} {bound:g}", "ok": ok}
+
+
+def headline_level(levels: list[int]) -> int:
+    """The concurrency the headline ratios are read at: 32 when measured, else the top."""
+    return 32 if 32 in levels else max(levels)
+
+
+def warm_up(ctx: Context, server: Any, bodies: list[bytes], connections: int) -> None:
+    """Let each target import and allocate what it needs before it is measured."""
+    if ctx.quick:
+        for body in bodies * 10:
+            http_request(server.port, "POST", "/v1/chat/completions", body)
+        return
+    ctx.throughput(server, bodies, connections, duration=1)
+
+
+def run_throughput(
+    ctx: Context,
+    *,
+    name: str,
+    model: str,
+    stream: bool = False,
+    events_per_response: int = 0,
+    checks: list[tuple[str, str, str, float]],
+) -> dict[str, Any]:
+    """Throughput and latency of each target at each concurrency level, interleaved.
+
+    ``checks`` are (figure, ratio key, op, bound) read at the headline level.
+    """
+    from ..payloads import chat_body
+
+    targets = ctx.targets("gateway", "baseline", "raw", "litellm")
+    body = chat_body(model, stream=stream)
+    levels = ctx.connections
+    servers, failed = ctx.start_all(targets)
+    points: list[dict[str, Any]] = []
+    try:
+        same = ctx.same_bytes(servers, body)
+        for server in servers.values():
+            warm_up(ctx, server, [body], levels[0])
+        for connections in levels:
+            for target in targets:  # round-robin: every target at this level, then the next
+                if target not in servers:
+                    continue
+                point = ctx.throughput(servers[target], [body], connections)
+                point["target"] = target
+                if events_per_response:
+                    point["chunks_per_s"] = round(point["rps"] * events_per_response, 1)
+                points.append(point)
+                ctx.echo(
+                    f"  {name:<9} c={connections:<4} {target:<9}"
+                    f" {point['rps']:>10,.0f} req/s  p50 {point['p50_ms']:.2f} ms"
+                    f"  p99 {point['p99_ms']:.2f} ms  errors {point['errors']}"
+                )
+    finally:
+        ctx.stop_all()
+    metric = "chunks_per_s" if events_per_response else "rps"
+    unit = "chunks/s" if events_per_response else "req/s"
+    by = {(p["target"], p["connections"]): p for p in points}
+
+    def get(target: str, connections: int, key: str) -> float | None:
+        point = by.get((target, connections))
+        return None if point is None else point[key]
+
+    has_litellm = "litellm" in targets
+    columns = ["connections", f"gateway {unit}", f"baseline {unit}", f"raw {unit}"]
+    if has_litellm:
+        columns.append(f"LiteLLM {unit}")
+    columns += ["gateway/baseline", "gateway/raw"]
+    if has_litellm:
+        columns.append("gateway/LiteLLM")
+    columns += ["p50 ms gw / base / raw", "p99 ms gw / base / raw", "errors"]
+    rows, ratios = [], []
+    for connections in levels:
+        gw = get("gateway", connections, metric)
+        level = {
+            "connections": connections,
+            "gateway/baseline": ratio(gw, get("baseline", connections, metric)),
+            "gateway/raw": ratio(gw, get("raw", connections, metric)),
+            "p99 gateway/baseline": ratio(
+                get("gateway", connections, "p99_ms"), get("baseline", connections, "p99_ms")
+            ),
+        }
+        if has_litellm:
+            level["gateway/litellm"] = ratio(gw, get("litellm", connections, metric))
+        ratios.append(level)
+        row = [connections, gw]
+        row += [get("baseline", connections, metric), get("raw", connections, metric)]
+        if has_litellm:
+            row.append(get("litellm", connections, metric))
+        row += [level["gateway/baseline"], level["gateway/raw"]]
+        if has_litellm:
+            row.append(level["gateway/litellm"])
+        for key in ("p50_ms", "p99_ms"):
+            cells = (fmt(get(t, connections, key)) for t in ("gateway", "baseline", "raw"))
+            row.append(" / ".join(cells))
+        row.append(sum(p["errors"] for p in points if p["connections"] == connections))
+        rows.append([fmt(cell) for cell in row])
+    top = headline_level(levels)
+    headline = next(r for r in ratios if r["connections"] == top)
+    return {
+        "unit": unit,
+        "metric": metric,
+        "targets": targets,
+        "failed": failed,
+        "same_bytes": same,
+        "connections": levels,
+        "points": points,
+        "ratios": ratios,
+        "headline": headline,
+        "checks": [
+            check(f"{figure} (c={top})", headline.get(key), op, bound)
+            for figure, key, op, bound in checks
+        ],
+        "columns": columns,
+        "rows": rows,
+        "plot": True,
+    }
