@@ -361,3 +361,36 @@ def test_spec_error_keeps_its_status() -> None:
     assert info.value.status_code == 429
     assert info.value.type == "rate_limit_error"
     assert info.value.message == "slow down"
+
+
+# The config.yaml blocks, with the handler file each one names (the proxy's loader)
+
+
+@pytest.mark.parametrize(("yaml_index", "handler_block"), [(0, PROXY_HANDLER), (1, IMAGE_HANDLER)])
+async def test_config_blocks_load_the_seed_handler(
+    tmp_path: Path, yaml_index: int, handler_block: int
+) -> None:
+    from gateway.config import load_config
+
+    handler_source = to_gateway(PY[handler_block])
+    if handler_block == IMAGE_HANDLER:
+        # As a file the snippet needs its missing imports; the code itself is unchanged.
+        handler_source = (
+            "import time\nimport httpx\nfrom typing import Any, Optional, Union\n"
+            "AsyncHTTPHandler = Any\n" + handler_source
+        )
+    (tmp_path / "custom_handler.py").write_text(handler_source)
+    (tmp_path / "config.yaml").write_text(blocks("yaml")[yaml_index])
+    config = load_config(tmp_path / "config.yaml")
+    assert config.model_names == ["test-model", "my-custom-model"]
+    ((name, handler),) = config.custom_providers
+    assert name == "my-custom-llm"
+    assert type(handler).__name__ == "MyCustomLLM"
+
+    register(name, handler)
+    if handler_block == PROXY_HANDLER:
+        resp = await gateway.acompletion("my-custom-llm/my-model", [])
+        assert resp.choices[0].message.content == "Hi!"
+    else:
+        image = await gateway.aimage_generation("A cute baby sea otter", model="my-custom-llm/x")
+        assert image.data[0].url == "https://example.com/image.png"
