@@ -6,7 +6,7 @@ changed: ``import litellm`` -> ``import gateway``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import types
 from ._sync import set_thread_limit
@@ -40,7 +40,6 @@ from .errors import (
 )
 from .provider import Provider
 from .registry import get_llm_provider, register_provider, unregister_provider
-from .router import Router
 from .streaming import stream_chunk_builder
 from .types import (
     EmbeddingResponse,
@@ -51,6 +50,9 @@ from .types import (
     ModelResponseStream,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .router import Router
 
 __version__ = "0.1.0"
 
@@ -111,4 +113,9 @@ def __getattr__(name: str) -> Any:
         from .app import create_app
 
         return create_app
+    # The router (and the config module it uses) is a fifth of the import time.
+    if name == "Router":
+        from .router import Router
+
+        return Router
     raise AttributeError(f"module 'gateway' has no attribute {name!r}")
