@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 import pytest
 
 import gateway
@@ -471,6 +472,40 @@ async def test_duck_typed_litellm_subclass() -> None:
     # Sync streaming: `streaming` is the base default, so astreaming serves it.
     chunks = list(gateway.completion("lite/m", USER, stream=True))
     assert gateway.stream_chunk_builder(chunks).choices[0].message.content == "litellm"
+
+
+async def test_duck_typed_image_and_embedding_dumps() -> None:
+    class Media(CustomLLM):
+        async def aimage_generation(self, *args: Any, **kwargs: Any) -> Any:
+            return PydanticLike(
+                {
+                    "created": 5,
+                    "data": [{"b64_json": None, "url": "https://x/i.png", "revised_prompt": None}],
+                    "usage": None,
+                    "_hidden_params": {},
+                }
+            )
+
+        def embedding(self, *args: Any, **kwargs: Any) -> Any:
+            return PydanticLike(
+                {
+                    "model": "e",
+                    "object": "list",
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.25]}],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1, "prompt_tokens_details": None},
+                }
+            )
+
+    register("media", Media())
+    image = gateway.image_generation("p", model="media/i")
+    assert image.data[0].url == "https://x/i.png"
+    assert msgspec.json.decode(msgspec.json.encode(image)) == {
+        "created": 5,
+        "data": [{"url": "https://x/i.png"}],
+    }
+    emb = await gateway.aembedding("media/e", "x")
+    assert emb.data[0].embedding == [0.25]
+    assert emb.usage.total_tokens == 1
 
 
 async def test_duck_typed_plain_object() -> None:
