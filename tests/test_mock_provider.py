@@ -222,3 +222,82 @@ async def test_bad_settings_are_400_naming_the_key(params: dict[str, Any], name:
     with pytest.raises(BadRequestError) as info:
         await MockProvider().acompletion(_call(params))
     assert info.value.param == name and name in info.value.message
+
+
+# Through the HTTP gateway: per-request settings arrive as extra body fields.
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    from fake_upstream import serve_in_thread
+
+    from gateway.app import create_app
+
+    config = {
+        "model_list": [
+            {
+                "model_name": "mocked",
+                "litellm_params": {
+                    "model": "mock/m",
+                    "mock_tokens": 8,
+                    "mock_ttft_ms": 5000,
+                    "mock_tokens_per_second": 1000,
+                },
+            }
+        ]
+    }
+    with serve_in_thread(create_app(config), loop="uvloop", http="httptools") as handle:
+        yield handle.url
+
+
+def test_http_stream_paced_by_extra_body(server: str) -> None:
+    import openai
+
+    times, text = [], ""
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0) as client:
+        start = time.perf_counter()
+        stream = client.chat.completions.create(
+            model="mocked",
+            messages=MESSAGES,
+            stream=True,
+            extra_body={"mock_ttft_ms": 150, "mock_tokens_per_second": 25, "mock_tokens": 4},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                times.append(time.perf_counter() - start)
+                text += chunk.choices[0].delta.content
+    assert text == generated_text(4)
+    assert 0.14 <= times[0] < 4  # the request's 150 ms, not the deployment's 5 s
+    # Chunks arrive as the mock paces them (40 ms apart), not all at the end.
+    assert times[3] - times[0] >= 0.11, times
+
+
+def test_http_non_stream_uses_deployment_settings_and_counts_usage(server: str) -> None:
+    import httpx
+
+    body = {"model": "mocked", "messages": MESSAGES, "mock_ttft_ms": 0}
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["model"] == "mocked"
+    assert data["choices"][0]["message"]["content"] == generated_text(8)
+    assert data["usage"] == {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12}
+
+
+def test_http_injected_failure_keeps_its_status(server: str) -> None:
+    import openai
+
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0) as client:
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(
+                model="mocked",
+                messages=MESSAGES,
+                extra_body={"mock_failure_rate": 1, "mock_failure_status": 429},
+            )
+        assert info.value.status_code == 429
+        assert "Injected mock failure" in str(info.value)
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(
+                model="mocked", messages=MESSAGES, extra_body={"mock_ttft_ms": "soon"}
+            )
+        assert "mock_ttft_ms" in str(bad.value)
