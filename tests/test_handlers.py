@@ -98,7 +98,7 @@ async def test_sync_handlers_use_a_dedicated_limiter() -> None:
                 active += 1
                 peak = max(peak, active)
             borrowed.append(default.borrowed_tokens)
-            time.sleep(0.05)
+            time.sleep(0.1)
             with lock:
                 active -= 1
             return "ok"
