@@ -7,6 +7,7 @@ built from a deployment.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -87,6 +88,27 @@ class _Prepared:
         self.provider, self.call, self.timeout = provider, call, timeout
 
 
+def _seconds(timeout: Any) -> float | None:
+    # A call's timeout as seconds: a number, a numeric string or an httpx.Timeout.
+    if timeout is None:
+        return None
+    if hasattr(timeout, "read") and hasattr(timeout, "connect"):
+        # httpx.Timeout (LiteLLM accepts it): bound each wait by its longest phase.
+        phases = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        timeout = max((t for t in phases if t is not None), default=None)
+        if timeout is None:
+            return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise BadRequestError(
+            f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout"
+        )
+    return seconds
+
+
 def _resolve(
     model: str, mock_response: Any, custom_llm_provider: str | None
 ) -> tuple[Provider, str, str]:
@@ -133,6 +155,12 @@ def _prepare_chat(
     headers: dict[str, str] | None,
     kwargs: dict[str, Any],
 ) -> _Prepared:
+    if messages is not None and not isinstance(messages, list | tuple):
+        raise BadRequestError(
+            f"messages must be a list of messages, got {type(messages).__name__}",
+            param="messages",
+        )
+    timeout = _seconds(timeout)
     provider, provider_model, optional, params, merged = _common(
         model, kwargs, mock_response, custom_llm_provider, api_key, api_base, headers
     )
@@ -374,6 +402,7 @@ def _prepare_other(
 ) -> _Prepared:
     if not model:
         raise BadRequestError("a model is required", param="model")
+    timeout = _seconds(timeout)
     provider, provider_model, optional, params, merged = _common(
         model, kwargs, mock_response, custom_llm_provider, api_key, api_base, headers
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 import gateway
@@ -337,3 +338,41 @@ async def test_image_timeout() -> None:
     register("img", SlowImages())
     with pytest.raises(gateway.Timeout):
         await gateway.aimage_generation("p", model="img/m", timeout=0.2)
+
+
+@pytest.mark.parametrize("bad", ["soon", -1, 0, float("nan"), float("inf"), [1]])
+async def test_bad_timeout_is_a_400(bad: Any) -> None:
+    register("p", Blocking())
+    for call in (
+        lambda: gateway.completion("p/m", USER, timeout=bad),
+        lambda: gateway.embedding("p/m", "x", timeout=bad),
+        lambda: gateway.completion("p/m", USER, mock_response="x", timeout=bad),
+    ):
+        with pytest.raises(gateway.BadRequestError, match="timeout") as info:
+            call()
+        assert info.value.param == "timeout"
+    with pytest.raises(gateway.BadRequestError, match="timeout"):
+        await gateway.acompletion("p/m", USER, timeout=bad, stream=True)
+
+
+def test_timeout_forms_reach_the_handler_as_seconds() -> None:
+    seen: list[Any] = []
+
+    class Records(gateway.CustomLLM):
+        def completion(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs["timeout"])
+            return "ok"
+
+    register("p", Records())
+    gateway.completion("p/m", USER, timeout="30")
+    gateway.completion("p/m", USER, timeout=httpx.Timeout(20.0, connect=5.0))
+    gateway.completion("p/m", USER, timeout=7)
+    assert seen == [30.0, 20.0, 7.0]
+    assert all(type(t) is float for t in seen)
+
+
+def test_messages_must_be_a_list() -> None:
+    register("p", Blocking())
+    with pytest.raises(gateway.BadRequestError, match="messages must be a list") as info:
+        gateway.completion("p/m", "hello")  # type: ignore[arg-type]
+    assert info.value.param == "messages"
