@@ -172,12 +172,7 @@ class Runtime:
         self.settings = settings
         self.master_key = config.master_key.encode() if config.master_key else None
         self.body_limit = settings.max_request_body_bytes
-        self.router = ModelRouter(
-            config.model_list,
-            custom_providers=config.custom_providers,
-            default_timeout=settings.default_timeout,
-            **dict(config.router_settings),
-        )
+        self.router = ModelRouter.from_config(config)
         self.started = int(time.time())
         self.models_payload = _encode(
             {

@@ -689,9 +689,10 @@ async def _discard(result: Any) -> None:
 class Router:
     """Serves model groups from a ``model_list``.
 
-    Settings are keyword arguments (``router_settings`` in config.yaml; see
-    ``RouterSettings``). ``clock`` (seconds, monotonic) and ``sleep`` (the wait between
-    retries) can be replaced, e.g. in tests; ``state`` holds the counters.
+    Settings (``router_settings`` in config.yaml; see ``RouterSettings``) are keyword
+    arguments, or one ``router_settings`` mapping. ``clock`` (seconds, monotonic) and
+    ``sleep`` (the wait between retries) can be replaced, e.g. in tests; ``state`` holds
+    the counters.
     """
 
     def __init__(
@@ -703,11 +704,12 @@ class Router:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         state: RouterState | None = None,
+        router_settings: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         custom = dict(custom_providers)
         self.default_timeout = default_timeout
-        self.settings = s = _parse_settings(settings)
+        self.settings = s = _parse_settings({**(router_settings or {}), **settings})
         self._clock: Callable[[], float] = clock or time.monotonic
         self._sleep: Callable[[float], Awaitable[Any]] = sleep or anyio.sleep
         self._state = state if state is not None else RouterState()
@@ -729,6 +731,20 @@ class Router:
         self._groups = {name: _Group(name, ds) for name, ds in groups.items()}
         self._link_groups(s)
         self._count_prompts = any(d.track_usage for ds in groups.values() for d in ds)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Router:
+        """The router for a ``gateway.config.Config``; a bad setting is a ``ConfigError``
+        naming the file and the key."""
+        try:
+            return cls(
+                config.model_list,
+                custom_providers=config.custom_providers,
+                default_timeout=config.settings.default_timeout,
+                router_settings=config.router_settings,
+            )
+        except RouterConfigError as exc:
+            raise ConfigError(config.path or "<config>", exc.config_key, exc.problem) from None
 
     def _link_groups(self, s: RouterSettings) -> None:
         def group(name: str, key: str) -> _Group:
