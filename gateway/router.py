@@ -287,6 +287,7 @@ def _limit(params: Mapping[str, Any], key: str, where: str, *, integer: bool) ->
 
 class _Deployment:
     __slots__ = (
+        "attempt_timeout",
         "error",
         "group",
         "id",
@@ -317,6 +318,7 @@ class _Deployment:
             params, "stream_timeout", where, integer=False
         )
         self.track_usage = False
+        self.attempt_timeout = DEFAULT_TIMEOUT  # set by the router: the timeout that applies
         self.provider: Provider | None = None
         self.error: GatewayError | None = None
         name, _, rest = spec.model.partition("/")
@@ -343,6 +345,7 @@ class _Group:
         "can_cool",
         "context_fallbacks",
         "deployments",
+        "direct",
         "fallbacks",
         "hedge_after",
         "name",
@@ -359,8 +362,10 @@ class _Group:
         self.context_fallbacks: list[_Group] = []
         self.hedge_after: float | None = None
         self.can_cool = False
-        # One deployment, nothing to check before using it: the hot path.
+        # One deployment, nothing to check before using it.
         self.simple = False
+        # ... and nothing to do after a failure either: the hot path.
+        self.direct = False
         self.weights: list[float] | None = None
 
 
@@ -574,8 +579,8 @@ _NOTHING: Any = object()
 class RoutedStream:
     """The chunks of a routed stream, the first already received.
 
-    Closing it (``aclose``), running it to the end or a failure frees the deployment's
-    slot and records what the router learns from the stream.
+    Closing it (``aclose``, also before reading it), running it to the end or a failure
+    frees the deployment's slot and records what the router learns from the stream.
     """
 
     __slots__ = (
@@ -583,6 +588,7 @@ class RoutedStream:
         "_deployment",
         "_done",
         "_first",
+        "_gen",
         "_global",
         "_prompt_chars",
         "_rest",
@@ -606,37 +612,42 @@ class RoutedStream:
         self._rest = rest
         self._started = started
         self._global = False
-        self._done = first is _NOTHING
+        self._done = False
         self._prompt_chars = prompt_chars
         self._chars = 0
         self._tokens: int | None = None
-        if first is not _NOTHING and deployment.track_usage:
+        # Iterated as a native async generator: no Python-level step per chunk here.
+        self._gen = self._chunks()
+        if first is _NOTHING:
+            self._finish(None)
+        elif deployment.track_usage:
             self._count(first)
-        if self._done:
-            self._finish(None)
 
-    def __aiter__(self) -> RoutedStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen
 
-    async def __anext__(self) -> Any:
-        first = self._first
-        if first is not _NOTHING:
-            self._first = _NOTHING
-            return first
-        if self._done:
-            raise StopAsyncIteration
+    def __anext__(self) -> Awaitable[Any]:
+        return self._gen.__anext__()
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        rest = self._rest
         try:
-            chunk = await self._rest.__anext__()
-        except StopAsyncIteration:
-            self._finish(None)
-            raise
+            if self._first is not _NOTHING:
+                yield self._first
+                self._first = _NOTHING
+                if self._deployment.track_usage:
+                    async for chunk in rest:
+                        self._count(chunk)
+                        yield chunk
+                else:
+                    async for chunk in rest:
+                        yield chunk
         except BaseException as exc:
             self._finish(exc)
-            await self._close_rest()
             raise
-        if self._deployment.track_usage:
-            self._count(chunk)
-        return chunk
+        finally:
+            self._finish(None)
+            await rest.aclose()  # type: ignore[attr-defined]
 
     def _count(self, chunk: Any) -> None:
         tokens, chars = _chunk_tokens(chunk)
@@ -644,15 +655,11 @@ class RoutedStream:
             self._tokens = tokens
         self._chars += chars
 
-    async def _close_rest(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._rest.aclose()  # type: ignore[attr-defined]
-
     async def aclose(self) -> None:
-        self._first = _NOTHING
-        if not self._done:
+        await self._gen.aclose()
+        if not self._done:  # closed before it was read: the generator never ran
             self._finish(None)
-        await self._close_rest()
+            await self._rest.aclose()  # type: ignore[attr-defined]
 
     def _hold_global(self) -> None:
         # The request's max_in_flight slot, freed when the stream ends.
@@ -662,6 +669,8 @@ class RoutedStream:
             self._global = True
 
     def _finish(self, exc: BaseException | None) -> None:
+        if self._done:
+            return
         self._done = True
         router = self._router
         d = self._deployment
@@ -726,6 +735,7 @@ class Router:
             d = _Deployment(spec, index, custom)
             if d.max_parallel is None:
                 d.max_parallel = s.default_max_parallel_requests
+            d.attempt_timeout = d.timeout or s.timeout or default_timeout or DEFAULT_TIMEOUT
             d.track_usage = bool(d.rpm or d.tpm or s.routing_strategy == "usage-based")
             groups.setdefault(spec.model_name, []).append(d)
         self._groups = {name: _Group(name, ds) for name, ds in groups.items()}
@@ -791,6 +801,11 @@ class Router:
                 and only.error is None
                 and only.max_parallel is None
                 and not only.track_usage
+            )
+            g.direct = (
+                g.simple
+                and not (s.num_retries or s.max_in_flight)
+                and not (g.fallbacks or g.context_fallbacks)
             )
 
     # introspection
@@ -1076,20 +1091,11 @@ class Router:
 
     # running attempts
 
-    def _attempt_timeout(self, d: _Deployment) -> float:
-        if d.timeout is not None:
-            return d.timeout
-        if self.settings.timeout is not None:
-            return self.settings.timeout
-        if self.default_timeout is not None:
-            return self.default_timeout
-        return DEFAULT_TIMEOUT
-
     async def _attempt(self, d: _Deployment, req: _Request) -> Any:
         """One call on a deployment whose slot is taken; the slot is freed when it ends."""
         clock = self._clock
         started = clock()
-        timeout = self._attempt_timeout(d)
+        timeout = d.attempt_timeout
         stream = req.stream
         if stream and req.timeout is not None and req.timeout < timeout:
             timeout = req.timeout  # a stream's request timeout bounds each chunk wait too
@@ -1111,7 +1117,13 @@ class Router:
                 result = await req.run(d, limit)
             else:
                 chunks = req.run(d, timeout)
-                first = await _first_chunk(chunks, limit, timeout)
+                if limit < timeout:
+                    first = await _first_chunk(chunks, limit)
+                else:
+                    try:
+                        first = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        first = _NOTHING
         except BaseException as exc:
             self._release(d)
             if isinstance(exc, GatewayError):
@@ -1213,6 +1225,10 @@ class Router:
         req = _Request(run, stream, timeout, prompt_chars)
         if timeout is not None:
             req.deadline = self._clock() + timeout
+        if group.direct:
+            d = self._take(group.deployments[0])
+            req.attempts = 1
+            return Routed(await self._attempt(d, req), d.id)
         held = False
         if self._max_in_flight is not None:
             await self._admit(req.deadline)
@@ -1499,23 +1515,16 @@ def _library_params(
     return optional, merged
 
 
-async def _first_chunk(chunks: AsyncIterator[Any], bound: float | None, timeout: float) -> Any:
-    """Wait for a stream's first chunk, within ``bound`` seconds when that is tighter than
-    the per-chunk timeout the stream enforces itself."""
+async def _first_chunk(chunks: AsyncIterator[Any], bound: float) -> Any:
+    """A stream's first chunk within ``bound`` seconds, tighter than the per-chunk timeout
+    the stream enforces itself."""
     try:
-        if bound is not None and bound < timeout:
-            try:
-                with anyio.fail_after(bound):
-                    return await chunks.__anext__()
-            except TimeoutError:
-                raise Timeout(f"No first chunk within {bound:g} s") from None
-        return await chunks.__anext__()
+        with anyio.fail_after(bound):
+            return await chunks.__anext__()
     except StopAsyncIteration:
         return _NOTHING
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await chunks.aclose()  # type: ignore[attr-defined]
-        raise
+    except TimeoutError:
+        raise Timeout(f"No first chunk within {bound:g} s") from None
 
 
 def _sync_stream(open_stream: Callable[[], Awaitable[Any]]) -> Iterator[Any]:
