@@ -1048,10 +1048,14 @@ class Router:
         """
         if not exc.retryable or cut:
             return
-        if self._record_latency and isinstance(exc, Timeout):
-            # A deployment that hangs must not look fast.
-            self._state.record_latency(d.id, elapsed)
-            self._state.record_latency(d.id, elapsed, first_token=True)
+        if self._record_latency:
+            # A deployment that fails (fast, or by hanging) must not look fast: a failure
+            # counts as at least twice its usual latency.
+            state = self._state
+            for first_token in (False, True):
+                usual = state.latency(d.id, first_token=first_token)
+                penalty = max(elapsed, 2 * usual) if usual is not None else max(elapsed, 1.0)
+                state.record_latency(d.id, penalty, first_token=first_token)
         if not d.group.can_cool:
             return
         now = self._clock()
@@ -1145,12 +1149,18 @@ class Router:
     async def _run_group(self, group: _Group, req: _Request) -> tuple[Any, _Deployment]:
         """Attempts on the group's deployments until one answers or retries are spent."""
         n = 0
+        last: GatewayError | None = None
         while True:
             picked = self._try_pick(group, req.tried, req.stream)
             if isinstance(picked, _Deployment):
                 d = picked
             else:
-                d = await self._acquire(group, req, picked)
+                try:
+                    d = await self._acquire(group, req, picked)
+                except GatewayError:
+                    if last is not None:  # a retry found no room: report the real failure
+                        raise last from None
+                    raise
             req.tried.append(d)
             req.attempts += 1
             try:
@@ -1160,6 +1170,7 @@ class Router:
             except GatewayError as exc:
                 if not exc.retryable or n >= self._num_retries:
                     raise
+                last = exc
                 delay = self._retry_delay(n, exc, group, req.tried)
                 deadline = req.deadline
                 if delay is None or (deadline is not None and self._clock() + delay >= deadline):

@@ -253,6 +253,22 @@ async def test_latency_based_prefers_the_fast_deployment() -> None:
     assert router.state.latency("g/1") == pytest.approx(0.1)
 
 
+async def test_latency_based_does_not_prefer_a_deployment_that_fails_fast() -> None:
+    clock = Clock()
+    router, backends = make_router(
+        {"g": [{"name": "broken", "fake_time": True}, {"name": "ok", "fake_time": True}]},
+        routing_strategy="latency-based",
+        num_retries=1,
+        disable_cooldowns=True,
+        clock=clock,
+    )
+    backends["broken"].script = [CustomLLMError(500, "down")] * 20
+    backends["ok"].script = [0.5] * 20
+    for _ in range(10):
+        assert served_by(await router.acompletion("g", MESSAGES)) == "ok"
+    assert backends["broken"].calls == 1
+
+
 async def test_latency_based_uses_time_to_first_token_for_streams() -> None:
     clock = Clock()
     router, _backends = make_router(
@@ -580,6 +596,23 @@ async def test_all_cooling_answers_503_with_retry_after() -> None:
         await router.acompletion("g", MESSAGES)
     assert info.value.status_code == 503
     assert info.value.headers == {"Retry-After": "10"}
+    assert backends["a"].calls == backends["b"].calls == 1
+
+
+async def test_a_retry_finding_everything_cooling_reports_the_real_error() -> None:
+    clock = Clock()
+    router, backends = make_router(
+        {"g": [{"name": "a"}, {"name": "b"}]},
+        allowed_fails=0,
+        num_retries=3,
+        clock=clock,
+        sleep=Sleeps(),
+    )
+    for b in backends.values():
+        b.script = [CustomLLMError(502, "bad upstream")]
+    with pytest.raises(GatewayError) as info:
+        await router.acompletion("g", MESSAGES)
+    assert info.value.status_code == 502  # not the router's own 503
     assert backends["a"].calls == backends["b"].calls == 1
 
 
