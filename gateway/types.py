@@ -7,8 +7,8 @@ attribute access, ``model_dump()``, ``resp["choices"]`` and dicts for nested fie
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, TypedDict
 
 import msgspec
@@ -16,10 +16,12 @@ from msgspec import UNSET, UnsetType, field
 
 __all__ = [
     "ChatCompletionDelta",
+    "ChatCompletionMessageToolCall",
     "Choices",
     "Delta",
     "Embedding",
     "EmbeddingResponse",
+    "Function",
     "GenericStreamingChunk",
     "ImageObject",
     "ImageResponse",
@@ -98,13 +100,35 @@ class Usage(_Compat):
     completion_tokens_details: Any = UNSET
 
 
+class Function(_Compat):
+    name: str | None = None
+    arguments: str = ""
+
+
+class ChatCompletionMessageToolCall(_Compat):
+    """A tool call in a message: ``message.tool_calls[0].function.name`` works, as in
+    LiteLLM, and so does ``message.tool_calls[0]["function"]["name"]``."""
+
+    id: str | None = None
+    type: str = "function"
+    function: Function = field(default_factory=Function)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.function, Function):
+            self.function = _convert(self.function, Function)
+
+
 class Message(_Compat):
     content: str | None = None
     role: str = "assistant"
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = None
     function_call: Any = None
     reasoning_content: Any = UNSET
     refusal: Any = UNSET
+
+    def __post_init__(self) -> None:
+        if self.tool_calls:
+            _convert_list(self.tool_calls, ChatCompletionMessageToolCall)
 
 
 class Choices(_Compat):
@@ -119,7 +143,12 @@ class Choices(_Compat):
 
 
 def _chat_id() -> str:
-    return f"chatcmpl-{uuid.uuid4()}"
+    """``chatcmpl-<uuid4>``, formatted without a ``uuid.UUID`` object (3x faster)."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"chatcmpl-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _now() -> int:

@@ -155,7 +155,11 @@ async def test_tool_use_chunks_become_tool_calls() -> None:
         built = gateway.stream_chunk_builder(chunks)
         (tool,) = built.choices[0].message.tool_calls
         assert tool["id"] == "call_1"
-        assert tool["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+        assert tool["function"].model_dump() == {
+            "name": "get_weather",
+            "arguments": '{"city": "Oslo"}',
+        }
+        assert tool.function.name == "get_weather"  # attribute access, as in LiteLLM
         wire = json.loads(msgspec.json.encode(chunks[0]))
         assert wire["choices"][0]["delta"]["tool_calls"][0]["type"] == "function"
 
