@@ -390,7 +390,7 @@ class RouterState:
     """
 
     def __init__(self) -> None:
-        self.total_in_flight = 0
+        self._total = 0
         self._in_flight: dict[str, int] = {}
         self._latency: dict[str, float] = {}
         self._ttft: dict[str, float] = {}
@@ -400,7 +400,21 @@ class RouterState:
         self._tokens: dict[str, deque[tuple[float, int]]] = {}
         self._token_sums: dict[str, int] = {}
 
-    # in flight
+    # in flight: requests under max_in_flight, and attempts per deployment
+
+    def try_admit(self, limit: int) -> bool:
+        """Count a request in if fewer than ``limit`` are in flight."""
+        if self._total >= limit:
+            return False
+        self._total += 1
+        return True
+
+    def leave(self) -> None:
+        self._total -= 1
+
+    @property
+    def total_in_flight(self) -> int:
+        return self._total
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
@@ -559,6 +573,8 @@ def _usage_tokens(usage: Any) -> int | None:
 
 def _chunk_tokens(chunk: Any) -> tuple[int | None, int]:
     """(reported total tokens, characters of content) in one stream chunk."""
+    if isinstance(chunk, msgspec.Raw):  # the HTTP app's pre-encoded text chunks
+        chunk = msgspec.json.decode(chunk)
     if isinstance(chunk, dict):
         usage = _usage_tokens(chunk.get("usage"))
         choices = chunk.get("choices") or ()
@@ -894,7 +910,7 @@ class Router:
             self._wake()
 
     def _release_global(self) -> None:
-        self._state.total_in_flight -= 1
+        self._state.leave()
         if self._waiters:
             self._wake()
 
@@ -1017,13 +1033,12 @@ class Router:
         state = self._state
         limit = self._max_in_flight
         assert limit is not None
-        if state.total_in_flight < limit:
-            state.total_in_flight += 1
+        if state.try_admit(limit):
             return
         self._enter_queue(1.0, "The gateway is at capacity")
         try:
             end = anyio.current_time() + self.settings.queue_timeout
-            while state.total_in_flight >= limit:
+            while not state.try_admit(limit):
                 wait = end - anyio.current_time()
                 if deadline is not None:
                     wait = min(wait, deadline - self._clock())
@@ -1034,7 +1049,6 @@ class Router:
                         code="capacity_exceeded",
                         headers=_retry_after_header(1.0),
                     )
-            state.total_in_flight += 1
         finally:
             self._queued -= 1
 

@@ -336,6 +336,18 @@ async def test_tpm_limit_skips_a_spent_deployment() -> None:
     assert served["a"] >= 1
 
 
+async def test_tpm_counts_streamed_tokens() -> None:
+    clock = Clock()
+    router, _ = make_router({"g": [{"name": "a" * 40, "tpm": 1000}]}, clock=clock)
+    for raw_dicts in (True, False):  # the HTTP app's chunks, and the library's
+        routed = await router.chat("g", MESSAGES, {}, stream=True, raw_dicts=raw_dicts)
+        assert [text_of(c) async for c in routed.result][:2] == ["a" * 40, " done"]
+    # No usage reported: estimated from the characters, about 4 per token.
+    requests, tokens = router.state.usage("g/0", clock())
+    assert requests == 2
+    assert 2 * 10 <= tokens <= 2 * 14
+
+
 # -- retries -------------------------------------------------------------------------------
 
 
