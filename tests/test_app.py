@@ -78,6 +78,20 @@ class SlowLLM(CustomLLM):
             REC.finally_ran.set()
 
 
+class StallingLLM(CustomLLM):
+    """Streams two chunks, then stalls until cancelled."""
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            yield "first "
+            await asyncio.sleep(0.2)
+            yield "second "
+            await asyncio.sleep(30)
+            yield "never"
+        finally:
+            REC.finally_ran.set()
+
+
 class PacedLLM(CustomLLM):
     async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
         for i in range(5):
@@ -139,6 +153,7 @@ HANDLERS = {
     "echo": EchoLLM(),
     "slow": SlowLLM(),
     "paced": PacedLLM(),
+    "stalling": StallingLLM(),
     "syncstream": SyncStreamLLM(),
     "sleepy": SleepySyncLLM(),
     "failing": FailingLLM(),
@@ -408,6 +423,19 @@ def test_timeout_header(server: str) -> None:
         f"{server}/v1/chat/completions", json=chat("slow"), headers={"x-gateway-timeout": "0.2"}
     )
     error_of(r, 408)
+
+
+def test_stalled_stream_times_out_between_chunks(server: str) -> None:
+    # The timeout bounds each wait for a chunk: 0.2 s gaps pass under 0.5 s, a stall fails.
+    started = time.monotonic()
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat("stalling", stream=True, timeout=0.5))
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "first second "
+    assert events[-1]["error"]["type"] == "timeout_error"
+    assert time.monotonic() - started < 5
+    assert REC.finally_ran.wait(2)
 
 
 def test_disconnect_cancels_waiting_handler(server: str) -> None:
