@@ -337,15 +337,24 @@ async def test_tpm_limit_skips_a_spent_deployment() -> None:
 
 
 async def test_tpm_counts_streamed_tokens() -> None:
+    class Talker(CustomLLM):
+        async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+            yield _chunk("x")
+            yield _chunk("y" * 400)  # after the first chunk: pre-encoded in the HTTP app
+
     clock = Clock()
-    router, _ = make_router({"g": [{"name": "a" * 40, "tpm": 1000}]}, clock=clock)
+    router = Router(
+        [{"model_name": "g", "litellm_params": {"model": "talker/m", "tpm": 10_000}}],
+        custom_providers={"talker": Talker()},
+        clock=clock,
+    )
     for raw_dicts in (True, False):  # the HTTP app's chunks, and the library's
         routed = await router.chat("g", MESSAGES, {}, stream=True, raw_dicts=raw_dicts)
-        assert [text_of(c) async for c in routed.result][:2] == ["a" * 40, " done"]
+        assert [text_of(c) async for c in routed.result][:2] == ["x", "y" * 400]
     # No usage reported: estimated from the characters, about 4 per token.
     requests, tokens = router.state.usage("g/0", clock())
     assert requests == 2
-    assert 2 * 10 <= tokens <= 2 * 14
+    assert tokens == 2 * ((5 + 1 + 400) // 4)
 
 
 # -- retries -------------------------------------------------------------------------------
