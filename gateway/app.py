@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -30,6 +31,7 @@ from .errors import (
     RequestTooLargeError,
     as_gateway_error,
 )
+from .metrics import Metrics
 from .router import Routed
 from .router import Router as ModelRouter
 
@@ -134,7 +136,7 @@ def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
 
 
 class _ClientGone(Exception):
-    """The client disconnected before the request body arrived."""
+    """The client disconnected before it got its answer."""
 
 
 async def _send_json(send: Send, status: int, payload: bytes, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
@@ -174,6 +176,7 @@ class Runtime:
         self.body_limit = settings.max_request_body_bytes
         self.router = ModelRouter.from_config(config)
         self.started = int(time.time())
+        self.metrics = Metrics()
         self.models_payload = _encode(
             {
                 "object": "list",
@@ -273,6 +276,7 @@ class _Endpoint:
 
     methods: tuple[str, ...] = ("POST",)
     auth = True
+    route = ""  # the metrics label
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -282,8 +286,13 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Errors reach here only before a response started: streams report theirs
         # in the stream.
+        metrics = self.runtime.metrics
+        metrics.in_flight += 1
+        started = perf_counter()
+        status = 200
         try:
             if scope["method"] not in self.methods:
+                status = 405
                 exc = GatewayError(
                     f"Method {scope['method']} not allowed; use {', '.join(self.methods)}",
                     status_code=405,
@@ -295,12 +304,17 @@ class _Endpoint:
                 self.runtime.check_auth(scope)
             await self.handle(scope, receive, send)
         except _ClientGone:
-            return
+            status = 499
         except GatewayError as exc:
+            status = exc.status_code
             await _send_error(send, exc)
         except Exception as exc:
+            status = 500
             logger.exception("unhandled error on %s", scope.get("path"))
             await _send_error(send, as_gateway_error(exc))
+        finally:
+            metrics.in_flight -= 1
+            metrics.observe(self.route, status, perf_counter() - started)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
@@ -320,8 +334,9 @@ async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Rou
         routed = await _answer_anyio(receive, call)
     else:
         routed = await _answer_asyncio(task, receive, call)
-    if routed is not None:
-        await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))
+    if routed is None:
+        raise _ClientGone
+    await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))
 
 
 async def _answer_asyncio(
@@ -378,6 +393,8 @@ async def _answer_anyio(receive: Receive, call: Callable[[], Awaitable[Routed]])
 
 
 class ChatCompletions(_Endpoint):
+    route = "chat_completions"
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         body = await runtime.read_body(scope, receive)
@@ -491,6 +508,8 @@ def _check_embedding_input(value: Any) -> None:
 
 
 class Embeddings(_Endpoint):
+    route = "embeddings"
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, EmbeddingRequest)
@@ -506,6 +525,8 @@ class Embeddings(_Endpoint):
 
 
 class ImageGenerations(_Endpoint):
+    route = "images_generations"
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, ImageRequest)
@@ -520,6 +541,7 @@ class ImageGenerations(_Endpoint):
 
 
 class Models(_Endpoint):
+    route = "models"
     methods = ("GET", "HEAD")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -527,6 +549,7 @@ class Models(_Endpoint):
 
 
 class Liveliness(_Endpoint):
+    route = "health"
     methods = ("GET", "HEAD")
     auth = False
     _payload = _encode("I'm alive!")
@@ -536,12 +559,28 @@ class Liveliness(_Endpoint):
 
 
 class Readiness(_Endpoint):
+    route = "health"
     methods = ("GET", "HEAD")
     auth = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         payload = _encode({"status": "healthy", "models": self.runtime.router.model_names()})
         await _send_json(send, 200, payload)
+
+
+class MetricsEndpoint(_Endpoint):
+    """Prometheus metrics. No key needed, like health: scrapers rarely carry one."""
+
+    methods = ("GET", "HEAD")
+    auth = False
+    route = "metrics"
+    _headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        payload = self.runtime.metrics.render()
+        headers = [*self._headers, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -573,6 +612,7 @@ class GatewayApp(Router):
         routes.append(Route("/health/liveliness", Liveliness(runtime)))
         routes.append(Route("/health/liveness", Liveliness(runtime)))
         routes.append(Route("/health/readiness", Readiness(runtime)))
+        routes.append(Route("/metrics", MetricsEndpoint(runtime)))
         super().__init__(routes, default=_not_found, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
