@@ -282,6 +282,7 @@ class _Endpoint:
         self.runtime = runtime
         allow = ", ".join(self.methods).encode()
         self._allow = [(b"allow", allow)]
+        self._stats = runtime.metrics.route(self.route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Errors reach here only before a response started: streams report theirs
@@ -314,7 +315,7 @@ class _Endpoint:
             await _send_error(send, as_gateway_error(exc))
         finally:
             metrics.in_flight -= 1
-            metrics.observe(self.route, status, perf_counter() - started)
+            self._stats.observe(status, perf_counter() - started)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError

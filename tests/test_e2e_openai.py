@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import openai
@@ -23,13 +23,17 @@ def base_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-1234", max_retries=0)
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-1234", max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def aclient(base_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="sk-1234", max_retries=0)
+async def aclient(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key="sk-1234", max_retries=0
+    ) as client:
+        yield client
 
 
 MESSAGES = [{"role": "user", "content": 'Say "this is a test" in JSON!'}]
@@ -112,7 +116,6 @@ async def test_async_client(aclient: openai.AsyncOpenAI) -> None:
     )
     parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
     assert "".join(parts).startswith("You said:")
-    await aclient.close()
 
 
 def test_images_generate(client: openai.OpenAI) -> None:
