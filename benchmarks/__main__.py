@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import load, report
-from .harness import SCENARIOS, Context, machine, now_stamp
+from .harness import SCENARIOS, Context, litellm_version, machine, now_stamp
 from .scenarios import load as load_scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "scenarios": {},
     }
+    if ctx.litellm:
+        results["machine"]["litellm"] = litellm_version(ctx.litellm)
     print(f"benchmarks: {', '.join(names)}; {load_name}; {pinning}; work files in {ctx.work_dir}")
     failed = False
     for name in names:

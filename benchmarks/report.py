@@ -56,7 +56,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Command: `{results['command']}`",
         f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']},"
         f" Python {m['python']}; {versions}; {m['wrk'] or 'wrk not installed'};"
-        f" commit {m['commit']}",
+        + (f" LiteLLM {m['litellm']};" if m.get("litellm") else "")
+        + f" commit {m['commit']}",
         f"- Load: {s['load_generator']}; {s['pinning']}; {s['duration_s']:g} s per point;"
         f" one uvicorn worker per server (uvloop, httptools, no access log).",
         "",
