@@ -27,6 +27,7 @@ from gateway.errors import (
     ContextWindowExceededError,
     GatewayError,
     GatewayTimeoutError,
+    InternalServerError,
     error_for_status,
 )
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
@@ -113,6 +114,8 @@ class _Entry:
         self.keeper: asyncio.Task[None] | None = None
 
 
+# One entry per loop. The entry's keeper task closes the client when its loop shuts down
+# (asyncio.run and friends cancel leftover tasks) and removes the entry.
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry] = weakref.WeakKeyDictionary()
 _upstream_settings: Any = None
 
@@ -165,11 +168,22 @@ def _install(loop: asyncio.AbstractEventLoop, config: tuple[Any, ...]) -> _Entry
     return entry
 
 
+def _running_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise InternalServerError(
+            "the OpenAI-compatible provider runs on an asyncio event loop (uvloop included)"
+        ) from None
+
+
 def current_client() -> httpx.AsyncClient:
     """The shared upstream client of the running event loop (made on first use)."""
-    loop = asyncio.get_running_loop()
+    loop = _running_loop()
     entry = _clients.get(loop)
     if entry is None or entry.client.is_closed:
+        if entry is not None and entry.keeper is not None:
+            entry.keeper.cancel()
         entry = _install(loop, _config(_upstream_settings))
     return entry.client
 
@@ -385,6 +399,8 @@ class _Target:
         headers = {"content-type": "application/json"}
         if self.api_key:
             headers["authorization"] = f"Bearer {self.api_key}"
+        if params.get("organization"):
+            headers["openai-organization"] = str(params["organization"])
         for extra in (params.get("extra_headers"), call.headers):
             for name, value in (extra or {}).items():
                 if name.lower() not in _HOP_HEADERS:
@@ -425,7 +441,7 @@ class OpenAIProvider(Provider):
         if upstream is not None:
             _upstream_settings = upstream
         config = _config(_upstream_settings)
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
         entry = _clients.get(loop)
         if entry is not None and entry.config != config:
             await self.aclose()
@@ -434,7 +450,7 @@ class OpenAIProvider(Provider):
             _install(loop, config)
 
     async def aclose(self) -> None:
-        entry = _clients.pop(asyncio.get_running_loop(), None)
+        entry = _clients.pop(_running_loop(), None)
         if entry is not None:
             if entry.keeper is not None:
                 entry.keeper.cancel()

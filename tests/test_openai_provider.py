@@ -62,6 +62,7 @@ async def test_chat_json_forwards_params_headers_and_body(upstream: FakeUpstream
         temperature=0.2,
         max_tokens=5,
         extra_headers={"x-team": "blue"},
+        organization="org-42",
         extra_body={"top_k": 3},
         unknown_param="passed",
         num_retries=2,  # the gateway's own: never sent upstream
@@ -73,6 +74,7 @@ async def test_chat_json_forwards_params_headers_and_body(upstream: FakeUpstream
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == "Bearer sk-test-key-123"
     assert seen.headers["x-team"] == "blue"
+    assert seen.headers["openai-organization"] == "org-42"
     assert seen.body == {
         "model": "served-model",
         "messages": MESSAGES,
