@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -167,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     print(f"wrote {json_path}, {md_path}" + (f", {png_path}" if png else ""))
+    if any(s.get("failed") or "error" in s for s in results["scenarios"].values()):
+        print(f"server logs and generated configs kept in {ctx.work_dir}")
+    else:
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
     if args.update_readme:
         report.update_readme(Path(__file__).with_name("README.md"), results, md_path.name, png)
     return 1 if failed else 0
