@@ -366,6 +366,13 @@ async def _sse_events(response: httpx.Response) -> AsyncIterator[tuple[bytes, by
 # The provider.
 
 
+def _env(value: Any) -> Any:
+    # Library callers may pass config-style ``os.environ/NAME`` values too.
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        return os.environ.get(value[len("os.environ/") :])
+    return value
+
+
 def _strip(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in _GATEWAY_KEYS}
 
@@ -379,15 +386,15 @@ class _Target:
         params = call.litellm_params
         env = provider.name.upper() if provider.name else "OPENAI"
         base = (
-            call.api_base
-            or params.get("api_base")
-            or params.get("base_url")
+            _env(call.api_base)
+            or _env(params.get("api_base"))
+            or _env(params.get("base_url"))
             or os.environ.get(f"{env}_API_BASE")
             or (os.environ.get("OPENAI_BASE_URL") if env == "OPENAI" else None)
             or DEFAULT_API_BASE
         )
         self.base = str(base).rstrip("/")
-        key = call.api_key or params.get("api_key") or os.environ.get(f"{env}_API_KEY")
+        key = _env(call.api_key) or _env(params.get("api_key")) or os.environ.get(f"{env}_API_KEY")
         self.api_key: str | None = str(key) if key else None
         if self.api_key is None and self.base == DEFAULT_API_BASE:
             raise AuthenticationError(

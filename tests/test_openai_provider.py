@@ -111,6 +111,11 @@ async def test_deployment_params_key_headers_body_and_env(
     monkeypatch.setenv("OPENAI_API_KEY", "env-key")
     await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url)
     assert upstream.requests_seen[-1].headers["authorization"] == "Bearer env-key"
+    monkeypatch.setenv("MY_UPSTREAM_KEY", "named-env-key")
+    await gateway.acompletion(
+        "openai/x", MESSAGES, api_base=upstream.base_url, api_key="os.environ/MY_UPSTREAM_KEY"
+    )
+    assert upstream.requests_seen[-1].headers["authorization"] == "Bearer named-env-key"
     monkeypatch.delenv("OPENAI_API_KEY")
     await gateway.acompletion("openai_like/x", MESSAGES, api_base=upstream.base_url)
     assert "authorization" not in upstream.requests_seen[-1].headers
