@@ -324,7 +324,12 @@ class _Deployment:
         name, _, rest = spec.model.partition("/")
         self.provider_model = rest
         try:
-            if name in custom:
+            if params.get("mock_response") is not None:
+                # As in LiteLLM: a deployment with a mock_response answers it, whatever
+                # its provider, and calls nothing.
+                self.provider = registry.provider_for("mock")
+                self.provider_model = spec.model
+            elif name in custom:
                 self.provider = registry.as_provider(custom[name], name)
             else:
                 self.provider, self.provider_model, _ = registry.resolve(spec.model)

@@ -488,3 +488,33 @@ async def test_concurrent_sync_handlers_do_not_block(server: str) -> None:
     assert all(r.status_code == 200 for r in responses)
     assert all(r.json()["choices"][0]["message"]["content"] == "slept" for r in responses)
     assert elapsed < 4.0, f"50 x 0.2 s sync calls took {elapsed:.1f} s: threads are not used"
+
+
+def test_deployment_mock_response_answers_without_the_provider() -> None:
+    # LiteLLM configs mock a deployment with litellm_params.mock_response, whatever
+    # the provider (registered or not): it answers, and nothing is called.
+    data = {
+        "model_list": [
+            {
+                "model_name": "mocked",
+                "litellm_params": {"model": "unregistered-llm/x", "mock_response": "canned"},
+            },
+            {"model_name": "echo", "litellm_params": {"model": "echo/m", "mock_response": "no"}},
+        ],
+        "litellm_settings": {
+            "custom_provider_map": [{"provider": "echo", "custom_handler": EchoLLM()}]
+        },
+    }
+    with serve_in_thread(create_app(data)) as handle:
+        for model, text in (("mocked", "canned"), ("echo", "no")):
+            r = httpx.post(f"{handle.url}/v1/chat/completions", json=chat(model))
+            assert r.status_code == 200
+            assert r.json()["choices"][0]["message"]["content"] == text
+            assert r.json()["model"] == model
+            stream = httpx.post(f"{handle.url}/v1/chat/completions", json=chat(model, stream=True))
+            assert text in "".join(
+                e["choices"][0]["delta"].get("content") or ""
+                for e in sse_events(stream.text)[:-1]
+                if e["choices"]
+            )
+    assert REC.kwargs == {}  # the echo handler was never called
