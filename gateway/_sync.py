@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import weakref
@@ -51,53 +50,47 @@ async def run_in_thread(func: Callable[..., T], *args: Any) -> T:
     )
 
 
-def deadline(timeout: float) -> contextlib.AbstractAsyncContextManager[Any]:
-    """A cancel scope that raises ``TimeoutError`` after ``timeout`` seconds.
+async def within(timeout: float, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``, cancelling it with ``TimeoutError`` after ``timeout`` seconds.
 
-    Use as ``async with deadline(t):``. On asyncio (always, under uvicorn) it is
-    ``_LazyTimeout``; other anyio backends get ``anyio.fail_after``.
+    On asyncio (always, under uvicorn) the timer is armed only once the awaitable
+    yields to the event loop: every request runs under a deadline and most fast
+    handlers never yield, so the timer is usually never made. 1 us a call, where
+    ``asyncio.timeout`` costs 3 us and ``anyio.fail_after`` 8 us (under uvloop).
+    Other anyio backends get ``anyio.fail_after``.
     """
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
-        return _AnyioDeadline(timeout)
-    return _LazyTimeout(timeout)
+        with anyio.fail_after(timeout):
+            return await awaitable
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("within() must run inside a task")
+    guard = _LazyTimer(loop, task, loop.time() + timeout)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if guard.expired and task.uncancel() <= guard.cancelling:
+            raise TimeoutError from None
+        raise
+    finally:
+        guard.stop()
 
 
-class _LazyTimeout:
-    """``asyncio.timeout`` whose timer is armed only once the body yields to the loop.
+class _LazyTimer:
+    """Cancels ``task`` at ``when``; the timer itself is made on the next loop turn."""
 
-    Every request runs under a deadline and most fast handlers never yield, so the
-    timer is usually never made: 1 us where ``asyncio.timeout`` costs 3 us and
-    ``anyio.fail_after`` 8 us (measured under uvloop).
-    """
+    __slots__ = ("_arming", "_loop", "_task", "_timer", "_when", "cancelling", "expired")
 
-    __slots__ = (
-        "_arming",
-        "_cancelling",
-        "_delay",
-        "_expired",
-        "_loop",
-        "_task",
-        "_timer",
-        "_when",
-    )
-
-    def __init__(self, delay: float) -> None:
-        self._delay = delay
-
-    async def __aenter__(self) -> _LazyTimeout:
-        loop = self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("deadline() must be used inside a task")
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], when: float):
+        self._loop = loop
         self._task = task
-        self._cancelling = task.cancelling()
-        self._when = loop.time() + self._delay
-        self._expired = False
+        self._when = when
+        self.cancelling = task.cancelling()
+        self.expired = False
         self._timer: asyncio.TimerHandle | None = None
         self._arming: asyncio.Handle | None = loop.call_soon(self._arm)
-        return self
 
     def _arm(self) -> None:
         self._arming = None
@@ -105,26 +98,20 @@ class _LazyTimeout:
 
     def _expire(self) -> None:
         self._timer = None
-        self._expired = True
+        self.expired = True
         self._task.cancel()
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def stop(self) -> None:
         if self._arming is not None:
             self._arming.cancel()
         if self._timer is not None:
             self._timer.cancel()
-        if (
-            self._expired
-            and self._task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
-        ):
-            raise TimeoutError from exc
 
 
 class IdleTimeout:
     """Bounds each wait for a stream's next item with one timer for the whole stream.
 
-    ``async with deadline()`` around every item would make and cancel a timer per
+    A deadline around every item would make and cancel a timer per
     chunk; here each chunk only stamps ``loop.time()``, and the timer re-arms itself
     when it fires. Usage: ``await idle.wait(iterator.__anext__())`` raises
     ``TimeoutError`` when one wait lasts ``timeout`` seconds. Other anyio backends fall
@@ -193,19 +180,6 @@ class IdleTimeout:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-class _AnyioDeadline:
-    __slots__ = ("_scope",)
-
-    def __init__(self, timeout: float) -> None:
-        self._scope = anyio.fail_after(timeout)
-
-    async def __aenter__(self) -> Any:
-        return self._scope.__enter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return self._scope.__exit__(*exc_info)
 
 
 def _in_event_loop() -> bool:

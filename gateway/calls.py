@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._sync import IdleTimeout, deadline, iterate_in_thread, run_async
+from ._sync import IdleTimeout, iterate_in_thread, run_async, within
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
@@ -206,8 +206,7 @@ async def run_acompletion(
 ) -> ModelResponse:
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     try:
-        async with deadline(timeout):
-            response = await provider.acompletion(call)
+        response = await within(timeout, provider.acompletion(call))
     except TimeoutError as exc:
         raise _timeout_error(timeout) from exc
     except GatewayError:
@@ -270,8 +269,7 @@ async def run_aimage_generation(provider: Provider, call: ImageCall) -> ImageRes
 async def _run(method: Callable[[Any], Any], call: Any) -> Any:
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     try:
-        async with deadline(timeout):
-            return await method(call)
+        return await within(timeout, method(call))
     except TimeoutError as exc:
         raise _timeout_error(timeout) from exc
     except GatewayError:
