@@ -132,6 +132,7 @@ class IdleTimeout:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiting = False
         self._expired = False
@@ -145,9 +146,12 @@ class IdleTimeout:
             except RuntimeError:
                 with anyio.fail_after(self.timeout):
                     return await awaitable
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
+        task = self._task
+        if task is None or task.done():
+            # Looked up once, not per chunk; again only if a stream moves on from a
+            # task that ended (a hedged stream's first chunk comes from its own task).
+            task = self._task = asyncio.current_task()
+            assert task is not None
         self._cancelling = task.cancelling()
         self._since = loop.time()
         self._waiting = True

@@ -462,46 +462,81 @@ async def _stream(receive: Receive, send: Send, call: Callable[[], Awaitable[Rou
     HTTP error. A failure after it is an SSE error event. A disconnect cancels the
     handler's stream; its ``finally`` runs.
     """
-    chunks: AsyncIterator[Any] | None = None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is None:  # not asyncio (a host app on trio): the portable, slower way
+        await _stream_anyio(receive, send, call)
+        return
+    # As in _answer: a bare asyncio watcher, not a task group (see _DisconnectWatch).
+    watch = _DisconnectWatch(task, receive)
+    chunks: Any = None
+    try:
+        routed = await call()
+        chunks = routed.result
+        await _write_stream(send, routed)
+    except asyncio.CancelledError:
+        if watch.gone and task.uncancel() == 0:
+            raise _ClientGone from None
+        raise
+    finally:
+        watch.stop()
+        if chunks is not None:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
+
+
+async def _write_stream(send: Send, routed: Routed) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, *_routed_headers(routed)],
+        }
+    )
+    try:
+        async for chunk in routed.result:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + _encode(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+        tail = _DONE
+    except GatewayError as exc:
+        tail = _sse_error(exc)
+    except OSError:
+        raise _ClientGone from None  # the server saw the client go while we wrote
+    except Exception as exc:
+        logger.exception("stream failed after it started")
+        tail = _sse_error(as_gateway_error(exc))
+    try:
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    except OSError:
+        raise _ClientGone from None
+
+
+async def _stream_anyio(
+    receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]
+) -> None:
+    chunks: Any = None
     error: BaseException | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
         try:
             routed = await call()
             chunks = routed.result
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [*_SSE_HEADERS, *_routed_headers(routed)],
-                }
-            )
-            try:
-                async for chunk in chunks:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"data: " + _encode(chunk) + b"\n\n",
-                            "more_body": True,
-                        }
-                    )
-                tail = _DONE
-            except GatewayError as exc:
-                tail = _sse_error(exc)
-            except Exception as exc:
-                logger.exception("stream failed after it started")
-                tail = _sse_error(as_gateway_error(exc))
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            await _write_stream(send, routed)
         except Exception as exc:
-            if chunks is None:
-                error = exc  # nothing sent yet: the edge answers with a plain error
-            else:
-                logger.exception("stream failed while writing")
+            # Raised outside the task group, so the edge sees it bare, not in a group.
+            error = exc
         finally:
             tg.cancel_scope.cancel()
             if chunks is not None:
                 with anyio.CancelScope(shield=True):
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await chunks.aclose()
     if error is not None:
         raise error
 

@@ -228,12 +228,18 @@ async def astream_chunks(
     """
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
     state = StreamState(model_name, include_usage=_include_usage(call), raw_dicts=raw_dicts)
-    iterator = provider.astream(call)
+    try:
+        iterator = provider.astream(call)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise as_gateway_error(exc) from exc
     idle = IdleTimeout(timeout)
+    anext_ = iterator.__anext__
     try:
         while True:
             try:
-                item = await idle.wait(iterator.__anext__())
+                item = await idle.wait(anext_())
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:

@@ -244,10 +244,24 @@ class CustomProvider(Provider):
             raise self._missing("completion")
         return _to_model_response(result, kwargs["model_response"])
 
-    async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
+    def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         if self._astreaming.served:
-            items = _aiter_any(self._astreaming(_chat_kwargs(call, is_async=True)))
-        elif self._streaming.served:
+            result = self._astreaming(_chat_kwargs(call, is_async=True))
+            if inspect.isasyncgen(result):
+                # The common case, handed over as it is: no generator hop per chunk,
+                # and closing the stream closes the handler's generator itself.
+                return result
+            return self._astream_any(result)
+        return self._astream_other(call)
+
+    async def _astream_any(self, result: Any) -> AsyncIterator[Any]:
+        items = _aiter_any(result)
+        async with _aclosing(items):
+            async for item in items:
+                yield item
+
+    async def _astream_other(self, call: ChatCall) -> AsyncIterator[Any]:
+        if self._streaming.served:
             result = await run_in_thread(self._streaming, _chat_kwargs(call, is_async=False))
             if hasattr(result, "__aiter__") or is_single_item(result):
                 items = _aiter_any(result)
