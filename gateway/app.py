@@ -248,10 +248,6 @@ class Runtime:
                 await provider.aclose()
 
 
-def _request_headers(scope: Scope) -> dict[str, str]:
-    return {}
-
-
 def _timeout_header(scope: Scope) -> float | None:
     for name, value in scope["headers"]:
         if name == b"x-gateway-timeout":
@@ -418,8 +414,6 @@ class ChatCompletions(_Endpoint):
         runtime = self.runtime
         body = await runtime.read_body(scope, receive)
         request, data = _decode_body(body, ChatRequest)
-        if not request.messages and "messages" not in data:
-            raise BadRequestError("Missing required field `messages`", param="messages")
         for i, message in enumerate(request.messages):
             if not isinstance(message.get("role"), str):
                 raise BadRequestError(f"messages[{i}] has no `role`", param=f"messages[{i}].role")
@@ -431,14 +425,11 @@ class ChatCompletions(_Endpoint):
                 optional["stream_options"] = data["stream_options"]
         timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
         router = runtime.router
-        headers = _request_headers(scope)
         if not stream:
             await _answer(
                 receive,
                 send,
-                lambda: router.chat(
-                    request.model, request.messages, optional, timeout=timeout, headers=headers
-                ),
+                lambda: router.chat(request.model, request.messages, optional, timeout=timeout),
             )
             return
         await _stream(
@@ -450,7 +441,6 @@ class ChatCompletions(_Endpoint):
                 optional,
                 stream=True,
                 timeout=timeout,
-                headers=headers,
             ),
         )
 
