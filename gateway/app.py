@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
@@ -55,6 +55,10 @@ _DONE = b"data: [DONE]\n\n"
 # passed to the handler as-is in ``optional_params``.
 
 
+# A request's own timeout in seconds: positive and finite (else a 400 naming it).
+_Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
+
+
 class _StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
@@ -64,7 +68,7 @@ class ChatRequest(msgspec.Struct):
     messages: list[dict[str, Any]]
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
-    timeout: float | None = None
+    timeout: _Seconds | None = None
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None
@@ -90,7 +94,7 @@ class EmbeddingRequest(msgspec.Struct):
     encoding_format: str | None = None
     dimensions: int | None = None
     user: str | None = None
-    timeout: float | None = None
+    timeout: _Seconds | None = None
 
 
 class ImageRequest(msgspec.Struct):
@@ -102,7 +106,7 @@ class ImageRequest(msgspec.Struct):
     style: str | None = None
     response_format: str | None = None
     user: str | None = None
-    timeout: float | None = None
+    timeout: _Seconds | None = None
 
 
 _NOT_OPTIONAL = frozenset({"model", "messages", "stream", "stream_options", "timeout"})
@@ -252,11 +256,14 @@ def _timeout_header(scope: Scope) -> float | None:
     for name, value in scope["headers"]:
         if name == b"x-gateway-timeout":
             try:
-                return float(value)
+                seconds = float(value)
             except ValueError:
+                seconds = 0.0
+            if not 0 < seconds <= 1e7:
                 raise BadRequestError(
-                    "x-gateway-timeout must be a number of seconds", param="timeout"
-                ) from None
+                    "x-gateway-timeout must be a positive number of seconds", param="timeout"
+                )
+            return seconds
     return None
 
 

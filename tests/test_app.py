@@ -438,6 +438,18 @@ def test_stalled_stream_times_out_between_chunks(server: str) -> None:
     assert REC.finally_ran.wait(2)
 
 
+@pytest.mark.parametrize("bad", ["-1", "0", "nan", "inf", "soon"])
+def test_bad_timeouts_are_400(server: str, bad: str) -> None:
+    r = httpx.post(
+        f"{server}/v1/chat/completions", json=chat("echo"), headers={"x-gateway-timeout": bad}
+    )
+    assert error_of(r, 400)["param"] == "timeout"
+    body = chat("echo", timeout=float(bad) if bad not in ("nan", "inf", "soon") else -5)
+    assert error_of(httpx.post(f"{server}/v1/chat/completions", json=body), 400)["param"] == (
+        "timeout"
+    )
+
+
 def test_disconnect_cancels_waiting_handler(server: str) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server}/v1/chat/completions", json=chat("slow"), timeout=0.3)
