@@ -408,7 +408,9 @@ async def test_hanging_upstream_times_out_per_request(
             assert info.value.status_code in (408, 504)
             assert time.monotonic() - started < 3
     await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
-    assert len(upstream.disconnects) == 4
+    # Each timed-out request was dropped upstream. (At least: the upstream is shared by the
+    # module, and a request an earlier test left hanging may be dropped in this window.)
+    assert len(upstream.disconnects) >= 4
 
 
 # Embeddings and images.
