@@ -332,6 +332,15 @@ class _Endpoint:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
 
+    async def read(
+        self, scope: Scope, receive: Receive, kind: type[Any]
+    ) -> tuple[Any, dict[str, Any], float | None]:
+        """The request body as ``kind`` and as a dict, and the request's own timeout."""
+        body = await self.runtime.read_body(scope, receive)
+        request, data = _decode_body(body, kind)
+        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
+        return request, data, timeout
+
 
 async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
     """Run a non-streaming call while watching for the client to go away.
@@ -418,9 +427,7 @@ class ChatCompletions(_Endpoint):
     route = "chat_completions"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = self.runtime
-        body = await runtime.read_body(scope, receive)
-        request, data = _decode_body(body, ChatRequest)
+        request, data, timeout = await self.read(scope, receive, ChatRequest)
         for i, message in enumerate(request.messages):
             if not isinstance(message.get("role"), str):
                 raise BadRequestError(f"messages[{i}] has no `role`", param=f"messages[{i}].role")
@@ -430,8 +437,7 @@ class ChatCompletions(_Endpoint):
             optional["stream"] = True
             if data.get("stream_options") is not None:
                 optional["stream_options"] = data["stream_options"]
-        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
-        router = runtime.router
+        router = self.runtime.router
         if not stream:
             await _answer(
                 receive,
@@ -562,10 +568,8 @@ class Embeddings(_Endpoint):
     route = "embeddings"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self.runtime.read_body(scope, receive)
-        request, data = _decode_body(body, EmbeddingRequest)
+        request, data, timeout = await self.read(scope, receive, EmbeddingRequest)
         _check_embedding_input(request.input)
-        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
         router = self.runtime.router
         optional = _other_optional(data)
         await _answer(
@@ -579,9 +583,7 @@ class ImageGenerations(_Endpoint):
     route = "images_generations"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self.runtime.read_body(scope, receive)
-        request, data = _decode_body(body, ImageRequest)
-        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
+        request, data, timeout = await self.read(scope, receive, ImageRequest)
         router = self.runtime.router
         optional = _other_optional(data)
         await _answer(

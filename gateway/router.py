@@ -25,7 +25,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import anyio
 import msgspec
@@ -81,6 +81,9 @@ _GroupList = list[str] | str
 _Fallbacks = list[dict[str, _GroupList]] | dict[str, _GroupList]
 
 Strategy = Literal["simple-shuffle", "least-busy", "latency-based", "usage-based"]
+
+
+_CallT = TypeVar("_CallT", ChatCall, EmbeddingCall, ImageCall)
 
 
 class RouterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -1304,26 +1307,26 @@ class Router:
 
     # calls built for a deployment
 
-    def _chat_call(
+    def _call(
         self,
+        call_type: type[_CallT],
         d: _Deployment,
-        messages: list[Any],
         optional_params: dict[str, Any],
         headers: dict[str, str] | None,
         timeout: float,
-        stream: bool,
-    ) -> ChatCall:
+        **payload: Any,
+    ) -> _CallT:
+        """The provider call for one attempt on ``d``: the request plus the deployment."""
         spec = d.spec
-        return ChatCall(
+        return call_type(
             model=d.provider_model,
-            messages=messages,
             optional_params=optional_params,
             litellm_params=spec.params,
             api_key=spec.api_key,
             api_base=spec.api_base,
             headers=headers if headers is not None else {},
             timeout=timeout,
-            stream=stream,
+            **payload,
         )
 
     # the app-facing calls
@@ -1344,14 +1347,16 @@ class Router:
         if stream:
 
             def run(d: _Deployment, t: float) -> Any:
-                call = self._chat_call(d, messages, optional_params, headers, t, True)
+                call = self._call(
+                    ChatCall, d, optional_params, headers, t, messages=messages, stream=True
+                )
                 return astream_chunks(_provider(d), call, model_name, raw_dicts=raw_dicts)
 
             chars = _text_length(messages) if self._count_prompts else 0
             return await self._route(model_name, run, True, timeout, chars)
 
         def run_once(d: _Deployment, t: float) -> Any:
-            call = self._chat_call(d, messages, optional_params, headers, t, False)
+            call = self._call(ChatCall, d, optional_params, headers, t, messages=messages)
             return run_acompletion(_provider(d), call, model_name)
 
         return await self._route(model_name, run_once, False, timeout)
@@ -1366,17 +1371,7 @@ class Router:
         headers: dict[str, str] | None = None,
     ) -> Routed:
         def run(d: _Deployment, t: float) -> Any:
-            spec = d.spec
-            call = EmbeddingCall(
-                model=d.provider_model,
-                input=input,
-                optional_params=optional_params,
-                litellm_params=spec.params,
-                api_key=spec.api_key,
-                api_base=spec.api_base,
-                headers=headers if headers is not None else {},
-                timeout=t,
-            )
+            call = self._call(EmbeddingCall, d, optional_params, headers, t, input=input)
             return run_aembedding(_provider(d), call, model_name)
 
         return await self._route(model_name, run, False, timeout)
@@ -1391,17 +1386,7 @@ class Router:
         headers: dict[str, str] | None = None,
     ) -> Routed:
         def run(d: _Deployment, t: float) -> Any:
-            spec = d.spec
-            call = ImageCall(
-                model=d.provider_model,
-                prompt=prompt,
-                optional_params=optional_params,
-                litellm_params=spec.params,
-                api_key=spec.api_key,
-                api_base=spec.api_base,
-                headers=headers if headers is not None else {},
-                timeout=t,
-            )
+            call = self._call(ImageCall, d, optional_params, headers, t, prompt=prompt)
             return run_aimage_generation(_provider(d), call)
 
         return await self._route(model_name, run, False, timeout)
