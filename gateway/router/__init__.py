@@ -1,0 +1,40 @@
+"""Model groups: which deployment serves a request for a ``model_name``, and what happens
+when it fails, is slow, or is full.
+
+Several ``model_list`` entries with one ``model_name`` form a group. A request picks a
+deployment by the routing strategy, runs under its timeouts, is retried (another
+deployment when there is one), falls back to other groups, and waits in a bounded queue
+when everything is busy. Deployments that keep failing cool down for a while. All of it is
+set with ``router_settings`` (config.yaml) or keyword arguments of ``Router``.
+
+Where each concept lives:
+
+- ``settings``: ``router_settings`` decoded and checked;
+- ``deployments``: deployments and groups, built once from ``model_list``;
+- ``strategies``: which free deployment takes a request;
+- ``admission``: slots, ``max_in_flight`` and the bounded wait queue;
+- ``policy``: cooldowns, retry delays, fallbacks (what failures teach);
+- ``attempts``: one call on one deployment, its timeouts and bookkeeping;
+- ``hedging``: a second attempt when the first is slow;
+- ``streams``: ``RoutedStream``, a stream whose first chunk has arrived;
+- ``state``: ``RouterState``, the counters, in one object a shared store could replace;
+- ``router``: ``Router``, which runs a request through the above, and its public APIs.
+"""
+
+from __future__ import annotations
+
+from .deployments import DeploymentSpec
+from .router import Routed, Router
+from .settings import RouterConfigError, RouterSettings
+from .state import RouterState
+from .streams import RoutedStream
+
+__all__ = [
+    "DeploymentSpec",
+    "Routed",
+    "RoutedStream",
+    "Router",
+    "RouterConfigError",
+    "RouterSettings",
+    "RouterState",
+]

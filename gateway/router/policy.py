@@ -1,0 +1,115 @@
+"""What failures teach: cooldowns, whether and when to retry, and where to fall back."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from ..errors import ContextWindowExceededError, GatewayError
+from .deployments import Deployment, Group
+from .settings import RouterSettings
+from .state import RouterState
+
+__all__ = ["Policy", "retry_after"]
+
+logger = logging.getLogger("gateway.router")
+
+
+def retry_after(exc: GatewayError) -> float | None:
+    """Seconds from a ``Retry-After`` (or OpenAI's ``retry-after-ms``) header."""
+    for name, value in exc.headers.items():
+        lowered = name.lower()
+        try:
+            if lowered == "retry-after-ms":
+                return max(float(value) / 1000, 0.0)
+            if lowered == "retry-after":
+                try:
+                    return max(float(value), 0.0)
+                except ValueError:
+                    when = email.utils.parsedate_to_datetime(str(value))
+                    return max(when.timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _is_context_window(exc: GatewayError) -> bool:
+    return isinstance(exc, ContextWindowExceededError) or exc.code == "context_length_exceeded"
+
+
+class Policy:
+    """Retries, cooldowns and fallbacks of one router."""
+
+    def __init__(
+        self, settings: RouterSettings, state: RouterState, clock: Callable[[], float]
+    ) -> None:
+        self._settings = settings
+        self._state = state
+        self._clock = clock
+        self._record_latency = settings.routing_strategy == "latency-based"
+
+    def failed(self, d: Deployment, exc: GatewayError, elapsed: float, *, cut: bool) -> None:
+        """Count a failed attempt toward the deployment's cooldown.
+
+        Only retryable failures count (never 400/401/404: the request, not the
+        deployment, was wrong), and not a timeout the caller's own deadline caused.
+        """
+        if not exc.retryable or cut:
+            return
+        state = self._state
+        if self._record_latency:
+            # A deployment that fails (fast, or by hanging) must not look fast: a failure
+            # counts as at least twice its usual latency.
+            for first_token in (False, True):
+                usual = state.latency(d.id, first_token=first_token)
+                penalty = max(elapsed, 2 * usual) if usual is not None else max(elapsed, 1.0)
+                state.record_latency(d.id, penalty, first_token=first_token)
+        if not d.group.can_cool:
+            return
+        now = self._clock()
+        s = self._settings
+        wait = retry_after(exc)
+        if exc.status_code == 429 and wait:
+            state.cool_down(d.id, now + wait)
+            return
+        if state.record_failure(d.id, now) > s.allowed_fails:
+            state.cool_down(d.id, now + s.cooldown_time)
+            logger.warning(
+                "deployment %s cooling down for %g s after repeated failures (last: %s)",
+                d.id,
+                s.cooldown_time,
+                exc.message,
+            )
+
+    def retry_delay(
+        self, n: int, exc: GatewayError, group: Group, tried: list[Deployment]
+    ) -> float | None:
+        """Seconds to wait before retry ``n`` (0-based); None: do not retry."""
+        # Another deployment that this request has not tried and that is not cooling
+        # down: go at once.
+        now = self._clock()
+        for d in group.deployments:
+            if d not in tried and d.error is None:
+                if not group.can_cool or self._state.cooldown_remaining(d.id, now) == 0:
+                    return 0.0
+        s = self._settings
+        cap = min(s.retry_backoff_max, s.retry_backoff * 2**n)
+        delay = cap / 2 + random.uniform(0, cap / 2)
+        wait = retry_after(exc)
+        if wait is not None:
+            if wait > s.retry_backoff_max:
+                return None
+            delay = max(delay, wait)
+        return delay
+
+    @staticmethod
+    def fallbacks(group: Group, exc: GatewayError) -> list[Group]:
+        """The groups to try, in order, after ``group`` failed with ``exc``."""
+        if _is_context_window(exc):
+            return group.context_fallbacks
+        if not exc.retryable and exc.status_code in (400, 404, 413, 422):
+            return []  # the request itself is wrong; another model will not fix it
+        return group.fallbacks

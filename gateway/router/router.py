@@ -1,0 +1,442 @@
+"""The ``Router``: serves model groups, one request at a time, through the pieces of this
+package (picking and queueing in ``admission``, retries/cooldowns/fallbacks in ``policy``,
+one call in ``attempts``, hedging in ``hedging``, streams in ``streams``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+
+from .._sync import run_async
+from ..calls import (
+    _split_kwargs,
+    astream_chunks,
+    run_acompletion,
+    run_aembedding,
+    run_aimage_generation,
+)
+from ..config import ConfigError
+from ..errors import BadRequestError, GatewayError, NotFoundError
+from ..provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from .admission import Admission
+from .attempts import Attempts, RoutedRequest
+from .deployments import Deployment, Group, build_groups, provider_of
+from .hedging import hedged
+from .policy import Policy
+from .settings import RouterConfigError, parse_settings
+from .state import RouterState
+from .strategies import Chooser
+from .streams import RoutedStream, sync_stream, text_length
+
+__all__ = ["Routed", "Router"]
+
+logger = logging.getLogger("gateway.router")
+
+_CallT = TypeVar("_CallT", ChatCall, EmbeddingCall, ImageCall)
+
+
+class Routed(msgspec.Struct):
+    """What a routed call produced, and where."""
+
+    result: Any
+    deployment: str
+    attempts: int = 1
+
+
+class Router:
+    """Serves model groups from a ``model_list``.
+
+    Settings (``router_settings`` in config.yaml; see ``RouterSettings``) are keyword
+    arguments, or one ``router_settings`` mapping. ``clock`` (seconds, monotonic) and
+    ``sleep`` (the wait between retries) can be replaced, e.g. in tests; ``state`` holds
+    the counters.
+    """
+
+    def __init__(
+        self,
+        model_list: Iterable[Any] = (),
+        *,
+        custom_providers: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+        default_timeout: float | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+        state: RouterState | None = None,
+        router_settings: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.default_timeout = default_timeout
+        self.settings = s = parse_settings({**(router_settings or {}), **settings})
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._sleep: Callable[[float], Awaitable[Any]] = sleep or anyio.sleep
+        self._state = state if state is not None else RouterState()
+        self._num_retries = s.num_retries
+        self._max_in_flight = s.max_in_flight
+        self._groups = build_groups(model_list, dict(custom_providers), s, default_timeout)
+        self._count_prompts = any(
+            d.track_usage for g in self._groups.values() for d in g.deployments
+        )
+        chooser = Chooser(s.routing_strategy, self._state, self._clock, s.latency_buffer)
+        self._admission = Admission(s, self._state, self._clock, chooser)
+        self._policy = Policy(s, self._state, self._clock)
+        self._attempts = Attempts(s, self._state, self._clock, self._admission, self._policy)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Router:
+        """The router for a ``gateway.config.Config``; a bad setting is a ``ConfigError``
+        naming the file and the key."""
+        try:
+            return cls(
+                config.model_list,
+                custom_providers=config.custom_providers,
+                default_timeout=config.settings.default_timeout,
+                router_settings=config.router_settings,
+            )
+        except RouterConfigError as exc:
+            raise ConfigError(config.path or "<config>", exc.config_key, exc.problem) from None
+
+    # introspection
+
+    def model_names(self) -> list[str]:
+        return list(self._groups)
+
+    def providers(self) -> list[Provider]:
+        seen: dict[int, Provider] = {}
+        for group in self._groups.values():
+            for d in group.deployments:
+                if d.provider is not None:
+                    seen[id(d.provider)] = d.provider
+        return list(seen.values())
+
+    def has_model(self, model_name: str) -> bool:
+        return model_name in self._groups
+
+    @property
+    def state(self) -> RouterState:
+        return self._state
+
+    def _group(self, model_name: str) -> Group:
+        group = self._groups.get(model_name)
+        if group is None:
+            raise NotFoundError(
+                f"The model `{model_name}` does not exist",
+                param="model",
+                code="model_not_found",
+            )
+        return group
+
+    # routing a request
+
+    async def _run_group(self, group: Group, req: RoutedRequest) -> tuple[Any, Deployment]:
+        """Attempts on the group's deployments until one answers or retries are spent."""
+        n = 0
+        last: GatewayError | None = None
+        while True:
+            d = self._admission.try_pick(group, req.tried, req.stream)
+            if d is None:
+                try:
+                    d = await self._admission.acquire(group, req.tried, req.stream, req.deadline)
+                except GatewayError:
+                    if last is not None:  # a retry found no room: report the real failure
+                        raise last from None
+                    raise
+            req.tried.append(d)
+            req.attempts += 1
+            try:
+                if group.hedge_after is not None:
+                    return await self._hedged(group, d, req)
+                return await self._attempts.run(d, req), d
+            except GatewayError as exc:
+                if not exc.retryable or n >= self._num_retries:
+                    raise
+                last = exc
+                delay = self._policy.retry_delay(n, exc, group, req.tried)
+                deadline = req.deadline
+                if delay is None or (deadline is not None and self._clock() + delay >= deadline):
+                    raise
+                logger.info("retrying %s after %s: %s", group.name, d.id, exc.message)
+                if delay > 0:
+                    await self._sleep(delay)
+                n += 1
+
+    async def _hedged(
+        self, group: Group, first: Deployment, req: RoutedRequest
+    ) -> tuple[Any, Deployment]:
+        def second() -> Deployment | None:
+            d = self._admission.try_pick(group, req.tried, req.stream, fresh_only=True)
+            if d is not None:
+                req.tried.append(d)
+                req.attempts += 1
+            return d
+
+        return await hedged(
+            first, group.hedge_after or 0, lambda d: self._attempts.run(d, req), second
+        )
+
+    async def _route(
+        self,
+        model_name: str,
+        run: Callable[[Deployment, float], Any],
+        stream: bool,
+        timeout: float | None,
+        prompt_chars: int = 0,
+    ) -> Routed:
+        group = self._group(model_name)
+        req = RoutedRequest(run, stream, timeout, prompt_chars)
+        if timeout is not None:
+            req.deadline = self._clock() + timeout
+        if group.direct:
+            d = self._admission.take(group.deployments[0])
+            req.attempts = 1
+            return Routed(await self._attempts.run(d, req), d.id)
+        held = False
+        if self._max_in_flight is not None:
+            await self._admission.admit(self._max_in_flight, req.deadline)
+            held = True
+        try:
+            try:
+                result, d = await self._run_group(group, req)
+            except GatewayError as exc:
+                chain = self._policy.fallbacks(group, exc)
+                if not chain:
+                    raise
+                result, d = await self._fall_back(exc, chain, req)
+        except BaseException:
+            if held:
+                self._admission.release_global()
+            raise
+        if held:
+            if isinstance(result, RoutedStream):
+                result.hold_admission()
+            else:
+                self._admission.release_global()
+        return Routed(result, d.id, req.attempts)
+
+    async def _fall_back(
+        self, original: GatewayError, chain: list[Group], req: RoutedRequest
+    ) -> tuple[Any, Deployment]:
+        for group in chain:
+            if req.deadline is not None and self._clock() >= req.deadline:
+                break
+            logger.info("falling back to %s after: %s", group.name, original.message)
+            try:
+                return await self._run_group(group, req)
+            except GatewayError:
+                continue
+        raise original
+
+    # calls built for a deployment
+
+    def _call(
+        self,
+        call_type: type[_CallT],
+        d: Deployment,
+        optional_params: dict[str, Any],
+        headers: dict[str, str] | None,
+        timeout: float,
+        **payload: Any,
+    ) -> _CallT:
+        """The provider call for one attempt on ``d``: the request plus the deployment."""
+        spec = d.spec
+        return call_type(
+            model=d.provider_model,
+            optional_params=optional_params,
+            litellm_params=spec.params,
+            api_key=spec.api_key,
+            api_base=spec.api_base,
+            headers=headers if headers is not None else {},
+            timeout=timeout,
+            **payload,
+        )
+
+    # the app-facing calls
+
+    async def chat(
+        self,
+        model_name: str,
+        messages: list[Any],
+        optional_params: dict[str, Any],
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        raw_dicts: bool = True,
+    ) -> Routed:
+        """A chat completion; with ``stream`` the result is a ``RoutedStream`` whose
+        first chunk has already arrived (so failures before it are raised here)."""
+        if stream:
+
+            def run(d: Deployment, t: float) -> Any:
+                call = self._call(
+                    ChatCall, d, optional_params, headers, t, messages=messages, stream=True
+                )
+                return astream_chunks(provider_of(d), call, model_name, raw_dicts=raw_dicts)
+
+            chars = text_length(messages) if self._count_prompts else 0
+            return await self._route(model_name, run, True, timeout, chars)
+
+        def run_once(d: Deployment, t: float) -> Any:
+            call = self._call(ChatCall, d, optional_params, headers, t, messages=messages)
+            return run_acompletion(provider_of(d), call, model_name)
+
+        return await self._route(model_name, run_once, False, timeout)
+
+    async def embed(
+        self,
+        model_name: str,
+        input: Any,
+        optional_params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Routed:
+        def run(d: Deployment, t: float) -> Any:
+            call = self._call(EmbeddingCall, d, optional_params, headers, t, input=input)
+            return run_aembedding(provider_of(d), call, model_name)
+
+        return await self._route(model_name, run, False, timeout)
+
+    async def image(
+        self,
+        model_name: str,
+        prompt: str,
+        optional_params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Routed:
+        def run(d: Deployment, t: float) -> Any:
+            call = self._call(ImageCall, d, optional_params, headers, t, prompt=prompt)
+            return run_aimage_generation(provider_of(d), call)
+
+        return await self._route(model_name, run, False, timeout)
+
+    # the library API, shaped like gateway.completion and friends
+
+    async def acompletion(
+        self,
+        model: str,
+        messages: list[Any] | None = None,
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A chat completion from the group ``model``: a ``ModelResponse``, or with
+        ``stream=True`` an async iterator of ``ModelResponseStream`` chunks (the first
+        already received, so failures before it raise here, after retries)."""
+        optional, merged = _library_params(kwargs, headers)
+        if stream:
+            optional["stream"] = True
+        else:
+            optional.pop("stream_options", None)
+        routed = await self.chat(
+            model,
+            list(messages or []),
+            optional,
+            stream=stream,
+            timeout=timeout,
+            headers=merged,
+            raw_dicts=False,
+        )
+        return routed.result
+
+    def completion(
+        self,
+        model: str,
+        messages: list[Any] | None = None,
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Sync ``acompletion``; with ``stream=True`` an iterator of chunks."""
+        if stream:
+            return sync_stream(
+                lambda: self.acompletion(
+                    model, messages, stream=True, timeout=timeout, headers=headers, **kwargs
+                )
+            )
+
+        async def run() -> Any:
+            return await self.acompletion(
+                model, messages, timeout=timeout, headers=headers, **kwargs
+            )
+
+        return run_async(run)
+
+    async def aembedding(
+        self,
+        model: str,
+        input: Any = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Embeddings from the group ``model``."""
+        optional, merged = _library_params(kwargs, headers)
+        routed = await self.embed(model, input, optional, timeout=timeout, headers=merged)
+        return routed.result
+
+    def embedding(
+        self,
+        model: str,
+        input: Any = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        async def run() -> Any:
+            return await self.aembedding(model, input, timeout=timeout, headers=headers, **kwargs)
+
+        return run_async(run)
+
+    async def aimage_generation(
+        self,
+        prompt: str,
+        model: str | None = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """An image from the group ``model``."""
+        if not model:
+            raise BadRequestError("a model is required", param="model")
+        optional, merged = _library_params(kwargs, headers)
+        routed = await self.image(model, prompt, optional, timeout=timeout, headers=merged)
+        return routed.result
+
+    def image_generation(
+        self,
+        prompt: str,
+        model: str | None = None,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        async def run() -> Any:
+            return await self.aimage_generation(
+                prompt, model, timeout=timeout, headers=headers, **kwargs
+            )
+
+        return run_async(run)
+
+
+def _library_params(
+    kwargs: dict[str, Any], headers: dict[str, str] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    optional, _ = _split_kwargs(kwargs)
+    merged = dict(headers or {})
+    merged.update(optional.pop("extra_headers", None) or {})
+    return optional, merged
