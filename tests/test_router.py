@@ -648,6 +648,65 @@ async def test_rate_limit_with_retry_after_cools_for_that_long() -> None:
     assert router.state.cooldown_remaining(failed, clock()) == pytest.approx(7)
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "settings", "cooled"),
+    [
+        ("Retry-After", "1e12", {}, 60.0),  # the default max_retry_after
+        ("Retry-After", "inf", {}, 60.0),
+        ("retry-after-ms", "1e15", {}, 60.0),
+        ("Retry-After", "Fri, 31 Dec 9999 23:59:59 GMT", {}, 60.0),
+        ("Retry-After", "1e12", {"max_retry_after": 5}, 5.0),
+        ("Retry-After", "3", {"max_retry_after": 5}, 3.0),
+    ],
+)
+async def test_retry_after_from_an_upstream_is_clamped(
+    header: str, value: str, settings: dict[str, Any], cooled: float
+) -> None:
+    clock = Clock()
+    router, backends = make_router({"g": [{"name": "a"}, {"name": "b"}]}, clock=clock, **settings)
+    for b in backends.values():
+        b.script = [RateLimitError("slow", headers={header: value})]
+    with pytest.raises(RateLimitError):
+        await router.acompletion("g", MESSAGES)
+    failed = "g/0" if backends["a"].calls else "g/1"
+    assert router.state.cooldown_remaining(failed, clock()) == pytest.approx(cooled)
+    clock.advance(cooled + 0.001)
+    assert router.state.cooldown_remaining(failed, clock()) == 0
+
+
+async def test_retry_after_that_is_not_a_number_is_ignored() -> None:
+    clock = Clock()
+    router, backends = make_router(
+        {"g": [{"name": "a"}, {"name": "b"}]}, clock=clock, allowed_fails=5
+    )
+    for b in backends.values():
+        b.script = [RateLimitError("slow", headers={"Retry-After": "nan"})]
+    with pytest.raises(RateLimitError):
+        await router.acompletion("g", MESSAGES)
+    # Counted as a plain failure (1 of 5 allowed), not a cooldown of NaN seconds.
+    assert router.state.cooldown_remaining("g/0", clock()) == 0
+    assert router.state.cooldown_remaining("g/1", clock()) == 0
+
+
+async def test_clamped_retry_after_bounds_the_wait_before_a_retry() -> None:
+    # A cap on waits (retry_backoff_max) above max_retry_after: the upstream's 1e12 s is
+    # waited as max_retry_after, then the retry goes.
+    clock = Clock()
+    sleeps = Sleeps(clock)
+    router, backends = make_router(
+        {"g": [{"name": "a"}]},
+        clock=clock,
+        sleep=sleeps,
+        num_retries=1,
+        retry_backoff=0.1,
+        retry_backoff_max=120,
+        max_retry_after=30,
+    )
+    backends["a"].script = [RateLimitError("slow", headers={"Retry-After": "1e12"})]
+    assert served_by(await router.acompletion("g", MESSAGES)) == "a"
+    assert sleeps.waits == [30]
+
+
 async def test_single_deployment_without_fallbacks_never_cools() -> None:
     clock = Clock()
     router, backends = make_router({"g": [{"name": "a"}]}, allowed_fails=0, clock=clock)

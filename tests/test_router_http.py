@@ -257,6 +257,27 @@ def test_upstream_429_retry_after_reaches_the_client() -> None:
         assert len(upstream.requests_seen) == 1
 
 
+def test_upstream_retry_after_of_31700_years_cools_for_max_retry_after() -> None:
+    with run_fake_upstream() as upstream:
+        fake = {"status": 429, "retry_after": 1e12}
+        config = {
+            "model_list": [
+                _upstream_deployment("g", upstream.base_url, fake),
+                _upstream_deployment("g", upstream.base_url, fake),
+            ],
+        }
+        with serve_in_thread(create_app(config), lifespan="on") as gw:
+            with httpx.Client(base_url=gw.url, timeout=10) as client:
+                first = [client.post("/v1/chat/completions", json=_chat_body("g")) for _ in "ab"]
+                cooling = client.post("/v1/chat/completions", json=_chat_body("g"))
+        assert [r.status_code for r in first] == [429, 429]
+        # Both cool down, for the default max_retry_after (60 s), not for 1e12 s.
+        assert cooling.status_code == 503
+        assert cooling.json()["error"]["code"] == "deployments_cooling_down"
+        assert cooling.headers["retry-after"] == "60"
+        assert len(upstream.requests_seen) == 2
+
+
 def test_fallbacks_over_http_in_order() -> None:
     with run_fake_upstream() as upstream:
         config = {

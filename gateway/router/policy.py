@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -18,21 +19,27 @@ __all__ = ["Policy", "retry_after"]
 logger = logging.getLogger("gateway.router")
 
 
-def retry_after(exc: GatewayError) -> float | None:
-    """Seconds from a ``Retry-After`` (or OpenAI's ``retry-after-ms``) header."""
+def retry_after(exc: GatewayError, cap: float) -> float | None:
+    """Seconds from a ``Retry-After`` (or OpenAI's ``retry-after-ms``) header, at most
+    ``cap``; None when there is none or it is not a number or a date."""
     for name, value in exc.headers.items():
         lowered = name.lower()
         try:
             if lowered == "retry-after-ms":
-                return max(float(value) / 1000, 0.0)
-            if lowered == "retry-after":
+                seconds = float(value) / 1000
+            elif lowered == "retry-after":
                 try:
-                    return max(float(value), 0.0)
+                    seconds = float(value)
                 except ValueError:
                     when = email.utils.parsedate_to_datetime(str(value))
-                    return max(when.timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
+                    seconds = when.timestamp() - time.time()
+            else:
+                continue
+        except (TypeError, ValueError, OverflowError):
             return None
+        if math.isnan(seconds):
+            return None
+        return min(max(seconds, 0.0), cap)
     return None
 
 
@@ -71,7 +78,7 @@ class Policy:
             return
         now = self._clock()
         s = self._settings
-        wait = retry_after(exc)
+        wait = retry_after(exc, s.max_retry_after)
         if exc.status_code == 429 and wait:
             state.cool_down(d.id, now + wait)
             return
@@ -98,7 +105,7 @@ class Policy:
         s = self._settings
         cap = min(s.retry_backoff_max, s.retry_backoff * 2**n)
         delay = cap / 2 + random.uniform(0, cap / 2)
-        wait = retry_after(exc)
+        wait = retry_after(exc, s.max_retry_after)
         if wait is not None:
             if wait > s.retry_backoff_max:
                 return None

@@ -36,6 +36,10 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # ends the retries (the caller gets the error and its Retry-After).
     retry_backoff: _NonNeg = 0.5
     retry_backoff_max: _NonNeg = 10.0
+    # The longest wait an upstream's Retry-After (or retry-after-ms) can impose: the
+    # cooldown after a 429 and a wait before a retry are never longer. An upstream's
+    # header is outside input; `Retry-After: 1e12` must not cool a deployment for ever.
+    max_retry_after: _NonNeg = 60.0
     fallbacks: _Fallbacks = msgspec.field(default_factory=list)
     context_window_fallbacks: _Fallbacks = msgspec.field(default_factory=list)
     default_fallbacks: list[str] = msgspec.field(default_factory=list)
