@@ -17,7 +17,7 @@ import anyio
 from . import registry
 from ._sync import IdleTimeout, iterate_in_thread, run_async, within
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
-from .provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
 from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
 
@@ -37,8 +37,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-DEFAULT_TIMEOUT = 600.0
 
 # Call kwargs about how to call, not what to ask: they go to ``litellm_params``;
 # everything else (OpenAI params and unknown extras) goes to ``optional_params``.

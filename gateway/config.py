@@ -15,20 +15,25 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
+
+from .provider import DEFAULT_TIMEOUT
 
 __all__ = [
     "Config",
     "ConfigError",
     "Deployment",
     "GatewaySettings",
+    "RouterConfigError",
+    "RouterSettings",
     "UpstreamSettings",
     "load_config",
     "parse_config",
+    "parse_router_settings",
 ]
 
 logger = logging.getLogger("gateway.config")
@@ -52,6 +57,18 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {problem}".replace("\n", " "))
 
 
+class RouterConfigError(ConfigError, ValueError):
+    """A bad router setting or deployment limit given to ``gateway.Router`` directly.
+
+    ``config_key`` is its path in config.yaml (``router_settings.num_retries``,
+    ``model_list[2].litellm_params.rpm``); the HTTP gateway reports it with the file name.
+    """
+
+    def __init__(self, config_key: str, problem: str, *, key: str | None = None) -> None:
+        self.config_key = config_key
+        super().__init__("gateway.Router", key or config_key, problem)
+
+
 # The gateway's own settings. Unknown keys here are errors (with a suggestion): this
 # section is ours, so a typo in it must not pass silently.
 
@@ -72,9 +89,97 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     sync_worker_threads: _PositiveInt = 64
     max_request_body_bytes: _PositiveInt = 16 * 1024 * 1024
-    default_timeout: _Positive = 600.0
+    default_timeout: _Positive = DEFAULT_TIMEOUT
     graceful_timeout: _NonNegative = 30.0
     upstream: UpstreamSettings = UpstreamSettings()
+
+
+# -- router_settings ------------------------------------------------------------------
+
+_GroupList = list[str] | str
+_Fallbacks = list[dict[str, _GroupList]] | dict[str, _GroupList]
+
+Strategy = Literal["simple-shuffle", "least-busy", "latency-based", "usage-based"]
+
+
+class RouterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``router_settings``: every key is also a keyword argument of ``gateway.Router``."""
+
+    routing_strategy: Strategy = "simple-shuffle"
+    num_retries: _NonNegativeInt = 0
+    # Backoff before retrying the same deployment: exponential from retry_backoff,
+    # capped at retry_backoff_max, with jitter. A Retry-After longer than the cap
+    # ends the retries (the caller gets the error and its Retry-After).
+    retry_backoff: _NonNegative = 0.5
+    retry_backoff_max: _NonNegative = 10.0
+    # The longest wait an upstream's Retry-After (or retry-after-ms) can impose: the
+    # cooldown after a 429 and a wait before a retry are never longer. An upstream's
+    # header is outside input; `Retry-After: 1e12` must not cool a deployment for ever.
+    max_retry_after: _NonNegative = 60.0
+    fallbacks: _Fallbacks = msgspec.field(default_factory=list)
+    context_window_fallbacks: _Fallbacks = msgspec.field(default_factory=list)
+    default_fallbacks: list[str] = msgspec.field(default_factory=list)
+    timeout: _Positive | None = None
+    stream_timeout: _Positive | None = None
+    allowed_fails: _NonNegativeInt = 3
+    cooldown_time: _NonNegative = 5.0
+    disable_cooldowns: bool = False
+    max_in_flight: _PositiveInt | None = None
+    default_max_parallel_requests: _PositiveInt | None = None
+    max_queue: _NonNegativeInt = 100
+    queue_timeout: _NonNegative = 5.0
+    hedge_after_ms: _NonNegative | dict[str, _NonNegative] | None = None
+    latency_buffer: _NonNegative = 0.0
+
+
+_STRATEGY_ALIASES = {
+    "shuffle": "simple-shuffle",
+    "latency-based-routing": "latency-based",
+    "usage-based-routing": "usage-based",
+    "usage-based-routing-v2": "usage-based",
+}
+
+
+def parse_router_settings(
+    raw: Mapping[str, Any],
+    error: Callable[[str, str], Exception],
+    ignored: Callable[[str], None],
+) -> RouterSettings:
+    """``router_settings`` (LiteLLM's names and shapes accepted) as ``RouterSettings``.
+
+    ``error(key, problem)`` makes the exception for a bad key; ``ignored(key)`` is told
+    about LiteLLM settings this gateway does not implement.
+    """
+    known = RouterSettings.__struct_fields__
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "routing_strategy_args":
+            # LiteLLM's {"lowest_latency_buffer": x}; nothing else in it applies here.
+            if isinstance(value, Mapping) and "lowest_latency_buffer" in value:
+                data.setdefault("latency_buffer", value["lowest_latency_buffer"])
+            continue
+        if key == "retry_after":  # LiteLLM's name for the least wait before a retry
+            data.setdefault("retry_backoff", value)
+            continue
+        if key in _LITELLM_ROUTER:
+            ignored(key)
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise error(str(key), f"unknown router setting{hint}")
+        data[key] = value
+    strategy = data.get("routing_strategy")
+    if isinstance(strategy, str):
+        data["routing_strategy"] = _STRATEGY_ALIASES.get(strategy, strategy)
+    try:
+        # strict=False: values from environment variables arrive as strings.
+        return msgspec.convert(data, RouterSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        key, problem = _explain(str(exc))
+        if key == "routing_strategy":
+            problem = f"must be one of {', '.join(get_args(Strategy))}, got {strategy!r}"
+        raise error(key, problem) from None
 
 
 class Deployment(msgspec.Struct, frozen=True):
@@ -83,7 +188,7 @@ class Deployment(msgspec.Struct, frozen=True):
     model_name: str
     model: str
     # The whole litellm_params, env-resolved: the handler's custom keys are in here.
-    params: dict[str, Any]
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
     api_key: str | None = None
     api_base: str | None = None
     timeout: float | None = None
@@ -98,7 +203,7 @@ class Config(msgspec.Struct, frozen=True):
     custom_providers: tuple[tuple[str, Any], ...] = ()
     master_key: str | None = None
     settings: GatewaySettings = GatewaySettings()
-    router_settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    router_settings: RouterSettings = RouterSettings()
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -206,6 +311,35 @@ _LITELLM_SETTINGS = frozenset(
         "upperbound_key_generate_params",
     }
 )
+_LITELLM_ROUTER = frozenset(
+    {
+        "alerting_config",
+        "allowed_fails_policy",
+        "assistants_config",
+        "cache_kwargs",
+        "cache_responses",
+        "caching_groups",
+        "client_ttl",
+        "content_policy_fallbacks",
+        "debug_level",
+        "enable_pre_call_checks",
+        "enable_tag_filtering",
+        "ignore_invalid_deployments",
+        "max_fallbacks",
+        "model_group_alias",
+        "model_group_retry_policy",
+        "optional_pre_call_checks",
+        "polling_interval",
+        "provider_budget_config",
+        "redis_host",
+        "redis_password",
+        "redis_port",
+        "redis_url",
+        "retry_policy",
+        "router_general_settings",
+        "set_verbose",
+    }
+)
 _LITELLM_GENERAL = frozenset(
     {
         "admin_only_routes",
@@ -281,6 +415,26 @@ def _type_name(name: str) -> str:
     # "str | null" -> "a string": null is how YAML spells an empty value, always allowed.
     parts = [p for p in name.split(" | ") if p != "null"] or ["null"]
     return " or ".join(_TYPE_NAMES.get(part, part) for part in parts)
+
+
+def _explain(text: str) -> tuple[str, str]:
+    """``(key path, problem)`` from a msgspec ``ValidationError`` text."""
+    message, _, at = text.partition(" - at ")
+    in_key = re.fullmatch(r"`key` in `\$(.*)`", at)
+    path = (in_key[1] if in_key else at.strip("`")).removeprefix("$").lstrip(".")
+    missing = re.fullmatch(r"Object missing required field `(.+)`", message)
+    if missing:
+        return _join(path, missing[1]), "required key missing"
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        return _join(path, unknown[1]), "unknown key"
+    expected = re.fullmatch(r"Expected `([^`]+)`(.*)", message)
+    if expected:
+        rest = re.sub(r"`([^`]+)`", lambda m: _type_name(m[1]), expected[2])
+        rest = re.sub(r"(\d)\.0\b", r"\1", rest)  # "> 0.0" -> "> 0"
+        problem = f"expected {_type_name(expected[1])}{rest}"
+        return path, f"a key: {problem}" if in_key else problem
+    return path, message
 
 
 def _yaml_type(value: Any) -> str:
@@ -426,22 +580,7 @@ class _Parser:
             raise self._validation_error(str(exc)) from None
 
     def _validation_error(self, text: str) -> ConfigError:
-        message, _, at = text.partition(" - at ")
-        in_key = re.fullmatch(r"`key` in `\$(.*)`", at)
-        path = (in_key[1] if in_key else at.strip("`")).removeprefix("$").lstrip(".")
-        missing = re.fullmatch(r"Object missing required field `(.+)`", message)
-        if missing:
-            return self.error(_join(path, missing[1]), "required key missing")
-        unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
-        if unknown:
-            return self.error(_join(path, unknown[1]), "unknown key")
-        expected = re.fullmatch(r"Expected `([^`]+)`(.*)", message)
-        if expected:
-            rest = re.sub(r"`([^`]+)`", lambda m: _type_name(m[1]), expected[2])
-            rest = re.sub(r"(\d)\.0\b", r"\1", rest)  # "> 0.0" -> "> 0"
-            problem = f"expected {_type_name(expected[1])}{rest}"
-            return self.error(path, f"a key: {problem}" if in_key else problem)
-        return self.error(path, message)
+        return self.error(*_explain(text))
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -511,13 +650,13 @@ class _Parser:
             )
 
         deployments = []
-        for i, (entry, raw_entry) in enumerate(
+        for i, (model, raw_entry) in enumerate(
             zip(file.model_list or (), raw.get("model_list") or (), strict=True)
         ):
             where = _join("model_list", i)
-            if not entry.model_name.strip():
+            if not model.model_name.strip():
                 raise self.error(f"{where}.model_name", "must not be empty")
-            params = entry.litellm_params
+            params = model.litellm_params
             if not params.model.strip():
                 raise self.error(f"{where}.litellm_params.model", "must not be empty")
             merged = dict(raw_entry["litellm_params"])
@@ -527,14 +666,14 @@ class _Parser:
                     merged[name] = getattr(params, name)
             deployments.append(
                 Deployment(
-                    model_name=entry.model_name,
+                    model_name=model.model_name,
                     model=params.model,
                     params=merged,
                     api_key=params.api_key,
                     api_base=params.api_base,
                     timeout=params.timeout,
                     stream_timeout=params.stream_timeout,
-                    model_info=dict(entry.model_info or {}),
+                    model_info=dict(model.model_info or {}),
                 )
             )
         if not deployments:
@@ -548,6 +687,15 @@ class _Parser:
                 settings, default_timeout=litellm_settings.request_timeout
             )
 
+        router_settings = parse_router_settings(
+            file.router_settings or {},
+            lambda key, problem: self.error(_join("router_settings", key), problem),
+            lambda key: self.warn(
+                _join("router_settings", key),
+                "LiteLLM setting not supported by this gateway, ignored",
+            ),
+        )
+
         for line in self.warnings:
             logger.warning("%s", line)
         return Config(
@@ -555,7 +703,7 @@ class _Parser:
             custom_providers=tuple(providers),
             master_key=(file.general_settings or _GeneralSettings()).master_key,
             settings=settings,
-            router_settings=dict(file.router_settings or {}),
+            router_settings=router_settings,
             path=path,
             warnings=tuple(self.warnings),
         )

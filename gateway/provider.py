@@ -17,7 +17,11 @@ from ._sync import iterate_async, run_async
 from .errors import NotImplementedByHandlerError
 from .types import EmbeddingResponse, ImageResponse, ModelResponse
 
-__all__ = ["ChatCall", "EmbeddingCall", "ImageCall", "Provider"]
+__all__ = ["DEFAULT_TIMEOUT", "ChatCall", "EmbeddingCall", "ImageCall", "Provider"]
+
+# Seconds a call may take when neither the request, the deployment nor the config says
+# (LiteLLM's default; handlers are passed it as ``timeout``).
+DEFAULT_TIMEOUT = 600.0
 
 
 class ChatCall(msgspec.Struct, kw_only=True):

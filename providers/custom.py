@@ -16,13 +16,11 @@ import msgspec
 from gateway._sync import iterate_async, run_async, run_in_thread
 from gateway.custom_llm import serves
 from gateway.errors import BadGatewayError, NotImplementedByHandlerError
-from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from gateway.provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
 from gateway.streaming import StreamState, is_single_item, stream_chunk_builder
 from gateway.types import Embedding, EmbeddingResponse, ImageResponse, Message, ModelResponse
 
 __all__ = ["CustomProvider"]
-
-DEFAULT_TIMEOUT = 600.0
 
 
 class _Logging:

@@ -16,6 +16,7 @@ from gateway.config import (
     ConfigError,
     Deployment,
     GatewaySettings,
+    RouterSettings,
     UpstreamSettings,
     load_config,
     parse_config,
@@ -363,7 +364,7 @@ def test_environment_variables_are_resolved_everywhere(tmp_path: Path, monkeypat
     assert deployment.params["api_key"] == "sk-secret"
     assert deployment.params["backend"] == {"tokens": ["sk-secret", "plain"]}
     assert config.master_key == "sk-master"
-    assert config.router_settings == {"routing_strategy": "simple-shuffle"}
+    assert config.router_settings.routing_strategy == "simple-shuffle"
 
 
 def test_environment_variables_section_is_exported_first(tmp_path: Path, monkeypatch) -> None:
@@ -484,7 +485,7 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
           master_kye: sk-1
           database_url: postgres://x
         environment_variables: {}
-        router_settings: {routing_strategy: simple-shuffle, anything: 1}
+        router_settings: {routing_strategy: simple-shuffle, redis_host: localhost}
         totally_new_section: 1
         """,
     )
@@ -499,10 +500,46 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
         "(did you mean 'custom_provider_map'?)",
         "general_settings.master_kye: unknown key, ignored (did you mean 'master_key'?)",
         "general_settings.database_url: LiteLLM setting not supported by this gateway, ignored",
+        "router_settings.redis_host: LiteLLM setting not supported by this gateway, ignored",
     ]
     logged = [r.getMessage() for r in caplog.records if r.name == "gateway.config"]
     assert logged == list(config.warnings)
     assert config.master_key is None
+
+
+@pytest.mark.parametrize(
+    ("router", "line"),
+    [
+        ("{anything: 1}", "router_settings.anything: unknown router setting"),
+        ("{num_retrys: 1}", "router_settings.num_retrys: unknown router setting (did you mean"),
+        ("{num_retries: -1}", "router_settings.num_retries: expected an integer >= 0"),
+        ("{cooldown_time: soon}", "router_settings.cooldown_time: expected a number, got a"),
+        ("{routing_strategy: fastest}", "router_settings.routing_strategy: must be one of"),
+        ("{default_fallbacks: [1]}", "router_settings.default_fallbacks[0]: expected a string"),
+    ],
+)
+def test_router_settings_are_checked_when_the_file_loads(
+    tmp_path: Path, router: str, line: str
+) -> None:
+    write(tmp_path, "config.yaml", f"router_settings: {router}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "config.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'config.yaml'}: {line}")
+    assert "\n" not in str(info.value)
+
+
+def test_router_settings_decode_into_a_frozen_struct(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "config.yaml",
+        "router_settings: {routing_strategy: usage-based-routing-v2, num_retries: '2'}\n",
+    )
+    settings = load_config(tmp_path / "config.yaml").router_settings
+    assert isinstance(settings, RouterSettings)
+    assert (settings.routing_strategy, settings.num_retries) == ("usage-based", 2)
+    with pytest.raises(AttributeError):
+        settings.num_retries = 3  # type: ignore[misc]
+    assert parse_config("").router_settings == RouterSettings()
 
 
 # -- handler loading --------------------------------------------------------------------

@@ -5,11 +5,11 @@ Several ``model_list`` entries with one ``model_name`` form a group. A request p
 deployment by the routing strategy, runs under its timeouts, is retried (another
 deployment when there is one), falls back to other groups, and waits in a bounded queue
 when everything is busy. Deployments that keep failing cool down for a while. All of it is
-set with ``router_settings`` (config.yaml) or keyword arguments of ``Router``.
+set with ``router_settings`` (config.yaml; decoded into ``gateway.config.RouterSettings``)
+or keyword arguments of ``Router``.
 
 Where each concept lives:
 
-- ``settings``: ``router_settings`` decoded and checked;
 - ``deployments``: deployments and groups, built once from ``model_list``;
 - ``strategies``: which free deployment takes a request;
 - ``admission``: slots, ``max_in_flight`` and the bounded wait queue;
@@ -23,9 +23,9 @@ Where each concept lives:
 
 from __future__ import annotations
 
-from .deployments import DeploymentSpec
+from ..config import Deployment as DeploymentSpec
+from ..config import RouterConfigError, RouterSettings
 from .router import Routed, Router
-from .settings import RouterConfigError, RouterSettings
 from .state import RouterState
 from .streams import RoutedStream
 

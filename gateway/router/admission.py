@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import anyio
 
+from ..config import RouterSettings
 from ..errors import GatewayError, RateLimitError, ServiceUnavailableError
 from .deployments import Deployment, Group
-from .settings import RouterSettings
 from .state import RouterState
 from .strategies import Chooser
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..config import RouterSettings
 from ..errors import GatewayError, Timeout
 from .admission import Admission
 from .deployments import Deployment
 from .policy import Policy
-from .settings import RouterSettings
 from .state import RouterState
 from .streams import NOTHING, RoutedStream, first_chunk, usage_tokens
 

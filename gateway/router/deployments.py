@@ -11,31 +11,42 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgspec
-
 from .. import registry
-from ..calls import DEFAULT_TIMEOUT
+from ..config import Deployment as DeploymentSpec
+from ..config import RouterConfigError, RouterSettings
 from ..errors import GatewayError
-from ..provider import Provider
-from .settings import RouterConfigError, RouterSettings, fallback_map, settings_error
+from ..provider import DEFAULT_TIMEOUT, Provider
 
-__all__ = ["Deployment", "DeploymentSpec", "Group", "build_groups", "provider_of"]
+__all__ = [
+    "Deployment",
+    "Group",
+    "build_groups",
+    "fallback_map",
+    "provider_of",
+    "settings_error",
+]
 
 
-class DeploymentSpec(msgspec.Struct, frozen=True):
-    """A deployment as the router sees it (built from a config ``model_list`` entry)."""
+def settings_error(key: str, problem: str) -> RouterConfigError:
+    return RouterConfigError(f"router_settings.{key}", problem, key=key)
 
-    model_name: str
-    model: str
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
-    api_key: str | None = None
-    api_base: str | None = None
-    timeout: float | None = None
-    stream_timeout: float | None = None
-    model_info: dict[str, Any] = msgspec.field(default_factory=dict)
+
+def _group_names(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def fallback_map(value: Any) -> dict[str, list[str]]:
+    """``fallbacks`` in any of its LiteLLM shapes, as ``{group: [groups to try]}``."""
+    result: dict[str, list[str]] = {}
+    for item in [value] if isinstance(value, dict) else value:
+        for group, targets in item.items():
+            result.setdefault(group, []).extend(_group_names(targets))
+    return result
 
 
 def _spec(entry: Any) -> DeploymentSpec:
+    """A ``model_list`` entry as a ``gateway.config.Deployment``: one from a config, or a
+    LiteLLM-style mapping given to ``Router`` directly."""
     if isinstance(entry, DeploymentSpec):
         return entry
     if isinstance(entry, Mapping):
@@ -50,7 +61,7 @@ def _spec(entry: Any) -> DeploymentSpec:
             stream_timeout=params.get("stream_timeout"),
             model_info=dict(entry.get("model_info") or {}),
         )
-    # a gateway.config.Deployment (same field names)
+    # Anything else with the same fields (e.g. an older copy of the Struct).
     return DeploymentSpec(**{f: getattr(entry, f) for f in DeploymentSpec.__struct_fields__})
 
 

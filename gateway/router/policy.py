@@ -9,9 +9,9 @@ import random
 import time
 from collections.abc import Callable
 
+from ..config import RouterSettings
 from ..errors import ContextWindowExceededError, GatewayError
 from .deployments import Deployment, Group
-from .settings import RouterSettings
 from .state import RouterState
 
 __all__ = ["Policy", "retry_after"]

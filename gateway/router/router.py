@@ -21,15 +21,14 @@ from ..calls import (
     run_aembedding,
     run_aimage_generation,
 )
-from ..config import ConfigError
+from ..config import ConfigError, RouterConfigError, RouterSettings, parse_router_settings
 from ..errors import BadRequestError, GatewayError, NotFoundError
 from ..provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from .admission import Admission
 from .attempts import Attempts, RoutedRequest
-from .deployments import Deployment, Group, build_groups, provider_of
+from .deployments import Deployment, Group, build_groups, provider_of, settings_error
 from .hedging import hedged
 from .policy import Policy
-from .settings import RouterConfigError, parse_settings
 from .state import RouterState
 from .strategies import Chooser
 from .streams import RoutedStream, sync_stream, text_length
@@ -67,11 +66,11 @@ class Router:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         state: RouterState | None = None,
-        router_settings: Mapping[str, Any] | None = None,
+        router_settings: RouterSettings | Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         self.default_timeout = default_timeout
-        self.settings = s = parse_settings({**(router_settings or {}), **settings})
+        self.settings = s = _settings(router_settings, settings)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._sleep: Callable[[float], Awaitable[Any]] = sleep or anyio.sleep
         self._state = state if state is not None else RouterState()
@@ -431,6 +430,20 @@ class Router:
             )
 
         return run_async(run)
+
+
+def _settings(
+    given: RouterSettings | Mapping[str, Any] | None, more: dict[str, Any]
+) -> RouterSettings:
+    if isinstance(given, RouterSettings):
+        if not more:
+            return given  # decoded and checked with the config file
+        given = msgspec.structs.asdict(given)
+    return parse_router_settings({**(given or {}), **more}, settings_error, _ignored)
+
+
+def _ignored(key: str) -> None:
+    logger.warning("router_settings.%s: LiteLLM setting not supported, ignored", key)
 
 
 def _library_params(

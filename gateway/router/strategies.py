@@ -11,8 +11,8 @@ import itertools
 import random
 from collections.abc import Callable
 
+from ..config import Strategy
 from .deployments import Deployment, Group, weight_of
-from .settings import Strategy
 from .state import RouterState
 
 __all__ = ["Chooser"]
