@@ -55,7 +55,7 @@ def chat_body(model: str, *, stream: bool = False) -> bytes:
 
 def ttft_pieces() -> tuple[str, ...]:
     """The mock's generated tokens for ``TTFT_SETTINGS`` (what the gateway streams)."""
-    from providers.mock import generated_tokens
+    from gateway_providers.mock import generated_tokens
 
     return generated_tokens(TTFT_SETTINGS["mock_tokens"])
 

@@ -30,10 +30,10 @@ ENTRY_POINT_GROUP = "gateway.providers"
 
 # name -> "module:attribute"; imported on first use so `import gateway` stays fast.
 _BUILTINS: dict[str, str] = {
-    "mock": "providers.mock:MockProvider",
-    "openai": "providers.openai:OpenAIProvider",
-    "hosted_vllm": "providers.openai:OpenAIProvider",
-    "openai_like": "providers.openai:OpenAIProvider",
+    "mock": "gateway_providers.mock:MockProvider",
+    "openai": "gateway_providers.openai:OpenAIProvider",
+    "hosted_vllm": "gateway_providers.openai:OpenAIProvider",
+    "openai_like": "gateway_providers.openai:OpenAIProvider",
 }
 
 _lock = threading.Lock()
@@ -56,7 +56,7 @@ def as_provider(handler: Any, name: str) -> Provider:
         if isinstance(instance, Provider):
             provider = instance
         else:
-            from providers.custom import CustomProvider
+            from .handlers import CustomProvider
 
             provider = CustomProvider(instance, name)
         entry = _wrapped[key] = (handler, provider)

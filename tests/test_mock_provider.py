@@ -11,7 +11,7 @@ import pytest
 import gateway
 from gateway.errors import BadRequestError, GatewayError, RateLimitError, ServiceUnavailableError
 from gateway.provider import ChatCall
-from providers.mock import DEFAULT_TEXT, MockProvider, generated_text, generated_tokens
+from gateway_providers.mock import DEFAULT_TEXT, MockProvider, generated_text, generated_tokens
 
 MESSAGES = [{"role": "user", "content": "say something nice please"}]
 

@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from providers.openai import pool_stats
+from gateway_providers.openai import pool_stats
 from tests.fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -21,8 +21,8 @@ from gateway.calls import astream_chunks
 from gateway.provider import ChatCall
 from gateway.registry import provider_for
 from gateway.streaming import stream_chunk_builder
-from providers import openai as openai_provider
-from providers.openai import OpenAIProvider, _sse_events, current_client, pool_stats
+from gateway_providers import openai as openai_provider
+from gateway_providers.openai import OpenAIProvider, _sse_events, current_client, pool_stats
 from tests.fake_upstream import FakeUpstream, run_fake_upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -1,7 +1,9 @@
-"""User handlers (``CustomLLM`` subclasses or any duck-typed object) as a provider.
+"""The handler contract at work: user handlers (``CustomLLM`` subclasses or any
+duck-typed object) served as a ``Provider``.
 
 This is where the contract's method selection lives: which handler method serves a
-call, what it is passed, and how whatever it returns becomes an OpenAI response.
+call, the keyword arguments it is passed, and how whatever it returns becomes an OpenAI
+response. Core code: it depends on nothing in the ``gateway_providers`` package.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from typing import Any
 
 import msgspec
 
-from gateway._sync import iterate_async, run_async, run_in_thread
-from gateway.custom_llm import serves
-from gateway.errors import BadGatewayError, NotImplementedByHandlerError
-from gateway.provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
-from gateway.streaming import StreamState, is_single_item, stream_chunk_builder
-from gateway.types import Embedding, EmbeddingResponse, ImageResponse, Message, ModelResponse
+from ._sync import iterate_async, run_async, run_in_thread
+from .custom_llm import serves
+from .errors import BadGatewayError, NotImplementedByHandlerError
+from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
+from .streaming import StreamState, is_single_item, stream_chunk_builder
+from .types import Embedding, EmbeddingResponse, ImageResponse, Message, ModelResponse
 
 __all__ = ["CustomProvider"]
 
