@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 import gateway
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Imported as `fake_upstream` (tests/ is on sys.path too) it would load a second
+    # time, with module state of its own: one name only.
+    if "fake_upstream" in sys.modules:
+        raise pytest.UsageError("import the fake upstream as tests.fake_upstream")
 
 
 @pytest.fixture

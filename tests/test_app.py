@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from fake_upstream import serve_in_thread
 
 import gateway
 from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 MASTER_KEY = "sk-test-1234"
 
@@ -33,9 +33,39 @@ class Recorder:
 REC = Recorder()
 
 
+class Running:
+    """Handler calls in progress. The server outlives each test, so a test starts only
+    once every call of the test before it has ended: no call can write into the next
+    test's recorder, and a call a test leaves running fails that test."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.now = 0
+        self.peak = 0
+
+    def __enter__(self) -> Recorder:
+        with self._changed:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        return REC  # the recorder of the test that made the call
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self.now -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.now == 0, timeout)
+
+
+RUNNING = Running()
+
+
 class EchoLLM(CustomLLM):
     async def acompletion(self, *args: Any, **kwargs: Any) -> gateway.ModelResponse:
-        REC.kwargs = kwargs
+        with RUNNING as rec:
+            rec.kwargs = kwargs
         return gateway.completion(
             model="x", mock_response="echo: " + kwargs["messages"][-1]["content"]
         )
@@ -64,32 +94,35 @@ class SlowLLM(CustomLLM):
     """Hangs until cancelled; records that its ``finally`` ran."""
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            await asyncio.sleep(30)
-        finally:
-            REC.finally_ran.set()
+        with RUNNING as rec:
+            try:
+                await asyncio.sleep(30)
+            finally:
+                rec.finally_ran.set()
 
     async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            for i in range(300):
-                yield f"tick {i} "
-                await asyncio.sleep(0.1)
-        finally:
-            REC.finally_ran.set()
+        with RUNNING as rec:
+            try:
+                for i in range(300):
+                    yield f"tick {i} "
+                    await asyncio.sleep(0.1)
+            finally:
+                rec.finally_ran.set()
 
 
 class StallingLLM(CustomLLM):
     """Streams two chunks, then stalls until cancelled."""
 
     async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            yield "first "
-            await asyncio.sleep(0.2)
-            yield "second "
-            await asyncio.sleep(30)
-            yield "never"
-        finally:
-            REC.finally_ran.set()
+        with RUNNING as rec:
+            try:
+                yield "first "
+                await asyncio.sleep(0.2)
+                yield "second "
+                await asyncio.sleep(30)
+                yield "never"
+            finally:
+                rec.finally_ran.set()
 
 
 class PacedLLM(CustomLLM):
@@ -101,18 +134,20 @@ class PacedLLM(CustomLLM):
 
 class SyncStreamLLM(CustomLLM):
     def streaming(self, *args: Any, **kwargs: Any) -> Iterator[str]:
-        try:
-            for i in range(1000):
-                REC.pulled = i
-                time.sleep(0.05)
-                yield f"s{i} "
-        finally:
-            REC.closed.set()
+        with RUNNING as rec:
+            try:
+                for i in range(1000):
+                    rec.pulled = i
+                    time.sleep(0.05)
+                    yield f"s{i} "
+            finally:
+                rec.closed.set()
 
 
 class SleepySyncLLM(CustomLLM):
     def completion(self, *args: Any, **kwargs: Any) -> gateway.ModelResponse:
-        time.sleep(0.2)
+        with RUNNING:
+            time.sleep(0.2)
         return gateway.completion(model="x", mock_response="slept")
 
 
@@ -141,7 +176,8 @@ class MediaLLM(CustomLLM):
         timeout: Any = None,
         client: Any = None,
     ) -> gateway.ImageResponse:
-        REC.kwargs = {"prompt": prompt, "optional_params": optional_params}
+        with RUNNING as rec:
+            rec.kwargs = {"prompt": prompt, "optional_params": optional_params}
         return gateway.ImageResponse(data=[gateway.ImageObject(url="https://example.com/i.png")])
 
     async def aembedding(self, *args: Any, **kwargs: Any) -> Any:
@@ -193,9 +229,13 @@ def auth_server() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _reset_recorder() -> None:
+def _recorder_per_test() -> Iterator[None]:
     global REC
+    assert RUNNING.wait_idle(10), "a handler call of an earlier test is still running"
     REC = Recorder()
+    RUNNING.peak = 0
+    yield
+    assert RUNNING.wait_idle(10), "a handler call outlived its test"
 
 
 def chat(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
@@ -492,14 +532,14 @@ def test_chunks_arrive_as_they_are_made(server: str) -> None:
 
 async def test_concurrent_sync_handlers_do_not_block(server: str) -> None:
     async with httpx.AsyncClient(base_url=server, timeout=30) as client:
-        started = time.monotonic()
         responses = await asyncio.gather(
             *(client.post("/v1/chat/completions", json=chat("sleepy")) for _ in range(50))
         )
-        elapsed = time.monotonic() - started
     assert all(r.status_code == 200 for r in responses)
     assert all(r.json()["choices"][0]["message"]["content"] == "slept" for r in responses)
-    assert elapsed < 4.0, f"50 x 0.2 s sync calls took {elapsed:.1f} s: threads are not used"
+    # Blocking sync handlers ran side by side on worker threads, not one at a time on
+    # the event loop (how fast is for benchmarks/, scenario chat_sync).
+    assert RUNNING.peak >= 10, RUNNING.peak
 
 
 def test_deployment_mock_response_answers_without_the_provider() -> None:

@@ -286,14 +286,13 @@ def test_config_from_env_and_warnings_on_stdout(start, tmp_path: Path) -> None:
           drop_parms: true
         """,
     )
-    port = free_port()
     env = {**os.environ, "GATEWAY_CONFIG": str(config)}
-    server = start("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", env=env)
+    server = start("--host", "127.0.0.1", "--port", "0", "--log-level", "warning", env=env)
     warning = server.wait_for_line(r"^gateway: warning: (.*)$")
     assert warning[1] == (
         f"{config}: litellm_settings.drop_parms: unknown key, ignored (did you mean 'drop_params'?)"
     )
-    server.wait_for_line(r"^gateway: listening on ")
+    port = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")[1]
     base_url = f"http://127.0.0.1:{port}"
     server.wait_until_live(base_url)
     body = {"model": "canned", "messages": [{"role": "user", "content": "Hello"}]}
@@ -323,15 +322,30 @@ def _spawned_children(pid: int) -> list[int]:
     return children
 
 
+def start_workers(start, *args: str) -> tuple[Server, str]:
+    """A multi-worker gateway on a free port, and its URL.
+
+    Workers need a port known in advance (--port 0 works with one worker only), so one is
+    picked; should another process take it before the gateway binds it, the gateway
+    exits with "address already in use" and another port is tried.
+    """
+    for _ in range(5):
+        port = free_port()
+        server = start(*args, "--host", "127.0.0.1", "--port", str(port))
+        server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:\d+ \(2 workers\)")
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            server.wait_until_live(base_url)
+        except AssertionError:
+            if server.process.poll() is not None and "in use" in "".join(server.stderr):
+                continue
+            raise
+        return server, base_url
+    raise AssertionError("no free port could be bound in 5 tries")
+
+
 def test_two_workers_share_the_port(start) -> None:
-    port = free_port()
-    server = start(
-        "--config", str(EXAMPLE_CONFIG), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "2",
-    )  # fmt: skip
-    server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:\d+ \(2 workers\)")
-    base_url = f"http://127.0.0.1:{port}"
-    server.wait_until_live(base_url)
+    server, base_url = start_workers(start, "--config", str(EXAMPLE_CONFIG), "--workers", "2")
     body = {"model": "my-custom-model", "messages": [{"role": "user", "content": "Hello"}]}
     with httpx.Client(base_url=base_url, timeout=10) as client:
         for _ in range(10):

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fake_upstream import serve_in_thread
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 CONFIG = {
     "model_list": [

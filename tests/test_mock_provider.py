@@ -11,7 +11,13 @@ import pytest
 import gateway
 from gateway.errors import BadRequestError, GatewayError, RateLimitError, ServiceUnavailableError
 from gateway.provider import ChatCall
-from gateway_providers.mock import DEFAULT_TEXT, MockProvider, generated_text, generated_tokens
+from gateway_providers.mock import (
+    DEFAULT_TEXT,
+    MockProvider,
+    _Plan,
+    generated_text,
+    generated_tokens,
+)
 
 MESSAGES = [{"role": "user", "content": "say something nice please"}]
 
@@ -111,7 +117,9 @@ async def test_stream_ttft_and_pace() -> None:
     assert all(t >= 0.2 + i * 0.05 - 0.005 for i, t in enumerate(times[:6])), times
     # The schedule is absolute: the last token is due at 0.2 + 5 * 0.05 s.
     assert 0.44 <= times[5] < 2.0
-    assert times[6] - times[5] < 0.04  # the finish item follows at once
+    # The finish item is due with the last token, not a token interval later.
+    due = list(_Plan(call).offsets())
+    assert due[6] == due[5] == pytest.approx(0.2 + 5 * 0.05)
 
 
 async def test_non_stream_waits_ttft_plus_tokens_over_pace() -> None:
@@ -229,9 +237,8 @@ async def test_bad_settings_are_400_naming_the_key(params: dict[str, Any], name:
 
 @pytest.fixture(scope="module")
 def server() -> Any:
-    from fake_upstream import serve_in_thread
-
     from gateway.app import create_app
+    from tests.fake_upstream import serve_in_thread
 
     config = {
         "model_list": [
@@ -268,8 +275,9 @@ def test_http_stream_paced_by_extra_body(server: str) -> None:
                 text += chunk.choices[0].delta.content
     assert text == generated_text(4)
     assert 0.14 <= times[0] < 4  # the request's 150 ms, not the deployment's 5 s
-    # Chunks arrive as the mock paces them (40 ms apart), not all at the end.
-    assert times[3] - times[0] >= 0.11, times
+    # Chunks arrive as the mock paces them (one every 40 ms after the first), never
+    # earlier: the request's pace applies, not the deployment's 1000 tokens/s.
+    assert all(t >= 0.15 + i * 0.04 - 0.005 for i, t in enumerate(times)), times
 
 
 def test_http_non_stream_uses_deployment_settings_and_counts_usage(server: str) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_upstream import serve_in_thread
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -16,6 +15,7 @@ from starlette.routing import Mount, Route
 
 import gateway
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 
 class Handler(gateway.CustomLLM):

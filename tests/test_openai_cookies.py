@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fake_upstream import serve_in_thread
-
 import gateway
+from tests.fake_upstream import serve_in_thread
 
 ANSWER = {
     "id": "chatcmpl-1",

@@ -7,7 +7,6 @@ httptools, as the CLI runs it) and, for the chain, a second gateway in front of 
 from __future__ import annotations
 
 import base64
-import statistics
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -201,36 +200,21 @@ async def test_stream_with_sdk_and_tool_calls_reassemble(client: openai.AsyncOpe
     }
 
 
-async def _ttft(sdk: openai.AsyncOpenAI, model: str) -> float:
-    started = time.perf_counter()
-    stream = await sdk.chat.completions.create(
-        model=model, messages=MESSAGES, stream=True, extra_body={"fake": {"delay": 0.02}}
-    )
-    first = None
-    async for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - started
-    assert first is not None
-    return first
-
-
-async def test_ttft_through_gateway_is_close_to_direct(
+async def test_first_chunk_reaches_the_client_while_the_upstream_still_streams(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    async with openai.AsyncOpenAI(base_url=upstream.base_url, api_key="x", max_retries=0) as direct:
-        await _ttft(direct, "upstream-model")  # warm both paths' connections
-        await _ttft(client, "m")
-        direct_times, gateway_times = [], []
-        for _ in range(15):
-            direct_times.append(await _ttft(direct, "upstream-model"))
-            gateway_times.append(await _ttft(client, "m"))
-    added = statistics.median(gateway_times) - statistics.median(direct_times)
-    print(
-        f"TTFT median direct {statistics.median(direct_times) * 1000:.1f} ms, "
-        f"via gateway {statistics.median(gateway_times) * 1000:.1f} ms, "
-        f"added {added * 1000:.1f} ms"
+    # No buffering in between: the first chunk is relayed while the upstream has more to
+    # send. (How much time the gateway adds is measured in benchmarks/, scenario proxy.)
+    fake = {"chunks": 2, "interval": 0.5}
+    stream = await client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_body={"fake": fake}
     )
-    assert added < 0.020  # the issue's bound; benchmarks/ measures it properly
+    open_at_arrival = [
+        upstream.open_requests
+        async for chunk in stream
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    assert open_at_arrival[0] == 1, open_at_arrival  # the second chunk is 0.5 s away
 
 
 # Disconnects and the pool.

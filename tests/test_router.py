@@ -1011,7 +1011,14 @@ def test_settings_from_environment_strings() -> None:
 
 
 def test_state_is_replaceable() -> None:
+    # The router counts in the state it is given (where a shared store could stand in).
+    clock = Clock()
     state = RouterState()
-    router, _ = make_router({"g": [{"name": "a"}]}, state=state)
+    router, _ = make_router(
+        {"g": [{"name": "a", "rpm": 100}, {"name": "b", "rpm": 100}]}, state=state, clock=clock
+    )
     router.completion("g", MESSAGES)
     assert router.state is state
+    # One request and its 10 tokens, counted for the deployment that served it.
+    assert sorted(state.usage(f"g/{i}", clock()) for i in (0, 1)) == [(0, 0), (1, 10)]
+    assert state.total_in_flight == 0 and state.in_flight("g/0") == state.in_flight("g/1") == 0
