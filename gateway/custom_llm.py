@@ -68,7 +68,10 @@ class CustomLLM(BaseLLM):
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         raise _not_implemented()
 
-    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+    # Not `async def`: an override is an async generator (`async def ...: yield`), whose
+    # type is a function returning an AsyncIterator, not a coroutine. Declared async here,
+    # every correct override would fail type checking.
+    def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
         raise _not_implemented()
 
     def image_generation(self, *args: Any, **kwargs: Any) -> ImageResponse:

@@ -20,7 +20,14 @@ from .custom_llm import serves
 from .errors import BadGatewayError, NotImplementedByHandlerError
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState, is_single_item, stream_chunk_builder
-from .types import Embedding, EmbeddingResponse, ImageResponse, Message, ModelResponse
+from .types import (
+    Choices,
+    Embedding,
+    EmbeddingResponse,
+    ImageResponse,
+    Message,
+    ModelResponse,
+)
 
 __all__ = ["CustomProvider"]
 
@@ -46,7 +53,9 @@ class _Method:
 
     def __init__(self, handler: Any, name: str) -> None:
         self.served = serves(handler, name)
-        self.fn = getattr(handler, name, None)
+        fn = getattr(handler, name, None)
+        # Called only when served (callable); the stand-in keeps the type honest.
+        self.fn: Callable[..., Any] = fn if callable(fn) else _noop
         self.accepts: frozenset[str] | None = None
         if self.served:
             try:
@@ -139,7 +148,7 @@ def _as(cls: type[Any], result: Any, fallback: Any, what: str) -> Any:
 
 def _to_model_response(result: Any, fallback: ModelResponse) -> ModelResponse:
     if isinstance(result, str):
-        return ModelResponse(choices=[{"message": Message(content=result)}])
+        return ModelResponse(choices=[Choices(message=Message(content=result))])
     return _as(ModelResponse, result, fallback, "chat completion")
 
 

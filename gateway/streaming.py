@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from .types import (
+    ChatCompletionMessageToolCall,
     Choices,
     Delta,
     Message,
@@ -309,7 +310,7 @@ def stream_chunk_builder(chunks: Iterable[Any], model: str | None = None) -> Mod
                 finish = choice["finish_reason"]
     message = Message(
         content="".join(content) if content else None,
-        tool_calls=[tools[i] for i in sorted(tools)] or None,
+        tool_calls=[_as_tool_call(tools[i]) for i in sorted(tools)] or None,
     )
     response = ModelResponse(
         choices=[Choices(finish_reason=finish or "stop", message=message)],
@@ -321,3 +322,7 @@ def stream_chunk_builder(chunks: Iterable[Any], model: str | None = None) -> Mod
     if created:
         response.created = created
     return response
+
+
+def _as_tool_call(value: dict[str, Any]) -> ChatCompletionMessageToolCall:
+    return msgspec.convert(value, ChatCompletionMessageToolCall)

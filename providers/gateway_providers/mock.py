@@ -33,6 +33,7 @@ import msgspec
 from gateway.errors import BadRequestError, error_for_status
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from gateway.types import (
+    Choices,
     Embedding,
     EmbeddingResponse,
     ImageObject,
@@ -138,7 +139,7 @@ class _Plan:
         prompt = _prompt_tokens(call.messages)
         completion = len(self.pieces)
         self.response = ModelResponse(
-            choices=[{"message": Message(content=text)}],
+            choices=[Choices(message=Message(content=text))],
             model=call.model,
             usage=Usage(
                 prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
@@ -197,7 +198,7 @@ def _response(call: ChatCall) -> ModelResponse:
         except msgspec.ValidationError as exc:
             raise BadRequestError(f"mock_response is not a valid response: {exc}") from exc
     return ModelResponse(
-        choices=[{"message": Message(content=str(mock))}],
+        choices=[Choices(message=Message(content=str(mock)))],
         model=call.model,
         usage=Usage(prompt_tokens=10, completion_tokens=20, total_tokens=30),
     )
