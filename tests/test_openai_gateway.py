@@ -19,8 +19,7 @@ import msgspec
 import openai
 import pytest
 
-from gateway.app import create_app
-from gateway_providers.openai import pool_stats
+from gateway.app import GatewayApp, create_app
 from tests.fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -104,8 +103,12 @@ async def client(gateway_server: ServerHandle) -> AsyncIterator[openai.AsyncOpen
 
 
 def _stats(server: ServerHandle) -> dict[str, int]:
+    """The upstream pool of the app's own clients, read on the server's loop."""
+    app = server.server.config.app
+    assert isinstance(app, GatewayApp)
+
     async def stats() -> dict[str, int]:
-        return pool_stats()
+        return app.runtime.http.pool_stats()
 
     return server.call(stats)
 
@@ -499,3 +502,27 @@ async def test_seed_test_model_fails_clearly_without_key(example_server: ServerH
             await sdk.embeddings.create(model="test-model", input="hello")
     assert time.monotonic() - started < 5
     assert "OPENAI_API_KEY" in info.value.body["message"]  # type: ignore[index]
+
+
+# The clients belong to the app.
+
+
+def test_each_app_owns_its_upstream_clients_and_closes_them(
+    upstream_server: FakeUpstream,
+) -> None:
+    apps = [create_app(_config(upstream_server.base_url)) for _ in range(2)]
+    sessions = []
+    with serve_in_thread(apps[0]) as first, serve_in_thread(apps[1]) as second:
+        for app, handle in zip(apps, (first, second), strict=True):
+            answer = httpx.post(
+                handle.url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}
+            )
+            assert answer.status_code == 200
+
+            async def session(app: GatewayApp = app) -> Any:
+                return app.runtime.http.upstream_session()
+
+            sessions.append(handle.call(session))
+            assert not sessions[-1].closed
+        assert sessions[0] is not sessions[1]
+    assert all(s.closed for s in sessions)  # each app's shutdown closed its own

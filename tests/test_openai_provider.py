@@ -6,25 +6,29 @@ import asyncio
 import base64
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 import gateway
 from gateway import errors
 from gateway.calls import astream_chunks
+from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall
 from gateway.registry import provider_for
 from gateway.streaming import stream_chunk_builder
-from gateway_providers import openai as openai_provider
-from gateway_providers.openai import OpenAIProvider, _sse_events, current_client, pool_stats
+from gateway_providers.openai import OpenAIProvider, _sse_events
 from tests.fake_upstream import FakeUpstream, run_fake_upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def pool_stats() -> dict[str, int]:
+    """The upstream pool of the library's clients on this loop."""
+    return current().pool_stats()
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +226,12 @@ async def test_sse_parser_handles_any_split_of_the_bytes() -> None:
         (b"", b"[DONE]"),
     ]
 
-    class Parts(httpx.AsyncByteStream):
-        def __init__(self, parts: list[bytes]) -> None:
-            self.parts = parts
-
-        async def __aiter__(self) -> Any:
-            for part in self.parts:
-                yield part
+    async def parts(size: int) -> AsyncIterator[bytes]:
+        for i in range(0, len(wire), size):
+            yield wire[i : i + size]
 
     for size in (1, 2, 3, 7, 16, len(wire)):
-        parts = [wire[i : i + size] for i in range(0, len(wire), size)]
-        response = httpx.Response(200, stream=Parts(parts))
-        assert [e async for e in _sse_events(response)] == expected, size
+        assert [e async for e in _sse_events(parts(size))] == expected, size
 
 
 # Errors keep their meaning.
@@ -311,10 +309,10 @@ async def test_secrets_are_redacted_from_upstream_messages(upstream: FakeUpstrea
     [
         ({"garbage": "html"}, False, "not valid JSON"),
         ({"garbage": "truncated"}, False, "not valid JSON"),
-        ({"garbage": "short"}, False, "RemoteProtocolError"),
+        ({"garbage": "short"}, False, "closed the connection mid-response"),
         ({"garbage": "event"}, True, "not valid JSON"),
         ({"garbage": "no_done"}, True, "before [DONE]"),
-        ({"drop_after": 2}, True, "RemoteProtocolError"),
+        ({"drop_after": 2}, True, "closed the connection mid-response"),
         ({"stream_error_after": 2, "message": "model crashed"}, True, "model crashed"),
     ],
 )
@@ -487,49 +485,59 @@ async def test_concurrent_streams_leave_no_connection_behind(upstream: FakeUpstr
     await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
 
 
-async def test_one_client_per_loop_and_settings_are_used() -> None:
-    provider = OpenAIProvider()
-    client = current_client()
-    assert current_client() is client
-    upstream = SimpleNamespace(
-        max_connections=7,
-        max_keepalive_connections=3,
-        keepalive_expiry=2.0,
-        connect_timeout=1.5,
-        read_timeout=9.0,
-        http2=True,
-    )
-    await provider.astart(SimpleNamespace(upstream=upstream))
-    try:
-        configured = current_client()
-        assert configured is not client and client.is_closed
-        pool = configured._transport._pool  # type: ignore[attr-defined]
-        assert pool._max_connections == 7 and pool._max_keepalive_connections == 3
-        assert configured.timeout.connect == 1.5 and configured.timeout.read == 9.0
-        # HTTP/2 only when the optional h2 package is installed.
-        try:
-            import h2  # noqa: F401
-
-            assert pool._http2
-        except ImportError:
-            assert not pool._http2
-
-        other: list[httpx.AsyncClient] = []
-        thread_result = await anyio.to_thread.run_sync(
-            lambda: asyncio.run(_client_in_new_loop(other))
+async def test_clients_are_per_loop_made_from_settings_and_closed() -> None:
+    clients = HTTPClients(
+        SimpleNamespace(
+            max_connections=7,
+            max_keepalive_connections=3,
+            keepalive_expiry=2.0,
+            connect_timeout=1.5,
+            read_timeout=9.0,
+            trust_env=True,
         )
-        assert thread_result is not configured and thread_result is other[0]
-        assert thread_result.is_closed  # closed when its loop ended
+    )
+    session = clients.upstream_session()
+    assert clients.upstream_session() is session  # one per loop, shared across calls
+    connector = session.connector
+    assert connector is not None and connector.limit == 7
+    assert session.timeout.sock_connect == 1.5 and session.timeout.sock_read == 9.0
+    assert session.timeout.total is None  # a stream may run long; the caller bounds it
+    assert session.trust_env
+    assert HTTPClients().upstream_session().trust_env is False  # env proxies: opt-in
+    handler_client = clients.http_client()
+    assert clients.http_client() is handler_client
+    assert handler_client.timeout.connect == 1.5 and handler_client.timeout.read == 9.0
+
+    async def in_new_loop() -> Any:
+        return clients.upstream_session(), clients.http_client()
+
+    other, other_httpx = await anyio.to_thread.run_sync(lambda: asyncio.run(in_new_loop()))
+    assert other is not session
+    assert other.closed and other_httpx.is_closed  # closed when their loop ended
+    assert not session.closed
+    await clients.aclose()
+    assert session.closed and handler_client.is_closed
+    assert clients.upstream_session() is not session  # made again on next use
+    await clients.aclose()
+
+
+async def test_keep_alive_cap_closes_idle_connections_beyond_it(upstream: FakeUpstream) -> None:
+    clients = HTTPClients(SimpleNamespace(max_keepalive_connections=2))
+    session = clients.upstream_session()
+
+    async def one() -> None:
+        async with session.post(upstream.base_url + "/embeddings", json={"input": "x"}) as r:
+            await r.read()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+        stats = clients.pool_stats()
+        assert stats == {"connections": 2, "idle": 2, "active": 0, "requests": 0, "waiting": 0}
+        await _wait_for(lambda: upstream.open_connections <= 2)
     finally:
-        await provider.aclose()
-        openai_provider._upstream_settings = None
-    assert configured.is_closed
-
-
-async def _client_in_new_loop(out: list[httpx.AsyncClient]) -> httpx.AsyncClient:
-    client = current_client()
-    out.append(client)
-    return client
+        await clients.aclose()
 
 
 # Embeddings and images.
@@ -603,8 +611,8 @@ def test_sync_calls_work_and_close_their_client(upstream: FakeUpstream) -> None:
     assert gateway.image_generation("p", model="openai/i", api_base=base).data[0].url
     with pytest.raises(errors.RateLimitError):
         gateway.completion("openai/x", MESSAGES, api_base=base, fake={"status": 429})
-    # Each sync call ran on a loop of its own; every client it made is closed by now.
-    assert all(entry.client.is_closed for entry in list(openai_provider._clients.values()))
+    # Whatever loop the sync calls ran on, the upstream saw each request once.
+    assert len(upstream.requests_seen) == 5
 
 
 # The seed's test-model: openai/text-embedding-ada-002 with no api_base.

@@ -1,23 +1,21 @@
 """Any OpenAI-compatible upstream: OpenAI, vLLM, TGI, llama.cpp, Ollama, another gateway.
 
 Serves the ``openai/``, ``hosted_vllm/`` and ``openai_like/`` prefixes. Requests go
-through one shared ``httpx.AsyncClient`` per event loop; streams are relayed event by
-event as they arrive, and every upstream failure becomes a ``gateway.errors`` error
-that keeps its status.
+through the runtime's pooled aiohttp session (``gateway.http.HTTPClients``, one per app
+and event loop); streams are relayed event by event as they arrive, and every upstream
+failure becomes a ``gateway.errors`` error that keeps its status.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
+import contextlib
 import os
 import re
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
+import aiohttp
 import anyio
-import httpx
 import msgspec
 
 from gateway.errors import (
@@ -30,10 +28,11 @@ from gateway.errors import (
     InternalServerError,
     error_for_status,
 )
+from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from gateway.types import EmbeddingResponse, ImageResponse, ModelResponse
 
-__all__ = ["DEFAULT_API_BASE", "OpenAIProvider", "current_client", "pool_stats"]
+__all__ = ["DEFAULT_API_BASE", "OpenAIProvider"]
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 
@@ -102,126 +101,6 @@ _SECRETS = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|(?<=Bearer )\S+", re.IGNORECAS
 _DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
 
 
-# The shared client: one per event loop, made lazily or at start-up.
-
-
-class _Entry:
-    __slots__ = ("client", "config", "keeper", "transport")
-
-    def __init__(self, config: tuple[Any, ...]) -> None:
-        self.client, self.transport = _new_client(config)
-        self.config = config
-        self.keeper: asyncio.Task[None] | None = None
-
-
-# One entry per loop. The entry's keeper task closes the client when its loop shuts down
-# (asyncio.run and friends cancel leftover tasks) and removes the entry.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry] = weakref.WeakKeyDictionary()
-_upstream_settings: Any = None
-
-
-def _config(upstream: Any) -> tuple[Any, ...]:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(upstream, name, None)
-        return default if value is None else value
-
-    return (
-        int(get("max_connections", 1000)),
-        int(get("max_keepalive_connections", 100)),
-        float(get("keepalive_expiry", 30.0)),
-        float(get("connect_timeout", 5.0)),
-        float(get("read_timeout", 600.0)),
-        bool(get("http2", False)) and importlib.util.find_spec("h2") is not None,
-    )
-
-
-def _new_client(config: tuple[Any, ...]) -> tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]:
-    max_conn, max_keepalive, expiry, connect, read, http2 = config
-    transport = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(
-            max_connections=max_conn,
-            max_keepalive_connections=max_keepalive,
-            keepalive_expiry=expiry,
-        ),
-        http2=http2,
-    )
-    client = httpx.AsyncClient(
-        transport=transport,
-        # httpx's 5 s default read timeout is far too short for LLM calls.
-        timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=read),
-        follow_redirects=False,
-    )
-    # The client builds requests (headers, timeouts); the transport sends them. Skipping
-    # the client's send skips its cookie jar, auth and redirect steps: a quarter of the
-    # gateway's own time per proxied request. And a cookie jar shared by every tenant's
-    # requests would leak one upstream Set-Cookie into everybody's later calls.
-    return client, transport
-
-
-async def _keep(loop: asyncio.AbstractEventLoop, entry: _Entry) -> None:
-    # asyncio.run() (and anyio.run, uvicorn, the sync library calls) cancel every task
-    # still running when their loop ends: that is when a lazily made client is closed.
-    try:
-        await asyncio.Event().wait()
-    finally:
-        if _clients.get(loop) is entry:
-            del _clients[loop]
-        await entry.client.aclose()
-
-
-def _install(loop: asyncio.AbstractEventLoop, config: tuple[Any, ...]) -> _Entry:
-    entry = _Entry(config)
-    _clients[loop] = entry
-    entry.keeper = loop.create_task(_keep(loop, entry), name="gateway-openai-client")
-    return entry
-
-
-def _running_loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise InternalServerError(
-            "the OpenAI-compatible provider runs on an asyncio event loop (uvloop included)"
-        ) from None
-
-
-def _current_entry() -> _Entry:
-    loop = _running_loop()
-    entry = _clients.get(loop)
-    if entry is None or entry.client.is_closed:
-        if entry is not None and entry.keeper is not None:
-            entry.keeper.cancel()
-        entry = _install(loop, _config(_upstream_settings))
-    return entry
-
-
-def current_client() -> httpx.AsyncClient:
-    """The shared upstream client of the running event loop (made on first use)."""
-    return _current_entry().client
-
-
-def pool_stats(client: httpx.AsyncClient | None = None) -> dict[str, int]:
-    """Connection-pool counts of a client (default: this loop's), for health and tests.
-
-    ``active`` connections carry a request now; ``idle`` ones wait for reuse;
-    ``waiting`` requests wait for a connection.
-    """
-    if client is None:
-        client = current_client()
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    connections = list(getattr(pool, "connections", ()))
-    closed = sum(1 for c in connections if c.is_closed())
-    idle = sum(1 for c in connections if not c.is_closed() and c.is_idle())
-    requests = list(getattr(pool, "_requests", ()))
-    return {
-        "connections": len(connections) - closed,
-        "idle": idle,
-        "active": len(connections) - closed - idle,
-        "requests": len(requests),
-        "waiting": sum(1 for r in requests if getattr(r, "connection", None) is None),
-    }
-
-
 # Errors.
 
 
@@ -231,8 +110,10 @@ def _redact(text: str, api_key: str | None) -> str:
     return _SECRETS.sub("[REDACTED]", text)
 
 
-def _upstream_error(response: httpx.Response, body: bytes, api_key: str | None) -> GatewayError:
-    status = response.status_code
+def _upstream_error(
+    response: aiohttp.ClientResponse, body: bytes, api_key: str | None
+) -> GatewayError:
+    status = response.status
     message: Any = None
     param = code = None
     try:
@@ -248,7 +129,7 @@ def _upstream_error(response: httpx.Response, body: bytes, api_key: str | None) 
             message = error
     if not message:
         text = body.decode("utf-8", "replace").strip()[:500]
-        message = text or f"upstream answered HTTP {status} {response.reason_phrase}".strip()
+        message = text or f"upstream answered HTTP {status} {response.reason or ''}".strip()
     if not isinstance(message, str):
         message = msgspec.json.encode(message).decode()
     kwargs: dict[str, Any] = {
@@ -267,13 +148,32 @@ def _upstream_error(response: httpx.Response, body: bytes, api_key: str | None) 
     return error_for_status(status, message, **kwargs)
 
 
-def _transport_error(exc: httpx.HTTPError, url: str, api_key: str | None) -> GatewayError:
-    detail = _redact(str(exc) or type(exc).__name__, api_key)
-    if isinstance(exc, httpx.TimeoutException):
-        return GatewayTimeoutError(f"upstream {url} timed out ({type(exc).__name__}): {detail}")
-    if isinstance(exc, httpx.ConnectError):
+def _transport_error(exc: aiohttp.ClientError, url: str, api_key: str | None) -> GatewayError:
+    name = _TIMEOUT_NAMES.get(type(exc), type(exc).__name__)
+    detail = _redact(str(exc) or name, api_key)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return GatewayTimeoutError(f"upstream {url} timed out ({name}): {detail}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return APIConnectionError(f"cannot connect to upstream {url}: {detail}")
-    return BadGatewayError(f"upstream {url} failed ({type(exc).__name__}): {detail}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return BadGatewayError(f"upstream {url} closed the connection mid-response ({name})")
+    return BadGatewayError(f"upstream {url} failed ({name}): {detail}")
+
+
+# httpx's names for aiohttp's timeouts: the one that fired, in words operators know.
+_TIMEOUT_NAMES: dict[type[BaseException], str] = {
+    aiohttp.ConnectionTimeoutError: "ConnectTimeout",
+    aiohttp.SocketTimeoutError: "ReadTimeout",
+}
+
+
+@contextlib.contextmanager
+def _mapped(url: str, api_key: str | None) -> Iterator[None]:
+    """Every aiohttp failure of one upstream call as a gateway error, mapped once."""
+    try:
+        yield
+    except aiohttp.ClientError as exc:
+        raise _transport_error(exc, url, api_key) from None
 
 
 def _event_error(item: Any, api_key: str | None) -> GatewayError:
@@ -334,45 +234,67 @@ def _decode(
 # SSE.
 
 
-async def _sse_events(response: httpx.Response) -> AsyncIterator[tuple[bytes, bytes]]:
+class _SSEParser:
     """``(event, data)`` per server-sent event, parsed incrementally from the bytes."""
-    buffer = b""
-    data: list[bytes] = []
-    event = b""
-    # aiter_raw skips httpx's decoder layer; it is only needed for a compressed body.
-    encoded = response.headers.get("content-encoding", "identity") != "identity"
-    async for chunk in response.aiter_bytes() if encoded else response.aiter_raw():
+
+    __slots__ = ("buffer", "data", "event")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.data: list[bytes] = []
+        self.event = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
         # Fast path: one whole ``data:`` event per network read, the common case.
         if (
-            not buffer
-            and not data
-            and not event
+            not self.buffer
+            and not self.data
+            and not self.event
             and chunk.startswith(b"data: ")
             and chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
         ):
-            yield b"", chunk[6:-2]
-            continue
-        buffer = buffer + chunk if buffer else chunk
+            return [(b"", chunk[6:-2])]
+        buffer = self.buffer + chunk if self.buffer else chunk
         if b"\n" not in buffer:
-            continue
-        *lines, buffer = buffer.split(b"\n")
+            self.buffer = buffer
+            return []
+        *lines, self.buffer = buffer.split(b"\n")
+        out: list[tuple[bytes, bytes]] = []
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                    data, event = [], b""
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-            # comments (": ping"), id: and retry: lines carry nothing for us
-    if buffer.startswith(b"data:"):
-        data.append(buffer[6:] if buffer[5:6] == b" " else buffer[5:])
-    if data:
-        yield event, b"\n".join(data)
+            self._line(line, out)
+        return out
+
+    def end(self) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        if self.buffer.startswith(b"data:"):
+            self._line(self.buffer, out)
+        self.buffer = b""
+        self._line(b"", out)
+        return out
+
+    def _line(self, line: bytes, out: list[tuple[bytes, bytes]]) -> None:
+        if not line:
+            if self.data:
+                out.append((self.event, b"\n".join(self.data)))
+                self.data, self.event = [], b""
+        elif line.startswith(b"data:"):
+            self.data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            self.event = line[6:].strip()
+        # comments (": ping"), id: and retry: lines carry nothing for us
+
+
+async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    """``(event, data)`` per server-sent event of a byte stream."""
+    parser = _SSEParser()
+    async for chunk in chunks:
+        for item in parser.feed(chunk):
+            yield item
+    for item in parser.end():
+        yield item
 
 
 # The provider.
@@ -437,16 +359,36 @@ class _Target:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def httpx_timeout(self, client: httpx.AsyncClient) -> httpx.Timeout:
-        default = client.timeout
-        if self.timeout is None:
-            return default
-        return httpx.Timeout(
-            connect=min(default.connect or self.timeout, self.timeout),
-            read=self.timeout,
-            write=self.timeout,
-            pool=self.timeout,
+
+def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
+    clients = current()
+    try:
+        return clients, clients.upstream_session()
+    except RuntimeError:
+        raise InternalServerError(
+            "the OpenAI-compatible provider runs on an asyncio event loop (uvloop included)"
+        ) from None
+
+
+_timeouts: dict[tuple[float, float, float], aiohttp.ClientTimeout] = {}
+
+
+def _timeout(clients: HTTPClients, seconds: float | None) -> aiohttp.ClientTimeout | None:
+    """A call's own timeout where it is shorter than the session's (else None)."""
+    if seconds is None or seconds >= clients.read_timeout:
+        return None
+    key = (clients.connect_timeout, clients.read_timeout, seconds)
+    timeout = _timeouts.get(key)
+    if timeout is None:
+        if len(_timeouts) >= 256:  # deployments x timeouts is small; a deadline may not be
+            _timeouts.clear()
+        timeout = _timeouts[key] = aiohttp.ClientTimeout(
+            total=None,
+            connect=seconds,
+            sock_connect=min(clients.connect_timeout, seconds),
+            sock_read=seconds,
         )
+    return timeout
 
 
 class OpenAIProvider(Provider):
@@ -454,60 +396,35 @@ class OpenAIProvider(Provider):
 
     name = "openai"
 
-    async def astart(self, settings: Any = None) -> None:
-        global _upstream_settings
-        upstream = getattr(settings, "upstream", None)
-        if upstream is not None:
-            _upstream_settings = upstream
-        config = _config(_upstream_settings)
-        loop = _running_loop()
-        entry = _clients.get(loop)
-        if entry is not None and entry.config != config:
-            await self.aclose()
-            entry = None
-        if entry is None or entry.client.is_closed:
-            _install(loop, config)
-
-    async def aclose(self) -> None:
-        entry = _clients.pop(_running_loop(), None)
-        if entry is not None:
-            if entry.keeper is not None:
-                entry.keeper.cancel()
-            await entry.client.aclose()
-
     async def _send(
         self, target: _Target, path: str, body: dict[str, Any], *, stream: bool
-    ) -> httpx.Response:
-        entry = _current_entry()
-        client = entry.client
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The upstream's response and, unless streaming, its whole body."""
+        clients, session = _session()
         url = target.url(path)
-        request = client.build_request(
-            "POST",
-            url,
-            content=_encoder.encode(body),
-            headers=target.headers,
-            timeout=target.httpx_timeout(client),
-        )
-        try:
-            response = await entry.transport.handle_async_request(request)
-            if not stream:
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, url, target.api_key) from None
-        if response.status_code >= 300:
+        timeout = _timeout(clients, target.timeout)
+        extra = {} if timeout is None else {"timeout": timeout}
+        with _mapped(url, target.api_key):
+            response = await session.post(
+                url,
+                data=_encoder.encode(body),
+                headers=target.headers,
+                allow_redirects=False,
+                **extra,
+            )
             try:
-                content = await response.aread() if stream else response.content
-            except httpx.HTTPError:
-                content = b""
-            finally:
+                if response.status >= 300:
+                    content = await response.read()
+                    raise _upstream_error(response, content, target.api_key)
                 if stream:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
-            raise _upstream_error(response, content, target.api_key)
-        return response
+                    return response, b""
+                content = await response.read()
+            except BaseException:
+                # Unread or cut short: drop the connection rather than pool it.
+                response.close()
+                raise
+        response.release()
+        return response, content
 
     def _chat_body(self, call: ChatCall, target: _Target) -> dict[str, Any]:
         body: dict[str, Any] = {"model": call.model, "messages": call.messages}
@@ -522,75 +439,74 @@ class OpenAIProvider(Provider):
 
     async def acompletion(self, call: ChatCall) -> ModelResponse:
         target = _Target(self, call)
-        response = await self._send(
+        _, content = await self._send(
             target, "/chat/completions", self._chat_body(call, target), stream=False
         )
-        return _decode(
-            response.content, _chat_decoder, ModelResponse, "chat completion", target.api_key
-        )
+        return _decode(content, _chat_decoder, ModelResponse, "chat completion", target.api_key)
 
     async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         target = _Target(self, call)
         body = self._chat_body(call, target)
         body["stream"] = True
-        response = await self._send(target, "/chat/completions", body, stream=True)
+        url = target.url("/chat/completions")
+        response, _ = await self._send(target, "/chat/completions", body, stream=True)
         done = finished = False
         try:
-            events = _sse_events(response)
+            events = _sse_events(response.content.iter_any())
             try:
-                async for event, data in events:
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        item = _decoder.decode(data)
-                    except msgspec.DecodeError:
-                        snippet = data[:200].decode("utf-8", "replace")
-                        raise BadGatewayError(
-                            f"upstream sent a stream event that is not valid JSON: {snippet!r}"
-                        ) from None
-                    if not isinstance(item, dict):
-                        raise BadGatewayError("upstream sent a stream event that is not an object")
-                    if event == b"error" or ("error" in item and "choices" not in item):
-                        raise _event_error(item, target.api_key)
-                    for choice in item.get("choices") or ():
-                        if isinstance(choice, dict) and choice.get("finish_reason"):
-                            finished = True
-                    yield item
-                if done:
-                    # Read the body's end so the connection goes back to the pool.
-                    with anyio.move_on_after(_DRAIN_AFTER_DONE):
-                        async for _ in events:
-                            pass
-            except httpx.HTTPError as exc:
-                url = target.url("/chat/completions")
-                raise _transport_error(exc, url, target.api_key) from None
+                with _mapped(url, target.api_key):
+                    async for event, data in events:
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        item = self._stream_item(event, data, target)
+                        for choice in item.get("choices") or ():
+                            if isinstance(choice, dict) and choice.get("finish_reason"):
+                                finished = True
+                        yield item
+                    if done:
+                        # Read the body's end so the connection goes back to the pool.
+                        with anyio.move_on_after(_DRAIN_AFTER_DONE):
+                            async for _ in events:
+                                pass
             finally:
                 await events.aclose()
             if not done and not finished:
                 raise BadGatewayError("upstream stream ended before [DONE] (truncated stream)")
         finally:
-            # Shielded: on a client disconnect this runs while cancelled, and closing
-            # an unfinished response drops the upstream connection at once.
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            # On a client disconnect this runs while cancelled; closing an unfinished
+            # response drops the upstream connection at once (and it is not async).
+            if done and response.content.at_eof():
+                response.release()
+            else:
+                response.close()
+
+    def _stream_item(self, event: bytes, data: bytes, target: _Target) -> Any:
+        try:
+            item = _decoder.decode(data)
+        except msgspec.DecodeError:
+            snippet = data[:200].decode("utf-8", "replace")
+            raise BadGatewayError(
+                f"upstream sent a stream event that is not valid JSON: {snippet!r}"
+            ) from None
+        if not isinstance(item, dict):
+            raise BadGatewayError("upstream sent a stream event that is not an object")
+        if event == b"error" or ("error" in item and "choices" not in item):
+            raise _event_error(item, target.api_key)
+        return item
 
     async def aembedding(self, call: EmbeddingCall) -> EmbeddingResponse:
         target = _Target(self, call)
         body: dict[str, Any] = {"model": call.model, "input": call.input}
         body.update(_strip(call.optional_params))
         body.update(target.extra_body)
-        response = await self._send(target, "/embeddings", body, stream=False)
-        return _decode(
-            response.content, _embedding_decoder, EmbeddingResponse, "embedding", target.api_key
-        )
+        _, content = await self._send(target, "/embeddings", body, stream=False)
+        return _decode(content, _embedding_decoder, EmbeddingResponse, "embedding", target.api_key)
 
     async def aimage_generation(self, call: ImageCall) -> ImageResponse:
         target = _Target(self, call)
         body: dict[str, Any] = {"model": call.model, "prompt": call.prompt}
         body.update(_strip(call.optional_params))
         body.update(target.extra_body)
-        response = await self._send(target, "/images/generations", body, stream=False)
-        return _decode(
-            response.content, _image_decoder, ImageResponse, "image response", target.api_key
-        )
+        _, content = await self._send(target, "/images/generations", body, stream=False)
+        return _decode(content, _image_decoder, ImageResponse, "image response", target.api_key)

@@ -1,0 +1,226 @@
+"""The pooled HTTP clients a gateway owns: one set per runtime and event loop.
+
+``HTTPClients`` holds the upstream session of the built-in OpenAI-compatible provider
+(aiohttp: its pool scales with concurrency where httpx's degrades) and the
+``httpx.AsyncClient`` that handlers get from ``http_client()``. Each is made on first
+use on a loop, and closed when the runtime shuts down or, failing that, when its loop
+ends. An app's requests see their runtime's clients; library calls outside an app see
+a process-wide default set with the default settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib.util
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import aiohttp
+    import httpx
+
+__all__ = ["HTTPClients", "current", "http_client"]
+
+
+class _LoopClients:
+    __slots__ = ("httpx", "keeper", "session")
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+        self.httpx: httpx.AsyncClient | None = None
+        self.keeper: asyncio.Task[None] | None = None
+
+    async def aclose(self) -> None:
+        session, client = self.session, self.httpx
+        self.session = self.httpx = None
+        if session is not None:
+            await session.close()
+        if client is not None:
+            await client.aclose()
+
+
+# Keeper tasks wait for their loop's end to close what was made on it. asyncio holds
+# tasks weakly: this set keeps them (and through them the clients) alive until then.
+_keepers: set[asyncio.Task[None]] = set()
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    value = getattr(settings, name, None)
+    return default if value is None else value
+
+
+class HTTPClients:
+    """The pooled HTTP clients of one runtime (limits and timeouts from its settings).
+
+    ``settings`` is a ``gateway.config.UpstreamSettings`` (any object with its fields
+    works; missing ones take the defaults).
+    """
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+        self.max_connections = int(_setting(settings, "max_connections", 1000))
+        self.max_keepalive = int(_setting(settings, "max_keepalive_connections", 100))
+        self.keepalive_expiry = float(_setting(settings, "keepalive_expiry", 30.0))
+        self.connect_timeout = float(_setting(settings, "connect_timeout", 5.0))
+        self.read_timeout = float(_setting(settings, "read_timeout", 600.0))
+        self.trust_env = bool(_setting(settings, "trust_env", False))
+        self.http2 = bool(_setting(settings, "http2", False))
+        self.max_response_bytes = int(_setting(settings, "max_response_bytes", 32 * 2**20))
+        self.max_event_bytes = int(_setting(settings, "max_event_bytes", 4 * 2**20))
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _entry(self) -> _LoopClients:
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is None:
+            entry = self._loops[loop] = _LoopClients()
+            keeper = loop.create_task(self._keep(loop, entry), name="gateway-http-clients")
+            _keepers.add(keeper)
+            keeper.add_done_callback(_keepers.discard)
+            entry.keeper = keeper
+        return entry
+
+    async def _keep(self, loop: asyncio.AbstractEventLoop, entry: _LoopClients) -> None:
+        # asyncio.run() (and anyio.run, uvicorn, the sync library calls) cancel every
+        # task still running when their loop ends: that is when lazily made clients close.
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if self._loops.get(loop) is entry:
+                del self._loops[loop]
+            await entry.aclose()
+
+    def upstream_session(self) -> aiohttp.ClientSession:
+        """The aiohttp session of the built-in OpenAI-compatible provider on this loop."""
+        entry = self._entry()
+        session = entry.session
+        if session is None or session.closed:
+            session = entry.session = _new_session(self)
+        return session
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The shared ``httpx.AsyncClient`` for handlers on this loop."""
+        entry = self._entry()
+        client = entry.httpx
+        if client is None or client.is_closed:
+            client = entry.httpx = _new_httpx_client(self)
+        return client
+
+    async def astart(self) -> None:
+        """Make this loop's upstream session now, so the first request does not pay."""
+        self.upstream_session()
+
+    async def aclose(self) -> None:
+        """Close the clients made on the running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        entry = self._loops.pop(loop, None)
+        if entry is not None:
+            if entry.keeper is not None:
+                entry.keeper.cancel()
+            await entry.aclose()
+
+    def pool_stats(self) -> dict[str, int]:
+        """Upstream pool counts on this loop, for health checks and tests.
+
+        ``active`` connections carry a request now; ``idle`` ones wait for reuse;
+        ``waiting`` requests wait for a connection; ``requests`` is both.
+        """
+        entry = self._loops.get(asyncio.get_running_loop())
+        connector = entry.session.connector if entry and entry.session else None
+        if connector is None:
+            return {"connections": 0, "idle": 0, "active": 0, "requests": 0, "waiting": 0}
+        return connector.stats()  # type: ignore[attr-defined,no-any-return]
+
+
+def _new_session(clients: HTTPClients) -> aiohttp.ClientSession:
+    import aiohttp
+
+    from ._pool import CappedConnector
+
+    connector = CappedConnector(
+        max_idle=clients.max_keepalive,
+        limit=clients.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=clients.keepalive_expiry,
+        ttl_dns_cache=60,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # One jar for every tenant would carry one upstream's Set-Cookie into everybody's
+        # later calls: keep none.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # connect covers the wait for a pooled connection and the connect itself;
+        # sock_read is both the wait for the first byte and the idle gap between chunks.
+        # The whole request's deadline is the caller's (the runner's timeout).
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=clients.read_timeout,
+            sock_connect=clients.connect_timeout,
+            sock_read=clients.read_timeout,
+        ),
+        trust_env=clients.trust_env,
+        auto_decompress=True,
+        raise_for_status=False,
+    )
+
+
+def _new_httpx_client(clients: HTTPClients) -> httpx.AsyncClient:
+    import httpx
+
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=clients.max_connections,
+            max_keepalive_connections=clients.max_keepalive,
+            keepalive_expiry=clients.keepalive_expiry,
+        ),
+        # httpx's 5 s default read timeout is far too short for LLM calls.
+        timeout=httpx.Timeout(
+            connect=clients.connect_timeout,
+            read=clients.read_timeout,
+            write=clients.read_timeout,
+            pool=clients.read_timeout,
+        ),
+        http2=clients.http2 and importlib.util.find_spec("h2") is not None,
+        trust_env=clients.trust_env,
+        follow_redirects=False,
+    )
+
+
+_default: HTTPClients | None = None
+
+
+def _library_default() -> HTTPClients:
+    global _default
+    if _default is None:
+        _default = HTTPClients()
+    return _default
+
+
+# The running app's clients, set by ``GatewayApp`` for each request it serves.
+_current: contextvars.ContextVar[HTTPClients | None] = contextvars.ContextVar(
+    "gateway_http_clients", default=None
+)
+
+
+def current() -> HTTPClients:
+    """The clients of the app serving this request, else the library's default set."""
+    return _current.get() or _library_default()
+
+
+def http_client() -> httpx.AsyncClient:
+    """A shared, pooled ``httpx.AsyncClient`` for handlers, one per event loop.
+
+    Inside the gateway it belongs to the app: limits and timeouts come from
+    ``gateway_settings.upstream``, and it is closed when the app shuts down. Use it
+    as is and never close it; pass ``timeout=`` per request where needed::
+
+        response = await gateway.http_client().post(url, json=payload)
+    """
+    return current().http_client()
