@@ -82,6 +82,9 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect_timeout: _Positive = 5.0
     read_timeout: _Positive = 600.0
     http2: bool = False
+    trust_env: bool = False  # proxies (HTTP(S)_PROXY, NO_PROXY) from the environment
+    max_response_bytes: _PositiveInt = 32 * 1024 * 1024  # a JSON answer, decompressed
+    max_event_bytes: _PositiveInt = 4 * 1024 * 1024  # one line / event of a stream
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -28,6 +28,11 @@ an ``x-fake`` header holding the same object as JSON. Keys (all optional):
   event that is not JSON), ``"no_done"`` (a stream that stops without finish or [DONE]),
   ``"error_body"`` (HTTP 200 carrying ``{"error": ...}``)
 - ``null_usage``: JSON answers carry ``"usage": null``
+- ``line_endings``: ``"cr"`` or ``"crlf"``: a stream's lines end that way, not in LF
+- ``huge_line``: a stream sends ``data: `` and then that many bytes with no newline
+- ``big_body``: the chat answer with a ``"pad"`` of that many bytes, sent in pieces
+  with no Content-Length
+- ``gzip_bomb``: the chat answer gzip-encoded, followed by that many bytes of spaces
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -173,6 +180,8 @@ class FakeUpstream:
                 await _json(send, 400, _error("request body is not JSON", "invalid_request_error"))
             elif fake.get("status"):
                 await self._fail(fake, send)
+            elif fake.get("big_body") or fake.get("gzip_bomb"):
+                await _oversized(fake, _encoder.encode(_chat(fake, body)), send, send_body)
             elif seen.path.endswith("/chat/completions"):
                 if body.get("stream"):
                     await self._stream(seen, fake, body, send, send_body)
@@ -242,6 +251,22 @@ class FakeUpstream:
                 ],
             }
         )
+        if fake.get("huge_line"):
+            left = int(fake["huge_line"])
+            await send_body(b"data: ", True)
+            while left > 0:
+                piece = min(left, 65536)
+                await send_body(b"x" * piece, True)
+                left -= piece
+            await send_body(b"", False)
+            return
+        ending = {"cr": b"\r", "crlf": b"\r\n"}.get(fake.get("line_endings") or "")
+        if ending is not None:
+            plain = send_body
+
+            async def send_body(data: bytes, more: bool) -> None:
+                await plain(data.replace(b"\n", ending), more)
+
         interval = float(fake.get("interval", 0))
         drop_after = fake.get("drop_after")
         error_after = fake.get("stream_error_after")
@@ -274,6 +299,35 @@ class FakeUpstream:
             await send_body(b"", False)
             return
         await send_body(b"data: [DONE]\n\n", False)
+
+
+@functools.cache
+def _bomb(answer: bytes, size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    spaces = b" " * 2**20  # JSON whitespace: under a big enough cap it is the answer
+    parts = [packer.compress(answer)]
+    parts += [packer.compress(spaces) for _ in range(size // len(spaces))]
+    return b"".join([*parts, packer.flush()])
+
+
+async def _oversized(fake: dict[str, Any], answer: bytes, send: Any, send_body: Any) -> None:
+    # The chat answer, made big: padded with whitespace and gzipped, or with a "pad"
+    # field streamed in pieces without a Content-Length.
+    headers = [(b"content-type", b"application/json")]
+    if fake.get("gzip_bomb"):
+        data = _bomb(answer, int(fake["gzip_bomb"]))
+        headers += [(b"content-encoding", b"gzip"), (b"content-length", b"%d" % len(data))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send_body(data, False)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    left = int(fake["big_body"])
+    await send_body(b'{"pad": "', True)
+    while left > 0:
+        piece = min(left, 65536)
+        await send_body(b"x" * piece, True)
+        left -= piece
+    await send_body(b'", ' + answer[1:], False)
 
 
 async def _start(send: Any, status: int, content_type: bytes, length: int) -> None:

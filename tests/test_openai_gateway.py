@@ -51,7 +51,14 @@ def _config(base_url: str) -> dict[str, Any]:
                 "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
             },
         ],
-        "gateway_settings": {"upstream": {"max_connections": 500, "max_keepalive_connections": 50}},
+        "gateway_settings": {
+            "upstream": {
+                "max_connections": 500,
+                "max_keepalive_connections": 50,
+                "max_response_bytes": 2 * 2**20,
+                "max_event_bytes": 2**20,
+            }
+        },
     }
 
 
@@ -398,6 +405,33 @@ async def test_hanging_upstream_times_out_per_request(
     # Each timed-out request was dropped upstream. (At least: the upstream is shared by the
     # module, and a request an earlier test left hanging may be dropped in this window.)
     assert len(upstream.disconnects) >= 4
+
+
+@pytest.mark.parametrize(
+    ("fake", "stream", "setting"),
+    [
+        ({"big_body": 3 * 2**20}, False, "max_response_bytes"),
+        ({"gzip_bomb": 16 * 2**20}, False, "max_response_bytes"),
+        ({"huge_line": 200 * 2**20}, True, "max_event_bytes"),
+    ],
+    ids=["3MB-body", "gzip-bomb", "200MB-line"],
+)
+async def test_oversized_upstream_answers_are_502_by_the_configured_caps(
+    client: openai.AsyncOpenAI,
+    upstream: FakeUpstream,
+    fake: dict[str, Any],
+    stream: bool,
+    setting: str,
+) -> None:
+    # The caps come from gateway_settings.upstream (2 MB and 1 MB here): a 3 MB answer
+    # the library's defaults would take is refused by this app.
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=stream, extra_body={"fake": fake}
+        )
+    assert info.value.status_code == 502
+    assert setting in info.value.body["message"]  # type: ignore[index]
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=5)
 
 
 # Embeddings and images.

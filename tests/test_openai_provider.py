@@ -234,6 +234,77 @@ async def test_sse_parser_handles_any_split_of_the_bytes() -> None:
         assert [e async for e in _sse_events(parts(size))] == expected, size
 
 
+@pytest.mark.parametrize("ending", ["cr", "crlf"])
+async def test_stream_with_cr_or_crlf_line_endings(upstream: FakeUpstream, ending: str) -> None:
+    stream = await gateway.acompletion(
+        "openai/x",
+        MESSAGES,
+        api_base=upstream.base_url,
+        stream=True,
+        fake={"line_endings": ending, "chunks": 3},
+    )
+    whole = stream_chunk_builder([c async for c in stream])
+    assert whole.choices[0].message.content == "tok0 tok1 tok2 "
+    assert whole.choices[0].finish_reason == "stop"
+
+
+async def test_sse_parser_cr_crlf_and_caps_at_any_split() -> None:
+    wire = b'data: {"a":\rdata: 1}\r\rdata: {"b": 2}\r\n\r\nevent: x\rdata: 3\n\r\n'
+    expected = [(b"", b'{"a":\n1}'), (b"", b'{"b": 2}'), (b"x", b"3")]
+
+    async def parts(data: bytes, size: int) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    for size in (1, 2, 3, 5, len(wire)):
+        assert [e async for e in _sse_events(parts(wire, size))] == expected, size
+    # A line, or an event of many lines, over the cap is a 502.
+    for data in (b"data: " + b"x" * 100, b"data: 1234567890\n" * 20 + b"\n"):
+        for size in (7, len(data)):
+            with pytest.raises(errors.BadGatewayError, match="max_event_bytes"):
+                _ = [e async for e in _sse_events(parts(data, size), cap=64)]
+
+
+async def test_endless_stream_line_is_a_quick_502(upstream: FakeUpstream) -> None:
+    # 200 MB with no newline: cut at the default cap (4 MB), the upstream dropped.
+    with pytest.raises(errors.BadGatewayError) as info:
+        stream = await gateway.acompletion(
+            "openai/x",
+            MESSAGES,
+            api_base=upstream.base_url,
+            stream=True,
+            fake={"huge_line": 200 * 2**20},
+        )
+        async for _ in stream:
+            pass
+    assert info.value.status_code == 502 and "max_event_bytes" in info.value.message
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=5)  # the upstream let go
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [{"big_body": 1024 * 2**20}, {"gzip_bomb": 64 * 2**20}],
+    ids=["1GB-body", "gzip-bomb"],
+)
+async def test_oversized_answer_is_a_502(upstream: FakeUpstream, fake: dict[str, Any]) -> None:
+    with pytest.raises(errors.BadGatewayError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    assert info.value.status_code == 502 and "max_response_bytes" in info.value.message
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=5)
+
+
+@pytest.mark.parametrize(
+    "fake", [{"big_body": 3 * 2**20}, {"gzip_bomb": 8 * 2**20}], ids=["3MB-body", "8MB-gzip"]
+)
+async def test_big_answer_within_the_cap_is_read_whole(
+    upstream: FakeUpstream, fake: dict[str, Any]
+) -> None:
+    response = await gateway.acompletion(
+        "openai/x", MESSAGES, api_base=upstream.base_url, fake=fake
+    )
+    assert response.choices[0].message.content == "Hello from the fake upstream"
+
+
 # Errors keep their meaning.
 
 

@@ -235,43 +235,67 @@ def _decode(
 
 
 class _SSEParser:
-    """``(event, data)`` per server-sent event, parsed incrementally from the bytes."""
+    """``(event, data)`` per server-sent event, parsed incrementally from the bytes.
 
-    __slots__ = ("buffer", "data", "event")
+    Lines end in LF, CRLF or a lone CR, as the SSE spec allows. A line or an event
+    longer than ``cap`` bytes is a 502: an upstream that never sends a newline must not
+    cost minutes of CPU and all the memory. Pending bytes are kept as a list of pieces
+    (joined once a line ends), so a long line costs linear time.
+    """
 
-    def __init__(self) -> None:
-        self.buffer = b""
+    __slots__ = ("cap", "data", "data_size", "event", "parts", "size", "skip_lf")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []  # the unfinished line
+        self.size = 0  # its length
         self.data: list[bytes] = []
+        self.data_size = 0
         self.event = b""
+        self.skip_lf = False  # the last piece ended in CR: an LF next completes a CRLF
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        if self.skip_lf:
+            self.skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         # Fast path: one whole ``data:`` event per network read, the common case.
         if (
-            not self.buffer
+            not self.parts
             and not self.data
             and not self.event
             and chunk.startswith(b"data: ")
             and chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and len(chunk) <= self.cap
         ):
             return [(b"", chunk[6:-2])]
-        buffer = self.buffer + chunk if self.buffer else chunk
-        if b"\n" not in buffer:
-            self.buffer = buffer
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self.parts.append(chunk)
+            self.size += len(chunk)
+            if self.size > self.cap:
+                raise self._too_long()
             return []
-        *lines, self.buffer = buffer.split(b"\n")
+        buffer = b"".join((*self.parts, chunk)) if self.parts else chunk
+        if b"\r" in buffer:
+            self.skip_lf = buffer.endswith(b"\r")
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, rest = buffer.split(b"\n")
+        self.parts = [rest] if rest else []
+        self.size = len(rest)
+        if self.size > self.cap:
+            raise self._too_long()
         out: list[tuple[bytes, bytes]] = []
         for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
             self._line(line, out)
         return out
 
     def end(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        if self.buffer.startswith(b"data:"):
-            self._line(self.buffer, out)
-        self.buffer = b""
+        if self.parts:
+            self._line(b"".join(self.parts), out)
+            self.parts = []
         self._line(b"", out)
         return out
 
@@ -279,22 +303,66 @@ class _SSEParser:
         if not line:
             if self.data:
                 out.append((self.event, b"\n".join(self.data)))
-                self.data, self.event = [], b""
+                self.data, self.event, self.data_size = [], b"", 0
         elif line.startswith(b"data:"):
-            self.data.append(line[6:] if line[5:6] == b" " else line[5:])
+            value = line[6:] if line[5:6] == b" " else line[5:]
+            self.data.append(value)
+            self.data_size += len(value) + 1
+            if self.data_size > self.cap:
+                raise self._too_long()
         elif line.startswith(b"event:"):
             self.event = line[6:].strip()
         # comments (": ping"), id: and retry: lines carry nothing for us
 
+    def _too_long(self) -> BadGatewayError:
+        return BadGatewayError(
+            f"upstream sent a stream line or event over {self.cap} bytes "
+            "(gateway_settings.upstream.max_event_bytes)"
+        )
 
-async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+
+async def _sse_events(
+    chunks: AsyncIterator[bytes], cap: int = 4 * 2**20
+) -> AsyncIterator[tuple[bytes, bytes]]:
     """``(event, data)`` per server-sent event of a byte stream."""
-    parser = _SSEParser()
+    parser = _SSEParser(cap)
     async for chunk in chunks:
         for item in parser.feed(chunk):
             yield item
     for item in parser.end():
         yield item
+
+
+async def _read(response: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+    """The whole body, decompressed, of at most ``cap`` bytes: more is a 502 (or, with
+    ``truncate``, cut). Counted as it arrives, so a 1 GB answer or a gzip bomb is
+    stopped at the cap, not held in memory."""
+    length = response.content_length
+    encoded = "content-encoding" in response.headers
+    if length is not None and length <= cap and not encoded:
+        return await response.read()  # the framing bounds it
+    if length is not None and length > cap and not encoded and not truncate:
+        raise _too_big(cap)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            if truncate:
+                parts.append(chunk[: cap - size])
+                break
+            raise _too_big(cap)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_big(cap: int) -> BadGatewayError:
+    return BadGatewayError(
+        f"upstream answer is over {cap} bytes (gateway_settings.upstream.max_response_bytes)"
+    )
+
+
+_ERROR_BODY_CAP = 64 * 1024  # of an error answer, only the message is used
 
 
 # The provider.
@@ -414,11 +482,11 @@ class OpenAIProvider(Provider):
             )
             try:
                 if response.status >= 300:
-                    content = await response.read()
+                    content = await _read(response, _ERROR_BODY_CAP, truncate=True)
                     raise _upstream_error(response, content, target.api_key)
                 if stream:
                     return response, b""
-                content = await response.read()
+                content = await _read(response, clients.max_response_bytes)
             except BaseException:
                 # Unread or cut short: drop the connection rather than pool it.
                 response.close()
@@ -452,7 +520,7 @@ class OpenAIProvider(Provider):
         response, _ = await self._send(target, "/chat/completions", body, stream=True)
         done = finished = False
         try:
-            events = _sse_events(response.content.iter_any())
+            events = _sse_events(response.content.iter_any(), current().max_event_bytes)
             try:
                 with _mapped(url, target.api_key):
                     async for event, data in events:
