@@ -19,7 +19,8 @@ an ``x-fake`` header holding the same object as JSON. Keys (all optional):
 - ``interval``: seconds between stream chunks
 - ``tools``: answer with tool calls (streamed as argument deltas)
 - ``extras``: stream extras ``logprobs``, ``reasoning_content`` and unknown fields
-- ``status``, ``message``, ``retry_after``, ``code``: fail with that HTTP status
+- ``status``, ``message``, ``retry_after``, ``code``, ``location``: fail with that
+  HTTP status (``message: null`` sends an error object without a message)
 - ``hang``: never answer (until the client goes away)
 - ``drop_after``: drop the connection after that many stream chunks
 - ``stream_error_after``: send ``data: {"error": ...}`` after that many chunks
@@ -201,6 +202,8 @@ class FakeUpstream:
         headers = []
         if fake.get("retry_after") is not None:
             headers.append((b"retry-after", str(fake["retry_after"]).encode()))
+        if fake.get("location"):
+            headers.append((b"location", str(fake["location"]).encode()))
         kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
             status, "invalid_request_error" if status < 500 else "server_error"
         )

@@ -47,6 +47,10 @@ def _config(base_url: str) -> dict[str, Any]:
             deployment("img", "openai/dall-e-3"),
             deployment("quick", "openai/upstream-model", timeout=0.3),
             {
+                "model_name": "keyless",
+                "litellm_params": {"model": "openai/upstream-model", "api_base": base_url},
+            },
+            {
                 "model_name": "down",
                 "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"},
             },
@@ -352,11 +356,89 @@ async def test_upstream_key_is_redacted(client: openai.AsyncOpenAI) -> None:
     assert "[REDACTED]" in info.value.body["message"]  # type: ignore[index]
 
 
-async def test_unreachable_upstream_is_502(client: openai.AsyncOpenAI) -> None:
+async def test_unreachable_upstream_is_502(
+    client: openai.AsyncOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         await client.chat.completions.create(model="down", messages=MESSAGES)
     assert info.value.status_code == 502
     assert info.value.body["type"] == "api_connection_error"  # type: ignore[index]
+    # The api_base is the operator's to know: in the log, not in the answer.
+    assert "127.0.0.1" not in str(info.value.body)
+    assert "http://127.0.0.1:9/v1/chat/completions" in caplog.text
+
+
+async def test_upstream_error_detail_is_logged_not_sent(
+    client: openai.AsyncOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = {"status": 502, "message": "proxy http://10.0.0.7:8000/v1 refused " + "y" * 600}
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(
+            model="m", messages=MESSAGES, extra_body={"fake": fake}
+        )
+    assert info.value.status_code == 502
+    message = info.value.body["message"]  # type: ignore[index]
+    assert "10.0.0.7" not in message and len(message) <= 300
+    assert "http://10.0.0.7:8000/v1" in caplog.text
+    assert UPSTREAM_KEY not in caplog.text
+
+
+# A request never picks what the operator pays for.
+
+
+async def test_extra_body_and_headers_cannot_override_the_deployment(
+    gateway_server: ServerHandle, upstream: FakeUpstream
+) -> None:
+    body = {
+        "model": "vllm",
+        "messages": MESSAGES,
+        "extra_body": {
+            "model": "gpt-4-expensive",
+            "messages": [{"role": "user", "content": "something else"}],
+            "stream": True,
+            "api_base": "http://127.0.0.1:9/v1",
+            "top_k": 99,  # the deployment's extra_body sets it: it stays 5
+            "new_field": 1,  # only adding is allowed
+        },
+        "extra_headers": {"Authorization": "Bearer stolen", "api-key": "stolen", "Host": "x"},
+    }
+    async with httpx.AsyncClient(base_url=gateway_server.url) as http:
+        answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"  # not turned into a stream
+    seen = upstream.requests_seen[-1]
+    assert seen.body["model"] == "meta-llama"
+    assert seen.body["messages"] == MESSAGES
+    assert "stream" not in seen.body and "api_base" not in seen.body
+    assert seen.body["top_k"] == 5 and seen.body["new_field"] == 1
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "api-key" not in seen.headers and "stolen" not in str(seen.headers)
+    assert seen.headers["host"].startswith("127.0.0.1:")
+
+
+async def test_library_extra_headers_never_set_credentials(upstream: FakeUpstream) -> None:
+    import gateway
+
+    await gateway.acompletion(
+        "openai/x",
+        MESSAGES,
+        api_base=upstream.base_url,
+        api_key="sk-deployment",
+        extra_headers={"Authorization": "Bearer other", "API-Key": "k", "x-trace": "t1"},
+        extra_body={"model": "gpt-4-expensive", "seed": 7},
+    )
+    seen = upstream.requests_seen[-1]
+    assert seen.headers["authorization"] == "Bearer sk-deployment"
+    assert "api-key" not in seen.headers and seen.headers["x-trace"] == "t1"
+    assert seen.body["model"] == "x" and seen.body["seed"] == 7
+
+
+async def test_environment_key_never_reaches_a_self_hosted_upstream(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-operators-openai-key")
+    await client.chat.completions.create(model="keyless", messages=MESSAGES)
+    assert "authorization" not in upstream.requests_seen[-1].headers
 
 
 @pytest.mark.parametrize("garbage", ["html", "truncated", "short"])

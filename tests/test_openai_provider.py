@@ -111,17 +111,17 @@ async def test_deployment_params_key_headers_body_and_env(
     assert seen.headers["host"].startswith("127.0.0.1:")  # hop headers are never copied
     assert seen.body["repetition_penalty"] == 1.1 and seen.body["seed"] == 1
 
+    # OPENAI_API_KEY is OpenAI's: a self-hosted upstream never gets it unasked.
     monkeypatch.setenv("OPENAI_API_KEY", "env-key")
-    await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url)
-    assert upstream.requests_seen[-1].headers["authorization"] == "Bearer env-key"
+    monkeypatch.setenv("HOSTED_VLLM_API_KEY", "vllm-env-key")
+    for prefix in ("openai", "hosted_vllm", "openai_like"):
+        await gateway.acompletion(f"{prefix}/x", MESSAGES, api_base=upstream.base_url)
+        assert "authorization" not in upstream.requests_seen[-1].headers, prefix
     monkeypatch.setenv("MY_UPSTREAM_KEY", "named-env-key")
     await gateway.acompletion(
         "openai/x", MESSAGES, api_base=upstream.base_url, api_key="os.environ/MY_UPSTREAM_KEY"
     )
     assert upstream.requests_seen[-1].headers["authorization"] == "Bearer named-env-key"
-    monkeypatch.delenv("OPENAI_API_KEY")
-    await gateway.acompletion("openai_like/x", MESSAGES, api_base=upstream.base_url)
-    assert "authorization" not in upstream.requests_seen[-1].headers
 
 
 async def test_chat_json_tool_calls(upstream: FakeUpstream) -> None:
@@ -431,13 +431,49 @@ async def test_ok_status_with_error_body_and_null_usage(upstream: FakeUpstream) 
     assert response.choices[0].message.content and response.usage.total_tokens == 0
 
 
-async def test_connect_error_is_retryable_502() -> None:
+async def test_connect_error_is_retryable_502(caplog: pytest.LogCaptureFixture) -> None:
     started = time.monotonic()
     with pytest.raises(errors.APIConnectionError) as info:
         await gateway.acompletion("openai/x", MESSAGES, api_base="http://127.0.0.1:9/v1")
     assert info.value.status_code == 502 and info.value.retryable
-    assert "127.0.0.1:9" in info.value.message
+    assert "127.0.0.1" not in info.value.message  # the address is for the operator's log
+    assert "http://127.0.0.1:9/v1/chat/completions" in caplog.text
     assert time.monotonic() - started < 5
+
+
+async def test_upstream_error_text_is_short_and_names_no_address(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    internal = "http://10.0.0.7:8000/v1 (pod 10.1.2.3:9000, [fd00::7]:80)"
+    fake = {"status": 500, "message": f"backend {internal} failed " + "x" * 1000}
+    with pytest.raises(errors.InternalServerError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    message = info.value.message
+    assert info.value.status_code == 500
+    for secret in ("10.0.0.7", "10.1.2.3", "fd00::7", "http://", "127.0.0.1"):
+        assert secret not in message
+    assert message.startswith("backend [ADDRESS]") and len(message) <= 300
+    assert internal in caplog.text  # the whole answer is logged
+
+    # An upstream's own host, named in its message, is taken out too.
+    host = upstream.base_url.split("//")[1].split(":")[0]
+    fake = {"status": 503, "message": f"{host} is overloaded"}
+    with pytest.raises(errors.ServiceUnavailableError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    assert host not in info.value.message
+
+    # A redirect names no Location; a non-JSON error page gives no body text.
+    fake = {"status": 302, "location": "http://10.9.9.9/internal/login"}
+    with pytest.raises(errors.BadGatewayError) as info:
+        await gateway.acompletion("openai/x", MESSAGES, api_base=upstream.base_url, fake=fake)
+    assert "10.9.9.9" not in info.value.message and "302" in info.value.message
+    assert "Location: http://10.9.9.9/internal/login" in caplog.text
+    with pytest.raises(errors.BadGatewayError) as info:
+        await gateway.acompletion(
+            "openai/x", MESSAGES, api_base=upstream.base_url, fake={"garbage": "html"}
+        )
+    assert "nginx" not in info.value.message and "<html>" not in info.value.message
+    assert "502 Bad Gateway (nginx)" in caplog.text
 
 
 async def test_hanging_upstream_times_out_and_is_released(upstream: FakeUpstream) -> None:
@@ -707,5 +743,5 @@ async def test_seed_test_model_without_network_fails_fast(
         await gateway.aembedding("openai/text-embedding-ada-002", "hello")
     assert time.monotonic() - started < 10
     assert info.value.retryable
-    assert "api.openai.com" in info.value.message
+    assert "api.openai.com" not in info.value.message  # named in the log only
     assert "sk-not-a-real-key-000" not in info.value.message

@@ -9,10 +9,12 @@ failure becomes a ``gateway.errors`` error that keeps its status.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -80,7 +82,7 @@ _GATEWAY_KEYS = frozenset(
     }
 )
 
-# Headers that describe one hop or the body we build; never copied from a caller.
+# Headers that describe one hop or the body we build; never copied from anyone.
 _HOP_HEADERS = frozenset(
     {
         "accept-encoding",
@@ -97,11 +99,31 @@ _HOP_HEADERS = frozenset(
     }
 )
 
+# A caller's headers never carry credentials upstream: the deployment's key is the one.
+_CALLER_BLOCKED_HEADERS = _HOP_HEADERS | {
+    "api-key",
+    "authorization",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "x-api-key",
+}
+
 _SECRETS = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}|(?<=Bearer )\S+", re.IGNORECASE)
+# URLs, IPv4 and bracketed IPv6 addresses (with ports): an upstream's message may name
+# internal hosts the client must not learn.
+_ADDRESSES = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\[[0-9a-f:.]+\](?::\d+)?",
+    re.IGNORECASE,
+)
+_MESSAGE_CAP = 300  # characters of an upstream's message a client gets
+
+logger = logging.getLogger("gateway.upstream")
 _DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
 
 
-# Errors.
+# Errors. The client gets the status and a short message with secrets and addresses
+# taken out; the whole story (URL, upstream body, low-level error) goes to the log.
 
 
 def _redact(text: str, api_key: str | None) -> str:
@@ -110,8 +132,25 @@ def _redact(text: str, api_key: str | None) -> str:
     return _SECRETS.sub("[REDACTED]", text)
 
 
+def _public(text: str, target: _Target) -> str:
+    """An upstream's message as a client may see it: no secrets, no addresses, short."""
+    text = _redact(text, target.api_key)
+    if target.host:
+        text = text.replace(target.host, "[UPSTREAM]")
+    text = _ADDRESSES.sub("[ADDRESS]", text)
+    if len(text) > _MESSAGE_CAP:
+        text = text[: _MESSAGE_CAP - 3] + "..."
+    return text
+
+
+def _log(level: int, what: str, target: _Target, path: str, detail: str) -> None:
+    if logger.isEnabledFor(level):
+        url = target.url(path)
+        logger.log(level, "%s from %s: %s", what, url, _redact(detail, target.api_key))
+
+
 def _upstream_error(
-    response: aiohttp.ClientResponse, body: bytes, api_key: str | None
+    response: aiohttp.ClientResponse, body: bytes, target: _Target, path: str
 ) -> GatewayError:
     status = response.status
     message: Any = None
@@ -127,37 +166,45 @@ def _upstream_error(
             param, code = error.get("param"), error.get("code")
         elif error is not None:
             message = error
-    if not message:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        message = text or f"upstream answered HTTP {status} {response.reason or ''}".strip()
+    detail = body[:2000].decode("utf-8", "replace")
+    location = response.headers.get("location")
+    if location:
+        detail = f"Location: {location}; {detail}"
+    level = logging.WARNING if status >= 500 or status < 400 else logging.INFO
+    _log(level, f"upstream answered HTTP {status}", target, path, detail)
+    if not message or 300 <= status < 400:
+        # Not an API error object (an HTML page, a proxy's text, a redirect): its text is
+        # the upstream's business, not the client's.
+        message = f"upstream answered HTTP {status} {response.reason or ''}".strip()
     if not isinstance(message, str):
         message = msgspec.json.encode(message).decode()
     kwargs: dict[str, Any] = {
         "param": param if isinstance(param, str) else None,
-        "code": _redact(str(code), api_key) if code is not None else None,
+        "code": _public(str(code), target) if code is not None else None,
     }
     retry_after = response.headers.get("retry-after")
     if retry_after is not None:
         kwargs["headers"] = {"Retry-After": retry_after}
-    message = _redact(message, api_key)
+    message = _public(message, target)
     if status == 400 and code == "context_length_exceeded":
         return ContextWindowExceededError(message, **kwargs)
     if 300 <= status < 400:
-        location = response.headers.get("location", "")
-        return BadGatewayError(f"upstream answered a redirect ({status}) to {location!r}")
+        return BadGatewayError(
+            f"upstream answered a redirect ({status}); redirects are not followed"
+        )
     return error_for_status(status, message, **kwargs)
 
 
-def _transport_error(exc: aiohttp.ClientError, url: str, api_key: str | None) -> GatewayError:
+def _transport_error(exc: aiohttp.ClientError, target: _Target, path: str) -> GatewayError:
     name = _TIMEOUT_NAMES.get(type(exc), type(exc).__name__)
-    detail = _redact(str(exc) or name, api_key)
+    _log(logging.WARNING, f"upstream call failed ({name})", target, path, str(exc) or name)
     if isinstance(exc, aiohttp.ServerTimeoutError):
-        return GatewayTimeoutError(f"upstream {url} timed out ({name}): {detail}")
+        return GatewayTimeoutError(f"upstream timed out ({name})")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return APIConnectionError(f"cannot connect to upstream {url}: {detail}")
+        return APIConnectionError(f"cannot connect to the upstream ({name})")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return BadGatewayError(f"upstream {url} closed the connection mid-response ({name})")
-    return BadGatewayError(f"upstream {url} failed ({name}): {detail}")
+        return BadGatewayError(f"upstream closed the connection mid-response ({name})")
+    return BadGatewayError(f"upstream call failed ({name})")
 
 
 # httpx's names for aiohttp's timeouts: the one that fired, in words operators know.
@@ -168,15 +215,15 @@ _TIMEOUT_NAMES: dict[type[BaseException], str] = {
 
 
 @contextlib.contextmanager
-def _mapped(url: str, api_key: str | None) -> Iterator[None]:
+def _mapped(target: _Target, path: str) -> Iterator[None]:
     """Every aiohttp failure of one upstream call as a gateway error, mapped once."""
     try:
         yield
     except aiohttp.ClientError as exc:
-        raise _transport_error(exc, url, api_key) from None
+        raise _transport_error(exc, target, path) from None
 
 
-def _event_error(item: Any, api_key: str | None) -> GatewayError:
+def _event_error(item: Any, target: _Target) -> GatewayError:
     error = item.get("error") if isinstance(item, dict) else item
     if isinstance(error, dict):
         message = error.get("message") or msgspec.json.encode(error).decode()
@@ -186,7 +233,7 @@ def _event_error(item: Any, api_key: str | None) -> GatewayError:
     status = code if isinstance(code, int) else None
     if status is None and isinstance(code, str) and code.isdigit():
         status = int(code)
-    message = _redact(str(message), api_key)
+    message = _public(str(message), target)
     if status is not None and 400 <= status < 600:
         return error_for_status(status, message)
     return BadGatewayError(f"upstream stream error: {message}")
@@ -202,7 +249,12 @@ def _is_error(data: Any) -> bool:
 
 
 def _decode(
-    content: bytes, decoder: msgspec.json.Decoder[T], cls: type[T], what: str, api_key: str | None
+    content: bytes,
+    decoder: msgspec.json.Decoder[T],
+    cls: type[T],
+    what: str,
+    target: _Target,
+    path: str,
 ) -> T:
     data: Any = None
     try:
@@ -211,15 +263,14 @@ def _decode(
         if b'"error"' in content:
             data = _decoder.decode(content)
             if _is_error(data):
-                raise _event_error(data, api_key)
+                raise _event_error(data, target)
         return decoder.decode(content)
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
-        snippet = content[:200].decode("utf-8", "replace")
-        raise BadGatewayError(
-            f"upstream sent a {what} that is not valid JSON ({exc}): {snippet!r}"
-        ) from None
+        detail = f"{exc}: {content[:2000].decode('utf-8', 'replace')!r}"
+        _log(logging.WARNING, f"upstream sent a {what} that is not JSON", target, path, detail)
+        raise BadGatewayError(f"upstream sent a {what} that is not valid JSON") from None
     # Valid JSON of another shape: tolerate nulls some servers send for absent fields.
     if data is None:
         data = _decoder.decode(content)
@@ -379,10 +430,14 @@ def _strip(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in _GATEWAY_KEYS}
 
 
+def _is_openai(base: str) -> bool:
+    return urlsplit(base).hostname == "api.openai.com"
+
+
 class _Target:
     """Where and how one call goes: URL, headers, timeout and extra body fields."""
 
-    __slots__ = ("api_key", "base", "extra_body", "headers", "timeout")
+    __slots__ = ("api_key", "base", "client_extra", "deployment_extra", "headers", "timeout")
 
     def __init__(self, provider: OpenAIProvider, call: ChatCall | EmbeddingCall | ImageCall):
         params = call.litellm_params
@@ -396,7 +451,11 @@ class _Target:
             or DEFAULT_API_BASE
         )
         self.base = str(base).rstrip("/")
-        key = _env(call.api_key) or _env(params.get("api_key")) or os.environ.get(f"{env}_API_KEY")
+        key = _env(call.api_key) or _env(params.get("api_key"))
+        if not key and _is_openai(self.base):
+            # The environment's key is OpenAI's: a self-hosted upstream gets only the key
+            # its deployment names (api_key: os.environ/NAME), never this one by default.
+            key = os.environ.get("OPENAI_API_KEY")
         self.api_key: str | None = str(key) if key else None
         if self.api_key is None and self.base == DEFAULT_API_BASE:
             raise AuthenticationError(
@@ -410,22 +469,42 @@ class _Target:
             headers["authorization"] = f"Bearer {self.api_key}"
         if params.get("organization"):
             headers["openai-organization"] = str(params["organization"])
-        for extra in (params.get("extra_headers"), call.headers):
-            for name, value in (extra or {}).items():
-                if name.lower() not in _HOP_HEADERS:
-                    headers[name.lower()] = str(value)
+        # The deployment's headers are the operator's (an Azure-style api-key included);
+        # a caller's never set credentials or hop headers.
+        for name, value in (params.get("extra_headers") or {}).items():
+            if name.lower() not in _HOP_HEADERS:
+                headers[name.lower()] = str(value)
+        for name, value in call.headers.items():
+            if name.lower() not in _CALLER_BLOCKED_HEADERS:
+                headers[name.lower()] = str(value)
         self.headers = headers
-        self.extra_body: dict[str, Any] = {}
-        for extra in (params.get("extra_body"), call.optional_params.get("extra_body")):
-            if isinstance(extra, dict):
-                self.extra_body.update(extra)
+        extra = params.get("extra_body")
+        self.deployment_extra: dict[str, Any] = extra if isinstance(extra, dict) else {}
+        extra = call.optional_params.get("extra_body")
+        self.client_extra: dict[str, Any] = extra if isinstance(extra, dict) else {}
         timeout = call.timeout
         if timeout is None:
             timeout = params.get("timeout") or params.get("request_timeout")
         self.timeout = float(timeout) if timeout is not None else None
 
+    @property
+    def host(self) -> str | None:
+        return urlsplit(self.base).hostname
+
     def url(self, path: str) -> str:
         return self.base + path
+
+    def body(self, optional_params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+        """The request body: the caller's parameters, the deployment's extra_body over
+        them, the caller's extra_body only where it adds a field, and ``fixed`` (model,
+        messages/input/prompt) over everything: a request never picks another model."""
+        body = _strip(optional_params)
+        body.update(self.deployment_extra)
+        for name, value in self.client_extra.items():
+            if name not in body and name not in _GATEWAY_KEYS:
+                body[name] = value
+        body.update(fixed)
+        return body
 
 
 def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
@@ -469,12 +548,11 @@ class OpenAIProvider(Provider):
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """The upstream's response and, unless streaming, its whole body."""
         clients, session = _session()
-        url = target.url(path)
         timeout = _timeout(clients, target.timeout)
         extra = {} if timeout is None else {"timeout": timeout}
-        with _mapped(url, target.api_key):
+        with _mapped(target, path):
             response = await session.post(
-                url,
+                target.url(path),
                 data=_encoder.encode(body),
                 headers=target.headers,
                 allow_redirects=False,
@@ -483,7 +561,7 @@ class OpenAIProvider(Provider):
             try:
                 if response.status >= 300:
                     content = await _read(response, _ERROR_BODY_CAP, truncate=True)
-                    raise _upstream_error(response, content, target.api_key)
+                    raise _upstream_error(response, content, target, path)
                 if stream:
                     return response, b""
                 content = await _read(response, clients.max_response_bytes)
@@ -495,9 +573,7 @@ class OpenAIProvider(Provider):
         return response, content
 
     def _chat_body(self, call: ChatCall, target: _Target) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": call.model, "messages": call.messages}
-        body.update(_strip(call.optional_params))
-        body.update(target.extra_body)
+        body = target.body(call.optional_params, {"model": call.model, "messages": call.messages})
         if call.stream:
             body["stream"] = True
         else:
@@ -507,27 +583,26 @@ class OpenAIProvider(Provider):
 
     async def acompletion(self, call: ChatCall) -> ModelResponse:
         target = _Target(self, call)
-        _, content = await self._send(
-            target, "/chat/completions", self._chat_body(call, target), stream=False
-        )
-        return _decode(content, _chat_decoder, ModelResponse, "chat completion", target.api_key)
+        path = "/chat/completions"
+        _, content = await self._send(target, path, self._chat_body(call, target), stream=False)
+        return _decode(content, _chat_decoder, ModelResponse, "chat completion", target, path)
 
     async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         target = _Target(self, call)
         body = self._chat_body(call, target)
         body["stream"] = True
-        url = target.url("/chat/completions")
-        response, _ = await self._send(target, "/chat/completions", body, stream=True)
+        path = "/chat/completions"
+        response, _ = await self._send(target, path, body, stream=True)
         done = finished = False
         try:
             events = _sse_events(response.content.iter_any(), current().max_event_bytes)
             try:
-                with _mapped(url, target.api_key):
+                with _mapped(target, path):
                     async for event, data in events:
                         if data == b"[DONE]":
                             done = True
                             break
-                        item = self._stream_item(event, data, target)
+                        item = self._stream_item(event, data, target, path)
                         for choice in item.get("choices") or ():
                             if isinstance(choice, dict) and choice.get("finish_reason"):
                                 finished = True
@@ -549,32 +624,35 @@ class OpenAIProvider(Provider):
             else:
                 response.close()
 
-    def _stream_item(self, event: bytes, data: bytes, target: _Target) -> Any:
+    def _stream_item(self, event: bytes, data: bytes, target: _Target, path: str) -> Any:
         try:
             item = _decoder.decode(data)
         except msgspec.DecodeError:
-            snippet = data[:200].decode("utf-8", "replace")
-            raise BadGatewayError(
-                f"upstream sent a stream event that is not valid JSON: {snippet!r}"
-            ) from None
+            detail = repr(data[:2000].decode("utf-8", "replace"))
+            _log(
+                logging.WARNING,
+                "upstream sent a stream event that is not JSON",
+                target,
+                path,
+                detail,
+            )
+            raise BadGatewayError("upstream sent a stream event that is not valid JSON") from None
         if not isinstance(item, dict):
             raise BadGatewayError("upstream sent a stream event that is not an object")
         if event == b"error" or ("error" in item and "choices" not in item):
-            raise _event_error(item, target.api_key)
+            raise _event_error(item, target)
         return item
 
     async def aembedding(self, call: EmbeddingCall) -> EmbeddingResponse:
         target = _Target(self, call)
-        body: dict[str, Any] = {"model": call.model, "input": call.input}
-        body.update(_strip(call.optional_params))
-        body.update(target.extra_body)
-        _, content = await self._send(target, "/embeddings", body, stream=False)
-        return _decode(content, _embedding_decoder, EmbeddingResponse, "embedding", target.api_key)
+        path = "/embeddings"
+        body = target.body(call.optional_params, {"model": call.model, "input": call.input})
+        _, content = await self._send(target, path, body, stream=False)
+        return _decode(content, _embedding_decoder, EmbeddingResponse, "embedding", target, path)
 
     async def aimage_generation(self, call: ImageCall) -> ImageResponse:
         target = _Target(self, call)
-        body: dict[str, Any] = {"model": call.model, "prompt": call.prompt}
-        body.update(_strip(call.optional_params))
-        body.update(target.extra_body)
-        _, content = await self._send(target, "/images/generations", body, stream=False)
-        return _decode(content, _image_decoder, ImageResponse, "image response", target.api_key)
+        path = "/images/generations"
+        body = target.body(call.optional_params, {"model": call.model, "prompt": call.prompt})
+        _, content = await self._send(target, path, body, stream=False)
+        return _decode(content, _image_decoder, ImageResponse, "image response", target, path)
