@@ -38,6 +38,7 @@ from .errors import (
     Timeout,
     UnprocessableEntityError,
 )
+from .http import http_client
 from .provider import Provider
 from .registry import get_llm_provider, register_provider, unregister_provider
 from .streaming import stream_chunk_builder
@@ -97,6 +98,7 @@ __all__ = [
     "custom_provider_map",
     "embedding",
     "get_llm_provider",
+    "http_client",
     "image_generation",
     "register_provider",
     "set_thread_limit",

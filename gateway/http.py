@@ -2,7 +2,8 @@
 
 ``HTTPClients`` holds the upstream session of the built-in OpenAI-compatible provider
 (aiohttp: its pool scales with concurrency where httpx's degrades) and the
-``httpx.AsyncClient`` that handlers get from ``http_client()``. Each is made on first
+``httpx.AsyncClient`` that handlers get from ``http_client()`` (httpx's API over an
+aiohttp pool, for the same reason). Each is made on first
 use on a loop, and closed when the runtime shuts down or, failing that, when its loop
 ends. An app's requests see their runtime's clients; library calls outside an app see
 a process-wide default set with the default settings.
@@ -173,13 +174,25 @@ def _new_session(clients: HTTPClients) -> aiohttp.ClientSession:
 
 def _new_httpx_client(clients: HTTPClients) -> httpx.AsyncClient:
     import httpx
+    from httpx_aiohttp import AiohttpTransport
 
+    # httpx's API over an aiohttp pool of its own (not the provider's: a handler that
+    # floods its backend must not starve the built-in upstream calls). Measured against
+    # the fake upstream, requests/s at concurrency 1 / 8 / 32 / 64 on a loaded machine:
+    # httpx's own pool 74 / 133 / 80 / 75, over aiohttp 96 / 279 / 354 / 355.
+    limits = httpx.Limits(
+        max_connections=clients.max_connections,
+        max_keepalive_connections=clients.max_keepalive,
+        keepalive_expiry=clients.keepalive_expiry,
+    )
+    transport: httpx.AsyncBaseTransport
+    if clients.http2 and importlib.util.find_spec("h2") is not None:
+        # aiohttp speaks HTTP/1.1 only: HTTP/2, when asked for, is httpx's own.
+        transport = httpx.AsyncHTTPTransport(limits=limits, http2=True)
+    else:
+        transport = AiohttpTransport(client=_new_session(clients))
     return httpx.AsyncClient(
-        limits=httpx.Limits(
-            max_connections=clients.max_connections,
-            max_keepalive_connections=clients.max_keepalive,
-            keepalive_expiry=clients.keepalive_expiry,
-        ),
+        transport=transport,
         # httpx's 5 s default read timeout is far too short for LLM calls.
         timeout=httpx.Timeout(
             connect=clients.connect_timeout,
@@ -187,7 +200,6 @@ def _new_httpx_client(clients: HTTPClients) -> httpx.AsyncClient:
             write=clients.read_timeout,
             pool=clients.read_timeout,
         ),
-        http2=clients.http2 and importlib.util.find_spec("h2") is not None,
         trust_env=clients.trust_env,
         follow_redirects=False,
     )
