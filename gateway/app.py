@@ -245,9 +245,13 @@ class Runtime:
         return RequestTooLargeError(f"Request body is larger than {self.body_limit} bytes")
 
     async def startup(self) -> None:
-        await self.http.astart()
-        for provider in self.router.providers():
-            await provider.astart(self.settings)
+        # Providers starting up see this runtime's clients, as its requests do.
+        token = _current.set(self.http)
+        try:
+            for provider in self.router.providers():
+                await provider.astart(self.settings)
+        finally:
+            _current.reset(token)
 
     async def shutdown(self) -> None:
         for provider in self.router.providers():

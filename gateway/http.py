@@ -110,10 +110,6 @@ class HTTPClients:
             client = entry.httpx = _new_httpx_client(self)
         return client
 
-    async def astart(self) -> None:
-        """Make this loop's upstream session now, so the first request does not pay."""
-        self.upstream_session()
-
     async def aclose(self) -> None:
         """Close the clients made on the running loop."""
         try:

@@ -95,7 +95,8 @@ class Provider:
         """Called by the HTTP gateway at start-up with ``GatewaySettings`` (may be None).
 
         Nothing may depend on it having run: an app mounted in a host that skips the
-        sub-app's lifespan never calls it, so resources are also made lazily.
+        sub-app's lifespan never calls it, so resources are also made lazily. While it
+        runs, ``gateway.http.current()`` is the app's clients, as during its requests.
         """
 
     async def aclose(self) -> None:

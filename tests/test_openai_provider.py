@@ -515,6 +515,27 @@ async def test_httpx_read_timeout_is_504(upstream: FakeUpstream) -> None:
     assert "ReadTimeout" in info.value.message
 
 
+async def test_idle_gap_between_stream_chunks_times_out(upstream: FakeUpstream) -> None:
+    # Below the runner: the session's read timeout bounds the wait for each chunk.
+    provider = OpenAIProvider()
+    call = ChatCall(
+        model="x",
+        messages=MESSAGES,
+        optional_params={"fake": {"chunks": 5, "interval": 2.0}},
+        litellm_params={},
+        api_base=upstream.base_url,
+        timeout=0.3,
+        stream=True,
+    )
+    received = []
+    with pytest.raises(errors.GatewayTimeoutError) as info:
+        async for item in provider.astream(call):
+            received.append(item)
+    assert received  # the first chunks came at once; the 2 s gap was too long
+    assert info.value.status_code == 504 and "ReadTimeout" in info.value.message
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=3)
+
+
 # Disconnects and the connection pool.
 
 

@@ -543,6 +543,10 @@ class OpenAIProvider(Provider):
 
     name = "openai"
 
+    async def astart(self, settings: Any = None) -> None:
+        # The app's session now, on its loop, so the first request does not make it.
+        _session()
+
     async def _send(
         self, target: _Target, path: str, body: dict[str, Any], *, stream: bool
     ) -> tuple[aiohttp.ClientResponse, bytes]:
