@@ -69,6 +69,7 @@ class HTTPClients:
         self.http2 = bool(_setting(settings, "http2", False))
         self.max_response_bytes = int(_setting(settings, "max_response_bytes", 32 * 2**20))
         self.max_event_bytes = int(_setting(settings, "max_event_bytes", 4 * 2**20))
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
             weakref.WeakKeyDictionary()
         )
@@ -101,6 +102,25 @@ class HTTPClients:
         if session is None or session.closed:
             session = entry.session = _new_session(self)
         return session
+
+    def upstream_timeout(self, seconds: float | None) -> aiohttp.ClientTimeout | None:
+        """The upstream session's timeouts for a call of its own shorter timeout; None
+        when the session's apply."""
+        if seconds is None or seconds >= self.read_timeout:
+            return None
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            import aiohttp
+
+            if len(self._timeouts) >= 256:  # deployments x timeouts: few; deadlines: many
+                self._timeouts.clear()
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=None,
+                connect=seconds,
+                sock_connect=min(self.connect_timeout, seconds),
+                sock_read=seconds,
+            )
+        return timeout
 
     def http_client(self) -> httpx.AsyncClient:
         """The shared ``httpx.AsyncClient`` for handlers on this loop."""

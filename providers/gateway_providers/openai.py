@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -135,8 +135,9 @@ def _redact(text: str, api_key: str | None) -> str:
 def _public(text: str, target: _Target) -> str:
     """An upstream's message as a client may see it: no secrets, no addresses, short."""
     text = _redact(text, target.api_key)
-    if target.host:
-        text = text.replace(target.host, "[UPSTREAM]")
+    host = target.host
+    if host:
+        text = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", "[UPSTREAM]", text, flags=re.I)
     text = _ADDRESSES.sub("[ADDRESS]", text)
     if len(text) > _MESSAGE_CAP:
         text = text[: _MESSAGE_CAP - 3] + "..."
@@ -374,7 +375,7 @@ class _SSEParser:
 
 async def _sse_events(
     chunks: AsyncIterator[bytes], cap: int = 4 * 2**20
-) -> AsyncIterator[tuple[bytes, bytes]]:
+) -> AsyncGenerator[tuple[bytes, bytes], None]:
     """``(event, data)`` per server-sent event of a byte stream."""
     parser = _SSEParser(cap)
     async for chunk in chunks:
@@ -517,27 +518,6 @@ def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
         ) from None
 
 
-_timeouts: dict[tuple[float, float, float], aiohttp.ClientTimeout] = {}
-
-
-def _timeout(clients: HTTPClients, seconds: float | None) -> aiohttp.ClientTimeout | None:
-    """A call's own timeout where it is shorter than the session's (else None)."""
-    if seconds is None or seconds >= clients.read_timeout:
-        return None
-    key = (clients.connect_timeout, clients.read_timeout, seconds)
-    timeout = _timeouts.get(key)
-    if timeout is None:
-        if len(_timeouts) >= 256:  # deployments x timeouts is small; a deadline may not be
-            _timeouts.clear()
-        timeout = _timeouts[key] = aiohttp.ClientTimeout(
-            total=None,
-            connect=seconds,
-            sock_connect=min(clients.connect_timeout, seconds),
-            sock_read=seconds,
-        )
-    return timeout
-
-
 class OpenAIProvider(Provider):
     """Forwards chat completions, embeddings and image generation to an OpenAI-style API."""
 
@@ -552,15 +532,14 @@ class OpenAIProvider(Provider):
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """The upstream's response and, unless streaming, its whole body."""
         clients, session = _session()
-        timeout = _timeout(clients, target.timeout)
-        extra = {} if timeout is None else {"timeout": timeout}
+        timeout = clients.upstream_timeout(target.timeout) or session.timeout
         with _mapped(target, path):
             response = await session.post(
                 target.url(path),
                 data=_encoder.encode(body),
                 headers=target.headers,
                 allow_redirects=False,
-                **extra,
+                timeout=timeout,
             )
             try:
                 if response.status >= 300:
