@@ -1,4 +1,6 @@
-"""The shared upstream client keeps no cookies: one tenant's Set-Cookie never reaches another."""
+"""The shared upstream client keeps no cookies: one tenant's Set-Cookie never reaches another.
+
+And it keeps its HTTP/1.1 connection alive between calls."""
 
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ ANSWER = {
 class CookieUpstream:
     def __init__(self) -> None:
         self.cookies: list[str | None] = []
+        self.peers: set[tuple[str, int]] = set()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         headers = dict(scope["headers"])
+        self.peers.add(tuple(scope["client"]))
         self.cookies.append(headers.get(b"cookie", b"").decode() or None)
         while (await receive()).get("more_body"):
             pass
@@ -57,3 +61,4 @@ async def test_upstream_cookies_are_not_kept() -> None:
             )
             assert resp.choices[0].message.content == "ok"
     assert upstream.cookies == [None, None, None]
+    assert len(upstream.peers) == 1  # three calls over one kept-alive connection

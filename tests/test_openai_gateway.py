@@ -642,3 +642,27 @@ def test_each_app_owns_its_upstream_clients_and_closes_them(
             assert not sessions[-1].closed
         assert sessions[0] is not sessions[1]
     assert all(s.closed for s in sessions)  # each app's shutdown closed its own
+
+
+def test_environment_proxies_are_used_only_when_configured(
+    upstream_server: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second fake upstream plays the proxy: it answers what reaches it.
+    with run_fake_upstream() as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        for trust_env, via_proxy in ((False, False), (True, True)):
+            upstream_server.reset()
+            proxy.reset()
+            config = _config(upstream_server.base_url)
+            config["gateway_settings"]["upstream"]["trust_env"] = trust_env
+            with serve_in_thread(create_app(config)) as handle:
+                answer = httpx.post(
+                    handle.url + "/v1/chat/completions",
+                    json={"model": "m", "messages": MESSAGES},
+                    trust_env=False,
+                )
+            assert answer.status_code == 200, answer.text
+            assert bool(proxy.requests_seen) is via_proxy, trust_env
+            assert bool(upstream_server.requests_seen) is not via_proxy, trust_env
