@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import struct
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -739,8 +741,13 @@ def test_sync_calls_work_and_close_their_client(upstream: FakeUpstream) -> None:
     assert gateway.image_generation("p", model="openai/i", api_base=base).data[0].url
     with pytest.raises(errors.RateLimitError):
         gateway.completion("openai/x", MESSAGES, api_base=base, fake={"status": 429})
-    # Whatever loop the sync calls ran on, the upstream saw each request once.
     assert len(upstream.requests_seen) == 5
+    # Each sync call ran on a loop of its own; every session it made is closed by now
+    # (aiohttp warns about any it collects unclosed).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert not [w for w in caught if "nclosed" in str(w.message)]
 
 
 # The seed's test-model: openai/text-embedding-ada-002 with no api_base.
