@@ -152,7 +152,7 @@ class HTTPClients:
         connector = entry.session.connector if entry and entry.session else None
         if connector is None:
             return {"connections": 0, "idle": 0, "active": 0, "requests": 0, "waiting": 0}
-        return connector.stats()  # type: ignore[attr-defined,no-any-return]
+        return connector.stats()  # type: ignore[attr-defined]
 
 
 def _new_session(clients: HTTPClients) -> aiohttp.ClientSession:
