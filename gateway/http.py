@@ -75,7 +75,12 @@ class HTTPClients:
         )
 
     def _entry(self) -> _LoopClients:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "gateway's HTTP clients need a running asyncio event loop (uvloop included)"
+            ) from None
         entry = self._loops.get(loop)
         if entry is None:
             entry = self._loops[loop] = _LoopClients()

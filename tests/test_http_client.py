@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
+import pytest
 
 import gateway
 from gateway.app import create_app
@@ -132,3 +133,8 @@ async def test_library_client_is_one_per_loop_and_closed_with_its_loop() -> None
     other = await anyio.to_thread.run_sync(lambda: asyncio.run(in_new_loop()))
     assert other is not client
     assert other.is_closed and not client.is_closed
+
+
+def test_outside_an_asyncio_loop_the_error_says_so() -> None:
+    with pytest.raises(RuntimeError, match="asyncio event loop"):
+        gateway.http_client()
