@@ -43,6 +43,7 @@ class MessagesRequest(msgspec.Struct):
     tool_choice: dict[str, Any] | None = None
     stream: bool | None = None
     metadata: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
     timeout: _Seconds | None = None
 
 
@@ -54,8 +55,8 @@ class CountTokensRequest(msgspec.Struct):
     timeout: _Seconds | None = None  # read by every endpoint; nothing to wait for here
 
 
-# Fields the translation consumes (or that mean nothing to a chat call: ``thinking``
-# budgets, ``service_tier``, ``container``, ``mcp_servers``); the rest pass through.
+# Fields the translation consumes, and Anthropic-only ones that mean nothing to a chat
+# call (an OpenAI-compatible upstream would reject them); the rest pass through.
 _CONSUMED = frozenset(
     {
         "model",
@@ -68,10 +69,18 @@ _CONSUMED = frozenset(
         "stream",
         "metadata",
         "timeout",
+        "output_config",
         "thinking",
         "service_tier",
         "container",
         "mcp_servers",
+        "cache_control",
+        "context_management",
+        "diagnostics",
+        "inference_geo",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
     }
 )
 
@@ -228,6 +237,20 @@ def _tool_choice(choice: dict[str, Any], optional: dict[str, Any]) -> None:
         optional["parallel_tool_calls"] = False
 
 
+def _output_config(config: dict[str, Any], optional: dict[str, Any]) -> None:
+    fmt = config.get("format")
+    if fmt:
+        if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise BadRequestError(
+                "output_config.format must be a json_schema with a schema",
+                param="output_config.format",
+            )
+        schema = {"name": "output", "schema": fmt["schema"], "strict": True}
+        optional["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if config.get("effort"):
+        optional["reasoning_effort"] = config["effort"]
+
+
 def to_chat(request: MessagesRequest, data: dict[str, Any]) -> ChatIn:
     messages = chat_messages(request.messages, request.system)
     optional = {k: v for k, v in data.items() if k not in _CONSUMED and v is not None}
@@ -240,6 +263,8 @@ def to_chat(request: MessagesRequest, data: dict[str, Any]) -> ChatIn:
         _tool_choice(request.tool_choice, optional)
     if request.metadata and isinstance(request.metadata.get("user_id"), str):
         optional["user"] = request.metadata["user_id"]
+    if request.output_config:
+        _output_config(request.output_config, optional)
     stream = bool(request.stream)
     if stream:
         optional["stream"] = True
