@@ -15,9 +15,10 @@ from gateway.frontdoors.store import ResponseStore
 from gateway.streaming import StreamState
 
 
-def _chunks(*items: Any) -> list[Any]:
-    """What the router hands a front door: handler items normalised to chat chunks."""
-    state = StreamState("m", include_usage=True)
+def _chunks(*items: Any, raw: bool = True) -> list[Any]:
+    """What the router hands a front door: handler items normalised to chat chunks
+    (its HTTP mode, ``raw``: text chunks pre-encoded as ``msgspec.Raw``)."""
+    state = StreamState("m", include_usage=True, raw_dicts=raw)
     out = [c for item in items for c in state.feed(item)]
     return out + state.close()
 
@@ -194,11 +195,12 @@ def test_chat_answer_to_response() -> None:
     assert r["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
-def test_response_events_for_text_and_tool_calls() -> None:
+@pytest.mark.parametrize("raw", [True, False])
+def test_response_events_for_text_and_tool_calls(raw: bool) -> None:
     request, _ = _responses_request()
     events = responses.ResponseEvents(request)
     tool = {"id": "c9", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}
-    raw = events.start()
+    sent = events.start()
     for chunk in _chunks(
         _generic("Hel"),
         _generic("lo"),
@@ -209,10 +211,11 @@ def test_response_events_for_text_and_tool_calls() -> None:
             finish_reason="tool_calls",
             usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
         ),
+        raw=raw,
     ):
-        raw += events.feed(chunk)
-    raw += events.close()
-    decoded = _events(raw)
+        sent += events.feed(chunk)
+    sent += events.close()
+    decoded = _events(sent)
     assert [e for e, _ in decoded] == [
         "response.created",
         "response.in_progress",
@@ -417,9 +420,10 @@ def test_chat_answer_to_message() -> None:
         assert messages.to_message(answer, "m")["stop_reason"] == reason
 
 
-def test_message_events() -> None:
+@pytest.mark.parametrize("raw", [True, False])
+def test_message_events(raw: bool) -> None:
     events = messages.MessageEvents("m")
-    raw = events.start()
+    sent = events.start()
     tool = {"id": "t1", "type": "function", "function": {"name": "w", "arguments": '{"c":'}}
     for chunk in _chunks(
         _generic("Hi"),
@@ -431,10 +435,11 @@ def test_message_events() -> None:
             finish_reason="tool_calls",
             usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
         ),
+        raw=raw,
     ):
-        raw += events.feed(chunk)
-    raw += events.close()
-    decoded = _events(raw)
+        sent += events.feed(chunk)
+    sent += events.close()
+    decoded = _events(sent)
     assert [e for e, _ in decoded] == [
         "message_start",
         "ping",
@@ -561,13 +566,13 @@ def test_chat_answers_to_completion() -> None:
 def test_completion_chunks() -> None:
     request, _ = _completion_request(echo=True, stream=True, stream_options={"include_usage": True})
     chunks = completions.CompletionChunks(request)
-    raw = chunks.start()
+    sent = chunks.start()
     for chunk in _chunks(
         _generic("a"), _generic("b"), _generic(is_finished=True, finish_reason="length")
     ):
-        raw += chunks.feed(chunk)
-    raw += chunks.close()
-    datas = [b.removeprefix(b"data: ").strip() for b in raw]
+        sent += chunks.feed(chunk)
+    sent += chunks.close()
+    datas = [b.removeprefix(b"data: ").strip() for b in sent]
     assert datas[-1] == b"[DONE]"
     decoded = [json.loads(d) for d in datas[:-1]]
     assert [d["choices"][0]["text"] for d in decoded[:-1]] == ["p", "a", "b", ""]
@@ -575,3 +580,25 @@ def test_completion_chunks() -> None:
     assert len({d["id"] for d in decoded}) == 1
     assert all(d["object"] == "text_completion" and d["model"] == "m" for d in decoded)
     assert decoded[-1]["choices"] == [] and decoded[-1]["usage"]["total_tokens"] == 0
+
+
+@pytest.mark.parametrize("door", ["responses", "messages", "completions"])
+def test_text_survives_every_stream_translation(door: str) -> None:
+    pieces = ['say "hi"', "\n\ttab\\", "é😀 </script>", "\u2028end"]
+    chunks = _chunks(*(_generic(p) for p in pieces))
+    if door == "responses":
+        events: Any = responses.ResponseEvents(_responses_request()[0])
+    elif door == "messages":
+        events = messages.MessageEvents("m")
+    else:
+        events = completions.CompletionChunks(_completion_request()[0])
+    sent = events.start() + [b for c in chunks for b in events.feed(c)] + events.close()
+    text = b"".join(sent).decode()
+    if door == "completions":
+        datas = [json.loads(line[6:]) for line in text.split("\n\n") if line[6:7] == "{"]
+        got = [d["choices"][0]["text"] for d in datas if d["choices"]]
+    elif door == "responses":
+        got = [d["delta"] for e, d in _events(sent) if e == "response.output_text.delta"]
+    else:
+        got = [d["delta"]["text"] for e, d in _events(sent) if e == "content_block_delta"]
+    assert "".join(got) == "".join(pieces)

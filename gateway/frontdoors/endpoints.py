@@ -112,7 +112,6 @@ async def _chat(
             chat.optional_params,
             stream=True,
             timeout=timeout,
-            raw_dicts=False,
         ),
         write,
     )

@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import msgspec
 
 from ..errors import BadRequestError, GatewayError
-from ._chat import ChatIn, answer_parts, chunk_parts, new_id, sse, text_of, usage_counts
+from ._chat import (
+    ChatIn,
+    answer_parts,
+    chunk_parts,
+    new_id,
+    sse,
+    text_of,
+    text_of_raw,
+    usage_counts,
+)
 
 __all__ = ["ResponseEvents", "ResponsesRequest", "conversation", "to_chat", "to_response"]
 
@@ -408,6 +417,19 @@ class ResponseEvents:
         )
 
     def feed(self, chunk: Any) -> list[bytes]:
+        if type(chunk) is msgspec.Raw and self._msg_index >= 0:
+            # Most chunks: more text for the open message.
+            text = text_of_raw(chunk)
+            if not text:
+                return []
+            self._text.append(text)
+            seq = self._seq
+            self._seq = seq + 1
+            return [
+                self._text_prefix
+                + _encode(text)
+                + b',"logprobs":[],"sequence_number":%d}\n\n' % seq
+            ]
         text, tools, finish, usage = chunk_parts(chunk)
         out: list[bytes] = []
         if text:
