@@ -6,6 +6,7 @@ front door's translation handed over.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -165,6 +166,30 @@ class Down(CustomLLM):
 
 DOWN = Down()
 
+
+class Slow(CustomLLM):
+    """Hangs (or streams slowly) until cancelled; ``stopped`` is set by its ``finally``."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            self.stopped.set()
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            for i in range(300):
+                yield _chunk(f"tick {i} ")
+                await asyncio.sleep(0.05)
+        finally:
+            self.stopped.set()
+
+
+SLOW = Slow()
+
 HANDLERS: dict[str, Any] = {
     "echo": AsyncEcho(),
     "sync": SyncEcho(),
@@ -172,6 +197,7 @@ HANDLERS: dict[str, Any] = {
     "tools": ToolUser(),
     "failing": Failing(),
     "down": DOWN,
+    "slow": SLOW,
 }
 
 

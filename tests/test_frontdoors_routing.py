@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 from fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
-from frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, config
+from frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, SLOW, config
 
 from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
@@ -148,3 +148,44 @@ def test_metrics_count_each_front_door(
     text = httpx.get(f"{server.url}/metrics").text
     for route in DOORS:
         assert f'route="{route}",status="200"' in text
+
+
+def test_timeouts_apply(server: ServerHandle) -> None:
+    headers = {"x-api-key": MASTER_KEY, "x-gateway-timeout": "0.3"}
+    SLOW.stopped.clear()
+    r = httpx.post(
+        f"{server.url}/v1/messages",
+        headers=headers,
+        json={"model": "slow", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 408
+    assert r.json()["error"]["type"] == "timeout_error"
+    assert SLOW.stopped.wait(5)
+    SLOW.stopped.clear()
+    r = httpx.post(
+        f"{server.url}/v1/responses",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        json={"model": "slow", "input": "x", "timeout": 0.3},
+    )
+    assert r.status_code == 408 and r.json()["error"]["type"] == "timeout_error"
+    assert SLOW.stopped.wait(5)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_disconnect_mid_stream_stops_the_handler(
+    door: str, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    SLOW.stopped.clear()
+    if door == "responses":
+        stream: Any = oai.responses.create(model="slow", input="x", stream=True)
+    elif door == "messages":
+        stream = claude.messages.create(
+            model="slow", max_tokens=5, messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    else:
+        stream = oai.completions.create(model="slow", prompt="x", stream=True)
+    events = iter(stream)
+    for _ in range(3):
+        next(events)
+    stream.close()
+    assert SLOW.stopped.wait(5)
