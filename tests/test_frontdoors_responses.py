@@ -277,3 +277,26 @@ def test_curl_shape(server: ServerHandle) -> None:
     assert first_event == "event: response.created"
     assert json.loads(first_data.removeprefix("data: "))["type"] == "response.created"
     assert blocks[-1].startswith("event: response.completed")
+
+
+def test_stored_responses_are_served_only_to_the_same_key() -> None:
+    data = config()
+    del data["general_settings"]  # no master key: any key is let in, and each is its own
+    with serve_in_thread(create_app(data)) as handle:
+        url = f"{handle.url}/v1"
+        with (
+            openai.OpenAI(base_url=url, api_key="sk-alice", max_retries=0) as alice,
+            openai.OpenAI(base_url=url, api_key="sk-bob", max_retries=0) as bob,
+        ):
+            mine = alice.responses.create(model="echo", input="private")
+            assert alice.responses.retrieve(mine.id).output_text == "echo: private"
+            with pytest.raises(openai.NotFoundError):
+                bob.responses.retrieve(mine.id)
+            with pytest.raises(openai.BadRequestError):
+                bob.responses.create(model="echo", input="x", previous_response_id=mine.id)
+            with pytest.raises(openai.NotFoundError):
+                bob.responses.delete(mine.id)
+            alice.responses.create(model="echo", input="more", previous_response_id=mine.id)
+        # No key at all is an owner of its own too.
+        r = httpx.get(f"{url}/responses/{mine.id}")
+        assert r.status_code == 404

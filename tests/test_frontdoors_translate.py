@@ -283,6 +283,11 @@ def test_response_store_bounds() -> None:
         small.put({"id": f"r{i}", "text": "y" * 40}, [])
     assert small.bytes <= 200 and small.get("r9") is not None and small.get("r0") is None
     assert small.delete("r9") and not small.delete("r9")
+    owned = ResponseStore(max_items=10, max_bytes=10_000)
+    owned.put({"id": "o"}, [], b"alice")
+    assert owned.get("o") is None and owned.get("o", b"bob") is None
+    assert owned.get("o", b"alice") is not None
+    assert not owned.delete("o", b"bob") and owned.delete("o", b"alice")
 
 
 # -- messages -------------------------------------------------------------------------------

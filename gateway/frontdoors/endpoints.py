@@ -25,7 +25,7 @@ from ..errors import BadRequestError, GatewayError, NotFoundError, as_gateway_er
 from ..router import Routed
 from . import completions, messages, responses
 from ._chat import ChatIn
-from .store import ResponseStore
+from .store import ResponseStore, owner
 
 __all__ = ["routes"]
 
@@ -129,9 +129,10 @@ class Responses(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, data, timeout = await self.read(scope, receive, responses.ResponsesRequest)
+        caller = owner(scope)
         history = None
         if request.previous_response_id is not None:
-            stored = self.store.get(request.previous_response_id)
+            stored = self.store.get(request.previous_response_id, caller)
             if stored is None:
                 raise BadRequestError(
                     f"Previous response with id '{request.previous_response_id}' not found.",
@@ -149,14 +150,15 @@ class Responses(_Endpoint):
         def answer(result: Any) -> dict[str, Any]:
             response = responses.to_response(result, request)
             if keep:
-                store.put(response, asked + responses.conversation(response))
+                store.put(response, asked + responses.conversation(response), caller)
             return response
 
         events = responses.ResponseEvents(request) if chat.stream else None
 
         def done() -> None:
             if keep and events is not None:
-                store.put(events.response, asked + responses.conversation(events.response))
+                conversation = asked + responses.conversation(events.response)
+                store.put(events.response, conversation, caller)
 
         await _chat(self, receive, send, chat, timeout, answer, events, done)
 
@@ -171,13 +173,14 @@ class ResponseById(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_id = scope["path_params"]["response_id"]
+        caller = owner(scope)
         if scope["method"] == "DELETE":
-            if not self.store.delete(response_id):
+            if not self.store.delete(response_id, caller):
                 raise self._missing(response_id)
             body = {"id": response_id, "object": "response.deleted", "deleted": True}
             await _send_json(send, 200, _encode(body))
             return
-        stored = self.store.get(response_id)
+        stored = self.store.get(response_id, caller)
         if stored is None:
             raise self._missing(response_id)
         await _send_json(send, 200, stored.response)
