@@ -473,6 +473,7 @@ def test_message_events(raw: bool) -> None:
         "input": {},
     }
     assert [d["delta"]["partial_json"] for _, d in decoded[7:9]] == ['{"c":', '"P"}']
+    assert [d["index"] for _, d in decoded[6:10]] == [1, 1, 1, 1]
     assert decoded[10][1]["delta"]["stop_reason"] == "tool_use"
     assert decoded[10][1]["usage"] == {"input_tokens": 4, "output_tokens": 6}
     [(kind, data)] = _events([events.fail(NotFoundError("gone"))])

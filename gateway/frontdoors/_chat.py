@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 from random import getrandbits
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, GatewayError
 from ..types import ModelResponse, ModelResponseStream, Usage
 
-__all__ = ["ChatIn", "ToolDelta", "answer_parts", "chunk_parts", "new_id", "plain", "sse"]
+__all__ = [
+    "ChatIn",
+    "EventWriter",
+    "ToolDelta",
+    "answer_parts",
+    "chunk_parts",
+    "new_id",
+    "plain",
+    "sse",
+    "text_of",
+    "text_of_raw",
+    "usage_counts",
+]
 
 _encode = msgspec.json.Encoder().encode
+
+
+class EventWriter(Protocol):
+    """A front door's stream translator: the encoded events to send at the start, for
+    each chat chunk, at the end, and (instead of the end) for a failure."""
+
+    def start(self) -> list[bytes]: ...
+
+    def feed(self, chunk: Any) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+    def fail(self, exc: GatewayError) -> bytes: ...
 
 
 class ChatIn(msgspec.Struct):

@@ -92,7 +92,7 @@ def to_chat(request: CompletionRequest, data: dict[str, Any]) -> list[ChatIn]:
 def to_completion(answers: list[Any], request: CompletionRequest) -> dict[str, Any]:
     """The chat answers, one per prompt in order, as one text completion."""
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-    choices = []
+    choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = 0
     for answer, prompt in zip(answers, prompts, strict=True):
         if not isinstance(answer, ModelResponse):

@@ -24,7 +24,7 @@ from ..app import (
 from ..errors import BadRequestError, GatewayError, NotFoundError, as_gateway_error
 from ..router import Routed
 from . import completions, messages, responses
-from ._chat import ChatIn
+from ._chat import ChatIn, EventWriter
 from .store import ResponseStore, owner
 
 __all__ = ["routes"]
@@ -32,7 +32,9 @@ __all__ = ["routes"]
 _encode = msgspec.json.Encoder().encode
 
 
-async def _write_events(send: Send, routed: Routed, events: Any, done: Callable[[], None]) -> None:
+async def _write_events(
+    send: Send, routed: Routed, events: EventWriter, done: Callable[[], None]
+) -> None:
     """An API's event stream from a routed chat stream (the first chunk is in already).
 
     ``events`` is the API's translator (``start``/``feed``/``close``/``fail``); a failure
@@ -46,17 +48,17 @@ async def _write_events(send: Send, routed: Routed, events: Any, done: Callable[
         }
     )
     try:
-        pending = events.start()
+        pending = events.start()  # sent with the first chunk's events: one send fewer
         feed = events.feed
         async for chunk in routed.result:
             out = feed(chunk)
             if pending:
                 out = pending + out
-                pending = None
+                pending = []
             if out:
                 body = out[0] if len(out) == 1 else b"".join(out)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-        tail = b"".join((pending or []) + events.close())
+        tail = b"".join(pending + events.close())
         done()
     except GatewayError as exc:
         tail = events.fail(exc)
@@ -82,7 +84,7 @@ async def _chat(
     chat: ChatIn,
     timeout: float | None,
     answer: Callable[[Any], Any],
-    events: Any = None,
+    events: EventWriter | None = None,
     done: Callable[[], None] = _nothing,
 ) -> None:
     """One chat call through the router, exactly as the chat endpoint makes it; the
@@ -99,6 +101,8 @@ async def _chat(
 
         await _answer(receive, send, call)
         return
+
+    assert events is not None, "a stream needs its API's event writer"
 
     def write(send: Send, routed: Routed) -> Any:
         return _write_events(send, routed, events, done)

@@ -407,7 +407,7 @@ class MessageEvents:
         self._usage: Any = None
 
     def start(self) -> list[bytes]:
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -440,10 +440,10 @@ class MessageEvents:
         out: list[bytes] = []
         if text:
             if self._kind != "text":
-                index = self._open("text", {"type": "text", "text": ""}, out)
+                opened = self._open("text", {"type": "text", "text": ""}, out)
                 self._text_prefix = (
                     b'event: content_block_delta\ndata: {"type":"content_block_delta",'
-                    b'"index":%d,"delta":{"type":"text_delta","text":' % index
+                    b'"index":%d,"delta":{"type":"text_delta","text":' % opened
                 )
             out.append(self._text_prefix + _encode(text) + b"}}\n\n")
         if tools:
