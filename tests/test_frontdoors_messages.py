@@ -209,8 +209,14 @@ def test_errors_raise_the_sdk_classes(client: anthropic.Anthropic, server: Serve
     with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(model="nope", max_tokens=10, messages=USER)
     assert info.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.NotFoundError):  # before a stream starts: a plain error
+        client.messages.create(model="nope", max_tokens=10, messages=USER, stream=True)
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model="failing", max_tokens=10, messages=USER)
+    with pytest.raises(anthropic.InternalServerError) as down:
+        client.messages.create(model="down", max_tokens=10, messages=USER, stream=True)
+    assert down.value.status_code == 503
+    assert down.value.body["error"]["type"] == "overloaded_error"
     with anthropic.Anthropic(base_url=server.url, api_key="sk-wrong", max_retries=0) as bad:
         with pytest.raises(anthropic.AuthenticationError) as auth:
             bad.messages.create(model="echo", max_tokens=10, messages=USER)
