@@ -341,7 +341,10 @@ def test_messages_request_to_chat() -> None:
     )
     chat = messages.to_chat(request, data)
     assert chat.messages == [
-        {"role": "system", "content": "be nice"},
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "nice"}],
+        },
         {"role": "user", "content": "weather?"},
         {
             "role": "assistant",

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ..errors import BadGatewayError, BadRequestError, GatewayError
-from ._chat import ChatIn, answer_parts, chunk_parts, new_id, sse, text_of, usage_counts
+from ._chat import ChatIn, answer_parts, chunk_parts, new_id, sse, usage_counts
 
 __all__ = [
     "CountTokensRequest",
@@ -141,10 +141,7 @@ def _user(content: list[Any], where: str, out: list[dict[str, Any]]) -> None:
                 f"{at} has an unsupported block type {kind!r}", param=f"{at}.type"
             )
     if parts:
-        if all(p["type"] == "text" for p in parts):
-            out.append({"role": "user", "content": "".join(p["text"] for p in parts)})
-        else:
-            out.append({"role": "user", "content": parts})
+        out.append({"role": "user", "content": _one_text(parts)})
 
 
 def _assistant(content: list[Any], where: str, out: list[dict[str, Any]]) -> None:
@@ -178,12 +175,32 @@ def _assistant(content: list[Any], where: str, out: list[dict[str, Any]]) -> Non
     out.append(message)
 
 
+def _one_text(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Content parts as chat content: a plain string when they are one text (what most
+    handlers expect), else the parts as they are (several text blocks are not joined:
+    no separator would be the sender's)."""
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return str(parts[0]["text"])
+    return parts
+
+
+def _system(system: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if isinstance(system, str):
+        return system
+    parts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or not isinstance(block.get("text"), str):
+            raise BadRequestError(f"system[{i}] must be a text block", param="system")
+        parts.append({"type": "text", "text": block["text"]})
+    return _one_text(parts)
+
+
 def chat_messages(
     messages: list[dict[str, Any]], system: str | list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if system:
-        out.append({"role": "system", "content": text_of(system, "system")})
+        out.append({"role": "system", "content": _system(system)})
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role")
