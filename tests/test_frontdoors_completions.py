@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fake_upstream import ServerHandle, serve_in_thread
-from frontdoor_handlers import HANDLERS, MASTER_KEY, SEEN, config
 
 import gateway
 from gateway import CustomLLM
 from gateway.app import create_app
+from tests.fake_upstream import ServerHandle, serve_in_thread
+from tests.frontdoor_handlers import HANDLERS, MASTER_KEY, SEEN, config
 
 
 class Vectors(CustomLLM):

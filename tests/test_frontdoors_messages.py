@@ -9,10 +9,10 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from fake_upstream import ServerHandle, serve_in_thread
-from frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
 
 from gateway.app import create_app
+from tests.fake_upstream import ServerHandle, serve_in_thread
+from tests.frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
 
 USER = [{"role": "user", "content": "hello"}]
 WEATHER_TOOL = {

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from fake_upstream import ServerHandle, serve_in_thread
-from frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
 
 from gateway.app import create_app
+from tests.fake_upstream import ServerHandle, serve_in_thread
+from tests.frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
 
 WEATHER_TOOL = {
     "type": "function",

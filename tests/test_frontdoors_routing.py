@@ -10,11 +10,11 @@ import anthropic
 import httpx
 import openai
 import pytest
-from fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
-from frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, SLOW, config
 
 from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
+from tests.fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
+from tests.frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, SLOW, config
 
 
 class FailsOnce(CustomLLM):
