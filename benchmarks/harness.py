@@ -43,7 +43,17 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 # In run order; each name is a module in benchmarks/scenarios/.
-SCENARIOS = ("chat", "chat-sync", "stream", "ttft", "proxy", "startup", "memory", "soak")
+SCENARIOS = (
+    "chat",
+    "chat-sync",
+    "stream",
+    "responses",
+    "ttft",
+    "proxy",
+    "startup",
+    "memory",
+    "soak",
+)
 CHAT_PATH = "/v1/chat/completions"
 READY_BODY = chat_body("bench-chat")
 

@@ -8,14 +8,17 @@ on the hot path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import logging
 import os
+import sys
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import msgspec
@@ -92,7 +95,7 @@ class ChatRequest(msgspec.Struct):
 class EmbeddingRequest(msgspec.Struct):
     model: str
     input: str | list[Any]  # list of str, token ids, or token-id lists: checked below
-    encoding_format: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
     user: str | None = None
     timeout: _Seconds | None = None
@@ -319,7 +322,7 @@ class _Endpoint:
                     status_code=405,
                     type="invalid_request_error",
                 )
-                await _send_json(send, 405, _encode(exc.to_dict()), self._allow)
+                await _send_json(send, 405, self.render_error(exc), self._allow)
                 return
             if self.auth:
                 self.runtime.check_auth(scope)
@@ -328,17 +331,24 @@ class _Endpoint:
             status = 499
         except GatewayError as exc:
             status = exc.status_code
-            await _send_error(send, exc)
+            await self._send_error(send, exc)
         except Exception as exc:
             status = 500
             logger.exception("unhandled error on %s", scope.get("path"))
-            await _send_error(send, as_gateway_error(exc))
+            await self._send_error(send, as_gateway_error(exc))
         finally:
             metrics.in_flight -= 1
             self._stats.observe(status, perf_counter() - started)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
+
+    def render_error(self, exc: GatewayError) -> bytes:
+        """The error body; a front door of another API renders that API's shape."""
+        return _encode(exc.to_dict())
+
+    async def _send_error(self, send: Send, exc: GatewayError) -> None:
+        await _send_json(send, exc.status_code, self.render_error(exc), _error_headers(exc))
 
     async def read(
         self, scope: Scope, receive: Receive, kind: type[Any]
@@ -466,8 +476,14 @@ class ChatCompletions(_Endpoint):
         )
 
 
-async def _stream(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
-    """Server-sent events, written as the handler yields them.
+async def _stream(
+    receive: Receive,
+    send: Send,
+    call: Callable[[], Awaitable[Routed]],
+    write: Callable[[Send, Routed], Awaitable[None]] | None = None,
+) -> None:
+    """Server-sent events, written as the handler yields them (by ``write``: a front
+    door writes its own API's events).
 
     Headers go out once the first chunk exists, so a failure before it is a plain
     HTTP error. A failure after it is an SSE error event. A disconnect cancels the
@@ -477,8 +493,10 @@ async def _stream(receive: Receive, send: Send, call: Callable[[], Awaitable[Rou
         task = asyncio.current_task()
     except RuntimeError:
         task = None
+    if write is None:
+        write = _write_stream
     if task is None:  # not asyncio (a host app on trio): the portable, slower way
-        await _stream_anyio(receive, send, call)
+        await _stream_anyio(receive, send, call, write)
         return
     # As in _answer: a bare asyncio watcher, not a task group (see _DisconnectWatch).
     watch = _DisconnectWatch(task, receive)
@@ -486,7 +504,7 @@ async def _stream(receive: Receive, send: Send, call: Callable[[], Awaitable[Rou
     try:
         routed = await call()
         chunks = routed.result
-        await _write_stream(send, routed)
+        await write(send, routed)
     except asyncio.CancelledError:
         if watch.gone and task.uncancel() == 0:
             raise _ClientGone from None
@@ -530,7 +548,10 @@ async def _write_stream(send: Send, routed: Routed) -> None:
 
 
 async def _stream_anyio(
-    receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]
+    receive: Receive,
+    send: Send,
+    call: Callable[[], Awaitable[Routed]],
+    write: Callable[[Send, Routed], Awaitable[None]],
 ) -> None:
     chunks: Any = None
     error: BaseException | None = None
@@ -539,7 +560,7 @@ async def _stream_anyio(
         try:
             routed = await call()
             chunks = routed.result
-            await _write_stream(send, routed)
+            await write(send, routed)
         except Exception as exc:
             # Raised outside the task group, so the edge sees it bare, not in a group.
             error = exc
@@ -580,11 +601,34 @@ class Embeddings(_Endpoint):
         _check_embedding_input(request.input)
         router = self.runtime.router
         optional = _other_optional(data)
-        await _answer(
-            receive,
-            send,
-            lambda: router.embed(request.model, request.input, optional, timeout=timeout),
-        )
+        if request.encoding_format != "base64":
+            await _answer(
+                receive,
+                send,
+                lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+            )
+            return
+
+        async def call() -> Routed:
+            routed = await router.embed(request.model, request.input, optional, timeout=timeout)
+            for item in routed.result.data:
+                item.embedding = _base64_floats(item.embedding)
+            return routed
+
+        await _answer(receive, send, call)
+
+
+def _base64_floats(embedding: list[float] | str) -> str:
+    """An embedding as OpenAI's ``base64`` encoding: little-endian float32, base64.
+
+    A handler or upstream that already honoured ``encoding_format`` sent a string: kept.
+    """
+    if isinstance(embedding, str):
+        return embedding
+    values = array("f", embedding)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode()
 
 
 class ImageGenerations(_Endpoint):
@@ -666,6 +710,9 @@ class GatewayApp(Router):
             ("/embeddings", Embeddings(runtime)),
             ("/models", Models(runtime)),
         ]
+        from .frontdoors.endpoints import routes as frontdoor_routes
+
+        endpoints += frontdoor_routes(runtime)
         routes = []
         for path, endpoint in endpoints:
             routes.append(Route("/v1" + path, endpoint))
@@ -675,7 +722,9 @@ class GatewayApp(Router):
         routes.append(Route("/health/readiness", Readiness(runtime)))
         routes.append(Route("/metrics", MetricsEndpoint(runtime)))
         super().__init__(routes, default=_not_found, lifespan=self._lifespan)
-        self._exact: dict[str, Any] = {route.path: route.endpoint for route in routes}
+        self._exact: dict[str, Any] = {
+            route.path: route.endpoint for route in routes if "{" not in route.path
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # This app's HTTP clients for whatever serves the request (providers, handlers

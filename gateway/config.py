@@ -95,6 +95,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_timeout: _Positive = DEFAULT_TIMEOUT
     graceful_timeout: _NonNegative = 30.0
     upstream: UpstreamSettings = UpstreamSettings()
+    # The Responses API's store (previous_response_id, GET /v1/responses/{id}): oldest
+    # dropped first past either bound.
+    responses_store_max_items: _PositiveInt = 10_000
+    responses_store_max_bytes: _PositiveInt = 64 * 1024 * 1024
 
 
 # -- router_settings ------------------------------------------------------------------
