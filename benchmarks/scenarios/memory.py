@@ -30,7 +30,8 @@ def run(ctx: Context) -> dict[str, Any]:
             server = ctx.start(target)
             time.sleep(0.2 if ctx.quick else 1.0)
             idle = server.rss()
-            point = ctx.throughput(server, [body], connections, requests=count)
+            progress = ctx.progress(f"{NAME} {target}", server, total=f", {count:,} to send")
+            point = ctx.throughput(server, [body], connections, requests=count, on_tick=progress)
             time.sleep(0.2 if ctx.quick else 1.0)
             after = server.rss()
         except ServerError as exc:

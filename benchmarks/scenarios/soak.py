@@ -35,9 +35,11 @@ def run(ctx: Context) -> dict[str, Any]:
         server = ctx.start("gateway")
         ctx.throughput(server, BODIES, connections, duration=warm)
         start = time.perf_counter()
+        progress = ctx.progress(f"{NAME} gateway", server, total=f" of {duration:g} s")
 
-        def sample() -> None:
+        def sample(done: int | None = None) -> None:
             samples.append((round(time.perf_counter() - start, 1), round(server.rss() / MB, 2)))
+            progress(done)
 
         sample()
         point = ctx.throughput(server, BODIES, connections, duration=duration, on_tick=sample)
