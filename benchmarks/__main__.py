@@ -42,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--litellm", metavar="PATH", help="a LiteLLM proxy executable to compare")
     run.add_argument("--duration", type=float, help="seconds per measured point (default 5)")
     run.add_argument(
-        "--connections", nargs="+", metavar="N", help="concurrency levels (default 1,8,32,64)"
+        "--connections",
+        nargs="+",
+        metavar="N",
+        help="concurrency levels (default 1,8,32,64; proxy 1,8,32,64,256)",
     )
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     run.add_argument("--soak-duration", type=float, default=180.0, help="seconds (default 180)")
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         connections=connections,
         quick=quick,
         out_dir=args.out,
+        connections_given=bool(args.connections),
         litellm=str(Path(args.litellm).resolve()) if args.litellm else None,
         tool=tool,
         pin=not args.no_pin,

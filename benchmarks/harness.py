@@ -296,6 +296,7 @@ class Context:
     connections: list[int]
     quick: bool
     out_dir: Path
+    connections_given: bool = False
     litellm: str | None = None
     tool: str = "wrk"
     pin: bool = True
@@ -314,6 +315,10 @@ class Context:
     @property
     def load_cpus(self) -> set[int] | None:
         return {1} if self.pin and (os.cpu_count() or 1) >= 2 else None
+
+    def levels(self, default: Sequence[int]) -> list[int]:
+        """The concurrency levels of a scenario: ``--connections`` when given."""
+        return list(self.connections) if self.connections_given else sorted(default)
 
     def targets(self, *names: str) -> list[str]:
         """``names`` with ``litellm`` only when ``--litellm`` was given."""
