@@ -57,7 +57,7 @@ def headline_level(levels: list[int]) -> int:
 def warm_up(ctx: Context, server: Any, bodies: list[bytes], connections: int) -> None:
     """Let each target import and allocate what it needs before it is measured."""
     if ctx.quick:
-        for body in bodies * 10:
+        for body in bodies * 3:
             http_request(server.port, "POST", "/v1/chat/completions", body)
         return
     ctx.throughput(server, bodies, connections, duration=1)

@@ -26,8 +26,8 @@ BODIES = [
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    duration = 2.0 if ctx.quick else ctx.soak_duration
-    warm = 1.0 if ctx.quick else min(10.0, max(1.0, duration / 10))
+    duration = ctx.soak_duration
+    warm = 0.3 if ctx.quick else min(10.0, max(1.0, duration / 10))
     connections = 4 if ctx.quick else 32
     samples: list[tuple[float, float]] = []
     result: dict[str, Any] = {"targets": ["gateway"], "failed": {}}
