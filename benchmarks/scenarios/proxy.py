@@ -20,6 +20,7 @@ core's worth of proxying.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from typing import Any
 
@@ -56,7 +57,9 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
-def _settle(ctx: Context, servers: dict[str, Server], idle: dict[str, int], limit: float) -> dict:
+def _settle(
+    ctx: Context, servers: dict[str, Server], idle: dict[str, int], limit: float
+) -> dict[str, tuple[int, float]]:
     """Poll open fds until each server is back to its idle count or ``limit`` s pass:
     {target: (fds, seconds waited)}."""
     start = time.perf_counter()
@@ -72,7 +75,7 @@ def _settle(ctx: Context, servers: dict[str, Server], idle: dict[str, int], limi
         if pending:
             time.sleep(0.2)
             if int(waited) // 10 != int(time.perf_counter() - start) // 10:
-                ctx.echo(f"  ... {NAME}: waiting for fds to settle, {waited:.0f} s")
+                print(f"  ... {NAME}: fds settling, {waited:.0f} s", file=sys.stderr, flush=True)
     return result
 
 
