@@ -414,10 +414,17 @@ class Context:
         return started, failed
 
     def progress(
-        self, label: str, server: Server | None = None, *, total: str = "", every: float = 5.0
+        self,
+        label: str,
+        server: Server | None = None,
+        *,
+        seconds: float | None = None,
+        answers: int | None = None,
+        every: float = 5.0,
     ) -> Callable[[int | None], None]:
         """An ``on_tick`` for a long run: a line on stderr every ``every`` seconds with
-        the time, the answers so far when known, and the server's RSS."""
+        the time, the answers so far when the load generator counts them, and the
+        server's RSS; ``seconds`` and ``answers`` are the run's goal."""
         start = last = time.perf_counter()
 
         def tick(done: int | None) -> None:
@@ -426,9 +433,9 @@ class Context:
             if now - last < every:
                 return
             last = now
-            parts = [f"{now - start:.0f} s{total}"]
+            parts = [f"{now - start:.0f}" + (f" of {seconds:g} s" if seconds else " s")]
             if done is not None:
-                parts.append(f"{done:,} answers")
+                parts.append(f"{done:,}" + (f" of {answers:,}" if answers else "") + " answers")
             if server is not None:
                 parts.append(f"RSS {server.rss() / 1024 / 1024:.1f} MB")
             print(f"  ... {label}: {', '.join(parts)}", file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ def run(ctx: Context) -> dict[str, Any]:
             server = ctx.start(target)
             time.sleep(0.1 if ctx.quick else 1.0)
             idle = server.rss()
-            progress = ctx.progress(f"{NAME} {target}", server, total=f", {count:,} to send")
+            progress = ctx.progress(f"{NAME} {target}", server, answers=count)
             point = ctx.throughput(server, [body], connections, requests=count, on_tick=progress)
             time.sleep(0.1 if ctx.quick else 1.0)
             after = server.rss()

@@ -133,7 +133,7 @@ def _memory(ctx: Context, servers: dict[str, Server]) -> dict[str, Any]:
     count = ctx.memory_requests
     out = {}
     for target, server in servers.items():
-        progress = ctx.progress(f"{NAME} {target}", server, total=f", {count:,} to send")
+        progress = ctx.progress(f"{NAME} {target}", server, answers=count)
         point = ctx.throughput(
             server, [KINDS["json"]], MEMORY_CONNECTIONS, requests=count, on_tick=progress
         )
@@ -175,9 +175,10 @@ def run(ctx: Context) -> dict[str, Any]:
             for target, ok in ctx.same_bytes(servers, body).items():
                 same[target if kind == "json" else f"{target} ({kind})"] = ok
         measured = {t: servers[t] for t in MEASURED if t in servers}
+        # Idle: one keep-alive connection to the upstream at most (the same-bytes check's).
+        idle = {t: s.fds() for t, s in measured.items()}
         for server in servers.values():
             warm_up(ctx, server, list(KINDS.values()), 8)
-        idle = {t: s.fds() for t, s in measured.items()}
         life = {
             t: {"idle_fds": idle[t], "idle_mb": round(s.rss() / MB, 1)} for t, s in measured.items()
         }

@@ -35,7 +35,7 @@ def run(ctx: Context) -> dict[str, Any]:
         server = ctx.start("gateway")
         ctx.throughput(server, BODIES, connections, duration=warm)
         start = time.perf_counter()
-        progress = ctx.progress(f"{NAME} gateway", server, total=f" of {duration:g} s")
+        progress = ctx.progress(f"{NAME} gateway", server, seconds=duration)
 
         def sample(done: int | None = None) -> None:
             samples.append((round(time.perf_counter() - start, 1), round(server.rss() / MB, 2)))
