@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..harness import Context, Server
@@ -104,11 +105,21 @@ def _sweep(
 def _drops(ctx: Context, servers: dict[str, Server], idle: dict[str, int]) -> dict[str, Any]:
     clients = QUICK_DROP_CLIENTS if ctx.quick else DROP_CLIENTS
     body = chat_body(PROXY_DROP_MODEL, stream=True)
-    runs = {}
-    for target, server in servers.items():
-        runs[target] = ctx.streams(
-            server, body, DROP_CONNECTIONS, 600, requests=clients, drop_after=DROP_AFTER
-        )
+    # Both at once: nothing here is timed, and the fds of each are counted apart.
+    with ThreadPoolExecutor(len(servers) or 1) as pool:
+        futures = {
+            target: pool.submit(
+                ctx.streams,
+                server,
+                body,
+                DROP_CONNECTIONS,
+                600,
+                requests=clients,
+                drop_after=DROP_AFTER,
+            )
+            for target, server in servers.items()
+        }
+        runs = {target: future.result() for target, future in futures.items()}
     limit = QUICK_SETTLE_S if ctx.quick else SETTLE_AFTER_DROPS_S
     settled = _settle(ctx, servers, idle, limit)
     out = {}
@@ -164,11 +175,15 @@ def run(ctx: Context) -> dict[str, Any]:
     ttft: dict[str, dict[str, Any]] = {}
     life: dict[str, dict[str, Any]] = {}
     try:
-        # A scenario without its upstream measures nothing: ServerError fails it.
-        upstream = ctx.start("upstream", cpus=ctx.load_cpus)
+        # Started with the proxies (they wait for it); a scenario without its upstream
+        # measures nothing, so its ServerError fails the scenario.
+        upstream = ctx.server("upstream", cpus=ctx.load_cpus)
+        ctx.servers.append(upstream)
+        upstream.start()
         proxies, not_started = ctx.start_all(
             [t for t in targets if t not in ("upstream", *failed)], upstream_port=upstream.port
         )
+        upstream.wait_ready()
         failed.update(not_started)
         servers = {"upstream": upstream, **proxies}
         for kind, body in KINDS.items():
@@ -177,8 +192,8 @@ def run(ctx: Context) -> dict[str, Any]:
         measured = {t: servers[t] for t in MEASURED if t in servers}
         # Idle: one keep-alive connection to the upstream at most (the same-bytes check's).
         idle = {t: s.fds() for t, s in measured.items()}
-        for server in servers.values():
-            warm_up(ctx, server, list(KINDS.values()), 8)
+        for server in servers.values():  # at the top level: pools grown before measuring
+            warm_up(ctx, server, list(KINDS.values()), max(levels))
         life = {
             t: {"idle_fds": idle[t], "idle_mb": round(s.rss() / MB, 1)} for t, s in measured.items()
         }
@@ -218,68 +233,25 @@ def _report(
     ttft: dict[str, dict[str, Any]],
     life: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    by = {(p["kind"], p["target"], p["connections"]): p for p in points}
+    """The scenario's results: figures, checks, tables and plot panels."""
+    columns, rows, ratios, gateway_rps = _level_table(targets, levels, points)
+    low, high = SCALE_LEVELS
+    scale = {kind: ratio(gateway_rps[kind].get(high), gateway_rps[kind].get(low)) for kind in KINDS}
+    added_ttft = _diff(
+        ttft.get("gateway", {}).get("ttft_p99_ms"), ttft.get("forwarder", {}).get("ttft_p99_ms")
+    )
+    gw = life.get("gateway", {})
+    memory, drops = gw.get("memory", {}), gw.get("drops", {})
 
-    def get(kind: str, target: str, connections: int, key: str = "rps") -> float | None:
-        point = by.get((kind, target, connections))
-        return None if point is None else point[key]
-
-    has_litellm = "litellm" in targets
-    ratios: dict[str, dict[int, float | None]] = {}
-    gateway_rps: dict[str, dict[int, float | None]] = {}
-    columns = ["kind", "connections", "upstream", "forwarder", "gateway"]
-    columns += ["LiteLLM"] if has_litellm else []
-    columns += ["gateway/forwarder"] + (["gateway/LiteLLM"] if has_litellm else [])
-    columns += ["p50 ms up / fwd / gw", "p99 ms up / fwd / gw", "errors"]
-    rows = []
-    for kind in KINDS:
-        ratios[kind], gateway_rps[kind] = {}, {}
-        for c in levels:
-            gw = get(kind, "gateway", c)
-            ratios[kind][c] = ratio(gw, get(kind, "forwarder", c))
-            gateway_rps[kind][c] = gw
-            row: list[Any] = [f"{kind} ({UNITS[kind]})", c]
-            row += [get(kind, t, c) for t in ("upstream", "forwarder", "gateway")]
-            row += [get(kind, "litellm", c)] if has_litellm else []
-            row.append(ratios[kind][c])
-            row += [ratio(gw, get(kind, "litellm", c))] if has_litellm else []
-            for key in ("p50_ms", "p99_ms"):
-                cells = (fmt(get(kind, t, c, key)) for t in ("upstream", "forwarder", "gateway"))
-                row.append(" / ".join(cells))
-            row.append(
-                sum(p["errors"] for p in points if (p["kind"], p["connections"]) == (kind, c))
-            )
-            rows.append([fmt(cell) for cell in row])
+    def over_idle(figures: dict[str, Any] | None) -> int | None:
+        return None if not figures else figures["fds"] - gw["idle_fds"]
 
     def worst(kind: str) -> float | None:
         values = [ratios[kind].get(c) for c in RATIO_LEVELS if c in levels]
         return min(values) if values and None not in values else None
 
-    low, high = SCALE_LEVELS
-    scale = {kind: ratio(gateway_rps[kind].get(high), gateway_rps[kind].get(low)) for kind in KINDS}
-    forwarder_ttft = ttft.get("forwarder", {}).get("ttft_p99_ms")
-    added_ttft = _diff(ttft.get("gateway", {}).get("ttft_p99_ms"), forwarder_ttft)
-    gw = life.get("gateway", {})
-    memory = gw.get("memory", {})
-    count = memory.get("requests", ctx.memory_requests)
-
-    def over_idle(figures: dict[str, Any] | None) -> int | None:
-        return None if not figures else figures["fds"] - gw["idle_fds"]
-
-    drops = gw.get("drops", {})
-    headline = {
-        "gateway/forwarder json": ratios["json"],
-        "gateway/forwarder stream": ratios["stream"],
-        "gateway json rps": gateway_rps["json"],
-        "gateway stream rps": gateway_rps["stream"],
-        f"gateway c={high}/c={low}": scale,
-        "ttft_connections": ttft_level,
-        "added_ttft_p99_ms": added_ttft,
-        "gateway_rss_mb": memory.get("after_mb"),
-        "gateway_fds_over_idle_after_load": over_idle(gw.get("after_load")),
-        "gateway_fds_over_idle_after_drops": over_idle(drops),
-    }
     at = " and ".join(f"c={c}" for c in RATIO_LEVELS)
+    count = memory.get("requests", ctx.memory_requests)
     checks = [
         check(
             f"req/s gateway/forwarder, JSON (worst of {at})",
@@ -321,36 +293,18 @@ def _report(
             0,
         ),
     ]
-    ttft_rows = [
-        [
-            target,
-            fmt(figures["ttft_p50_ms"]),
-            fmt(figures["ttft_p99_ms"]),
-            fmt(_diff(figures["ttft_p99_ms"], forwarder_ttft)),
-            fmt(figures["streams"]),
-            fmt(figures["errors"]),
-        ]
-        for target, figures in ttft.items()
-    ]
-    life_rows = []
-    for target, figures in life.items():
-        mem, drop, after = (
-            figures.get("memory", {}),
-            figures.get("drops", {}),
-            figures.get("after_load", {}),
-        )
-        life_rows.append(
-            [
-                target,
-                fmt(figures["idle_mb"], 1),
-                fmt(mem.get("after_mb"), 1),
-                fmt(mem.get("requests")),
-                fmt(figures["idle_fds"]),
-                f"{fmt(drop.get('fds'))} ({fmt(drop.get('settle_s'), 1)} s)",
-                f"{fmt(drop.get('dropped'))} / {fmt(drop.get('clients'))}",
-                f"{fmt(after.get('fds'))} ({fmt(after.get('settle_s'), 1)} s)",
-            ]
-        )
+    headline = {
+        "gateway/forwarder json": ratios["json"],
+        "gateway/forwarder stream": ratios["stream"],
+        "gateway json rps": gateway_rps["json"],
+        "gateway stream rps": gateway_rps["stream"],
+        f"gateway c={high}/c={low}": scale,
+        "ttft_connections": ttft_level,
+        "added_ttft_p99_ms": added_ttft,
+        "gateway_rss_mb": memory.get("after_mb"),
+        "gateway_fds_over_idle_after_load": over_idle(gw.get("after_load")),
+        "gateway_fds_over_idle_after_drops": over_idle(drops),
+    }
     panels = [
         {
             "name": f"proxy {kind}",
@@ -372,33 +326,106 @@ def _report(
         "checks": checks,
         "columns": columns,
         "rows": rows,
-        "tables": [
-            {
-                "title": f"Time to first token, streams at {ttft_level} connections",
-                "columns": [
-                    "target",
-                    "ttft p50 ms",
-                    "ttft p99 ms",
-                    "p99 over forwarder ms",
-                    "streams",
-                    "errors",
-                ],
-                "rows": ttft_rows,
-            },
-            {
-                "title": "Memory and open file descriptors",
-                "columns": [
-                    "target",
-                    "idle MB",
-                    "RSS MB after",
-                    "more requests",
-                    "idle fds",
-                    "fds after dropped streams (waited)",
-                    "clients dropped / sent",
-                    "fds after the load (waited)",
-                ],
-                "rows": life_rows,
-            },
-        ],
+        "tables": [_ttft_table(ttft, ttft_level), _life_table(life)],
         "panels": panels,
+    }
+
+
+Ratios = dict[str, dict[int, float | None]]
+
+
+def _level_table(
+    targets: list[str], levels: list[int], points: list[dict[str, Any]]
+) -> tuple[list[str], list[list[str]], Ratios, Ratios]:
+    """One row per kind and level: (columns, rows, gateway/forwarder and gateway req/s
+    by kind and level)."""
+    by = {(p["kind"], p["target"], p["connections"]): p for p in points}
+
+    def get(kind: str, target: str, connections: int, key: str = "rps") -> float | None:
+        point = by.get((kind, target, connections))
+        return None if point is None else point[key]
+
+    has_litellm = "litellm" in targets
+    columns = ["kind", "connections", "upstream", "forwarder", "gateway"]
+    columns += ["LiteLLM"] if has_litellm else []
+    columns += ["gateway/forwarder"] + (["gateway/LiteLLM"] if has_litellm else [])
+    columns += ["p50 ms up / fwd / gw", "p99 ms up / fwd / gw", "errors"]
+    rows: list[list[str]] = []
+    ratios: Ratios = {kind: {} for kind in KINDS}
+    gateway_rps: Ratios = {kind: {} for kind in KINDS}
+    for kind in KINDS:
+        for c in levels:
+            gw = gateway_rps[kind][c] = get(kind, "gateway", c)
+            ratios[kind][c] = ratio(gw, get(kind, "forwarder", c))
+            row: list[Any] = [f"{kind} ({UNITS[kind]})", c]
+            row += [get(kind, t, c) for t in ("upstream", "forwarder", "gateway")]
+            row += [get(kind, "litellm", c)] if has_litellm else []
+            row.append(ratios[kind][c])
+            row += [ratio(gw, get(kind, "litellm", c))] if has_litellm else []
+            for key in ("p50_ms", "p99_ms"):
+                cells = (fmt(get(kind, t, c, key)) for t in ("upstream", "forwarder", "gateway"))
+                row.append(" / ".join(cells))
+            level = [p for p in points if (p["kind"], p["connections"]) == (kind, c)]
+            row.append(sum(p["errors"] for p in level))
+            rows.append([fmt(cell) for cell in row])
+    return columns, rows, ratios, gateway_rps
+
+
+def _ttft_table(ttft: dict[str, dict[str, Any]], level: int) -> dict[str, Any]:
+    forwarder = ttft.get("forwarder", {}).get("ttft_p99_ms")
+    return {
+        "title": f"Time to first token, streams at {level} connections",
+        "columns": [
+            "target",
+            "ttft p50 ms",
+            "ttft p99 ms",
+            "p99 over forwarder ms",
+            "streams",
+            "errors",
+        ],
+        "rows": [
+            [
+                target,
+                fmt(run["ttft_p50_ms"]),
+                fmt(run["ttft_p99_ms"]),
+                fmt(_diff(run["ttft_p99_ms"], forwarder)),
+                fmt(run["streams"]),
+                fmt(run["errors"]),
+            ]
+            for target, run in ttft.items()
+        ],
+    }
+
+
+def _life_table(life: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for target, figures in life.items():
+        mem = figures.get("memory", {})
+        drop = figures.get("drops", {})
+        after = figures.get("after_load", {})
+        rows.append(
+            [
+                target,
+                fmt(figures["idle_mb"], 1),
+                fmt(mem.get("after_mb"), 1),
+                fmt(mem.get("requests")),
+                fmt(figures["idle_fds"]),
+                f"{fmt(drop.get('fds'))} ({fmt(drop.get('settle_s'), 1)} s)",
+                f"{fmt(drop.get('dropped'))} / {fmt(drop.get('clients'))}",
+                f"{fmt(after.get('fds'))} ({fmt(after.get('settle_s'), 1)} s)",
+            ]
+        )
+    return {
+        "title": "Memory and open file descriptors",
+        "columns": [
+            "target",
+            "idle MB",
+            "RSS MB after",
+            "more requests",
+            "idle fds",
+            "fds after dropped streams (waited)",
+            "clients dropped / sent",
+            "fds after the load (waited)",
+        ],
+        "rows": rows,
     }
