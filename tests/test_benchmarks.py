@@ -93,7 +93,10 @@ def test_every_scenario_ran_and_checked_its_targets(runs: dict[str, Run]) -> Non
         assert list(results["scenarios"]) == list(names)
         for name, scenario in results["scenarios"].items():
             assert "error" not in scenario, (name, scenario)
-            assert scenario["failed"] == {}, (name, scenario["failed"])
+            failed = {}
+            if name == "proxy" and importlib.util.find_spec("aiohttp") is None:
+                failed = {"forwarder": proxy.FORWARDER_NEEDS}  # said, and the rest measured
+            assert scenario["failed"] == failed, (name, scenario["failed"])
             assert scenario["checks"] and scenario["rows"] and scenario["columns"], name
             for item in scenario["checks"]:
                 assert item["ok"] is None if item["value"] is None else isinstance(item["ok"], bool)
