@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.client import percentile
-from benchmarks.harness import normalise
+from benchmarks.harness import Context, normalise
 from benchmarks.load import _lua_script, have_wrk
 from benchmarks.scenarios import proxy
 
@@ -312,3 +312,19 @@ def test_wrk_script_posts_the_bodies(limit: int) -> None:
     assert "BENCH_JSON" in script
     single = _lua_script([b"{}"], 0, "/tmp/flag")
     assert "function request()" not in single  # one body: wrk's static request
+
+
+def test_long_runs_print_progress_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx = Context(duration=1, connections=[8], quick=True, out_dir=tmp_path, work_dir=tmp_path)
+    tick = ctx.progress("memory gateway", answers=100_000, every=0)
+    tick(4000)
+    tick(None)  # a load generator that does not count
+    ctx.progress("soak gateway", seconds=180, every=3600)(5)  # not yet due: silent
+    out, err = capsys.readouterr()
+    assert not out
+    assert err.splitlines() == [
+        "  ... memory gateway: 0 s, 4,000 of 100,000 answers",
+        "  ... memory gateway: 0 s",
+    ]
