@@ -42,12 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--litellm", metavar="PATH", help="a LiteLLM proxy executable to compare")
     run.add_argument("--duration", type=float, help="seconds per measured point (default 5)")
     run.add_argument(
-        "--connections", nargs="+", metavar="N", help="concurrency levels (default 1,8,32,64)"
+        "--connections",
+        nargs="+",
+        metavar="N",
+        help="concurrency levels (default 1,8,32,64; proxy 1,8,32,64,256)",
     )
     run.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    run.add_argument("--soak-duration", type=float, default=180.0, help="seconds (default 180)")
-    run.add_argument("--memory-requests", type=int, default=100_000)
-    run.add_argument("--startup-runs", type=int, default=5)
+    run.add_argument("--soak-duration", type=float, help="seconds (default 180; --quick: 1)")
+    run.add_argument(
+        "--memory-requests",
+        type=int,
+        help="requests of the memory runs (default 100,000; --quick: 2,000)",
+    )
+    run.add_argument("--startup-runs", type=int, help="default 5 (--quick: 1)")
     run.add_argument(
         "--load",
         choices=("auto", "wrk", "client"),
@@ -58,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-pin", action="store_true", help="do not pin servers to CPU 0 and load to CPU 1"
     )
+    run.add_argument("--no-plot", action="store_true", help="JSON and markdown only")
     run.add_argument(
         "--update-readme", action="store_true", help="put the headline table in the README"
     )
@@ -95,18 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     default_levels = [8] if quick else [1, 8, 32, 64]
     connections = _levels(args.connections) if args.connections else default_levels
+    soak_duration = args.soak_duration or (1.0 if quick else 180.0)
+    memory_requests = args.memory_requests or (2_000 if quick else 100_000)
+    startup_runs = args.startup_runs or (1 if quick else 5)
     ctx = Context(
         duration=args.duration or (1.0 if quick else 5.0),
         connections=connections,
         quick=quick,
         out_dir=args.out,
+        connections_given=bool(args.connections),
         litellm=str(Path(args.litellm).resolve()) if args.litellm else None,
         tool=tool,
         pin=not args.no_pin,
         wrk_threads=args.wrk_threads,
-        soak_duration=args.soak_duration,
-        memory_requests=args.memory_requests,
-        startup_runs=args.startup_runs,
+        soak_duration=soak_duration,
+        memory_requests=memory_requests,
+        startup_runs=startup_runs,
     )
     pinning = (
         f"servers pinned to CPUs {sorted(ctx.server_cpus)}, load to {sorted(ctx.load_cpus)}"
@@ -125,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             "connections": connections,
             "load_generator": load_name + " (per-chunk timing: asyncio client)",
             "pinning": pinning,
-            "soak_duration_s": 2.0 if quick else args.soak_duration,
-            "memory_requests": 2_000 if quick else args.memory_requests,
+            "soak_duration_s": soak_duration,
+            "memory_requests": memory_requests,
         },
         "scenarios": {},
     }
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path, png_path = (args.out / f"{stem}{ext}" for ext in (".json", ".md", ".png"))
     report.write_json(results, json_path)
     text = report.markdown(results)
-    drawn, note = report.plot(results, png_path)
+    drawn, note = (False, None) if args.no_plot else report.plot(results, png_path)
     if not drawn:
         png_path.unlink(missing_ok=True)  # never leave an older run's plot beside these
     png = png_path.name if drawn else None

@@ -3,11 +3,12 @@
 Used for per-chunk timing (time to first token, gaps between chunks), which ``wrk``
 cannot see, and as the throughput fallback when ``wrk`` is not installed. Keep-alive
 connections, one request at a time per connection, chunked bodies decoded as they
-arrive. Prints one JSON object.
+arrive. With ``--drop-after N`` every client hangs up after N events of its stream and
+comes back on a new connection. Prints one JSON object.
 
     python -m benchmarks.client --port 8000 --path /v1/chat/completions \\
         --body-file body.json [--body-file ...] --connections 8 --duration 5 \\
-        [--requests N] [--stream]
+        [--requests N] [--stream] [--drop-after N]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class _Stats:
         self.gaps: list[float] = []
         self.events = 0
         self.errors = 0
+        self.dropped = 0
         self.statuses: dict[int, int] = {}
         self.error_messages: dict[str, int] = {}
 
@@ -48,8 +50,17 @@ class _Stats:
         self.error_messages[message] = self.error_messages.get(message, 0) + 1
 
 
+class _Dropped(Exception):
+    """The client hangs up in the middle of a stream (``--drop-after``)."""
+
+
 async def _read_body(
-    reader: asyncio.StreamReader, head: bytes, start: float, stats: _Stats, stream: bool
+    reader: asyncio.StreamReader,
+    head: bytes,
+    start: float,
+    stats: _Stats,
+    stream: bool,
+    drop_after: int = 0,
 ) -> bool:
     """Read one response body; returns whether the connection may be reused."""
     headers = head.lower()
@@ -65,6 +76,7 @@ async def _read_body(
     buffer = b""
     last_content: float | None = None
     first = True
+    seen = 0
     while True:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.split(b";", 1)[0], 16)
@@ -81,6 +93,9 @@ async def _read_body(
             if not event.startswith(b"data: ") or event == b"data: [DONE]":
                 continue
             stats.events += 1
+            seen += 1
+            if seen == drop_after:
+                raise _Dropped
             if first:
                 stats.ttfts.append(now - start)
                 first = False
@@ -98,6 +113,7 @@ async def _worker(
     deadline: float,
     budget: list[int],
     stream: bool,
+    drop_after: int = 0,
 ) -> None:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -115,7 +131,7 @@ async def _worker(
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            keep = await _read_body(reader, head, start, stats, stream)
+            keep = await _read_body(reader, head, start, stats, stream, drop_after)
             stats.latencies.append(time.perf_counter() - start)
             stats.statuses[status] = stats.statuses.get(status, 0) + 1
             if status >= 400:
@@ -123,6 +139,11 @@ async def _worker(
             if not keep:
                 writer.close()
                 writer = None
+        except _Dropped:
+            stats.dropped += 1
+            assert writer is not None
+            writer.close()
+            writer = None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             stats.error(type(exc).__name__)
             if writer is not None:
@@ -147,6 +168,7 @@ async def run(
     duration: float,
     requests: int = -1,
     stream: bool = False,
+    drop_after: int = 0,
 ) -> dict[str, Any]:
     """Drive ``connections`` keep-alive connections for ``duration`` s (or ``requests``),
     each sending ``bodies`` in turn."""
@@ -163,7 +185,10 @@ async def run(
     start = time.perf_counter()
     deadline = start + duration
     await asyncio.gather(
-        *(_worker(host, port, raw, stats, deadline, budget, stream) for _ in range(connections))
+        *(
+            _worker(host, port, raw, stats, deadline, budget, stream, drop_after)
+            for _ in range(connections)
+        )
     )
     elapsed = time.perf_counter() - start
     done = len(stats.latencies)
@@ -175,6 +200,7 @@ async def run(
         "requests": done,
         "errors": stats.errors,
         "error_kinds": stats.error_messages,
+        "dropped": stats.dropped,
         "statuses": {str(k): v for k, v in stats.statuses.items()},
         "rps": round(done / elapsed, 1) if elapsed else 0.0,
         "p50_ms": _ms(percentile(lat, 50)),
@@ -205,6 +231,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--requests", type=int, default=-1, help="stop after N (-1: no limit)")
     parser.add_argument("--stream", action="store_true", help="time SSE events")
+    parser.add_argument(
+        "--drop-after", type=int, default=0, help="hang up after N events of each stream"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -222,6 +251,7 @@ def main() -> None:
             duration=args.duration,
             requests=args.requests,
             stream=args.stream,
+            drop_after=args.drop_after,
         )
     )
     print(json.dumps(result))

@@ -1,7 +1,9 @@
 """The handlers the gateway serves in the benchmarks: plain CustomLLM handlers.
 
 They answer ``benchmarks.payloads`` (the same bytes as the bare apps), the way a user's
-handler would: build a ``ModelResponse``, yield ``GenericStreamingChunk`` dicts.
+handler would: build a ``ModelResponse``, yield ``GenericStreamingChunk`` dicts. ``SeedBench``
+is the seed's own idiom instead: ``acompletion`` returns the library's
+``gateway.completion(..., mock_response="Hi!")``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import gateway
 from benchmarks.payloads import CHAT_TEXT, CHAT_USAGE, STREAM_PIECES
 from gateway.types import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
-__all__ = ["AsyncBench", "SyncBench", "async_handler", "sync_handler"]
+__all__ = ["AsyncBench", "SeedBench", "SyncBench", "async_handler", "seed_handler", "sync_handler"]
 
 
 def _response() -> ModelResponse:
@@ -63,5 +65,17 @@ class SyncBench(gateway.CustomLLM):
         return _chunks()
 
 
+class SeedBench(gateway.CustomLLM):
+    """The seed's handler, as its docs write it (tests/test_seed.py runs the original)."""
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return gateway.completion(
+            model="gpt-3.5-turbo",
+            messages=[{"role": "user", "content": "Hello world"}],
+            mock_response="Hi!",
+        )  # type: ignore
+
+
 async_handler = AsyncBench()
 sync_handler = SyncBench()
+seed_handler = SeedBench()

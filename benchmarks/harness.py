@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from . import load
-from .payloads import TTFT_SETTINGS, chat_body
+from .payloads import PROXY_DROP_MODEL, PROXY_MODEL, SEED_MODEL, TTFT_SETTINGS, chat_body
 
 __all__ = [
     "REPO",
@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 # In run order; each name is a module in benchmarks/scenarios/.
 SCENARIOS = (
     "chat",
+    "chat-seed",
     "chat-sync",
     "stream",
     "responses",
@@ -94,11 +95,24 @@ def normalise(body: bytes) -> bytes:
     return _CREATED.sub(lambda m: b'"created":' + b"0" * (len(m.group()) - 10), body)
 
 
-def _rss_tree(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, in bytes."""
-    total, todo = 0, [pid]
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _rss_tree(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, in bytes."""
+    total = 0
+    for current in _tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:
@@ -107,11 +121,17 @@ def _rss_tree(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
                 break
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo += [int(child) for child in task.read_text().split()]
-            except OSError:
-                pass
+    return total
+
+
+def _fds_tree(pid: int) -> int:
+    """Open file descriptors of ``pid`` and all its descendants."""
+    total = 0
+    for current in _tree(pid):
+        try:
+            total += len(os.listdir(f"/proc/{current}/fd"))
+        except OSError:
+            pass
     return total
 
 
@@ -174,6 +194,10 @@ class Server:
         assert self.proc is not None
         return _rss_tree(self.proc.pid)
 
+    def fds(self) -> int:
+        assert self.proc is not None
+        return _fds_tree(self.proc.pid)
+
     def log_tail(self, lines: int = 6) -> str:
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
@@ -204,6 +228,7 @@ TARGET_LABELS = {
     "litellm": "LiteLLM proxy",
     "mock": "the mock timing served by the bare Starlette app",
     "upstream": "the upstream (bare Starlette app) called directly",
+    "forwarder": "bare Starlette endpoint forwarding with one shared aiohttp session",
 }
 
 
@@ -211,28 +236,32 @@ def gateway_config(upstream_port: int | None = None) -> dict[str, Any]:
     """The config.yaml every gateway run serves."""
     models: list[dict[str, Any]] = [
         {"model_name": "bench-chat", "litellm_params": {"model": "bench-async/chat"}},
+        {"model_name": SEED_MODEL, "litellm_params": {"model": "bench-seed/chat"}},
         {"model_name": "bench-chat-sync", "litellm_params": {"model": "bench-sync/chat"}},
         {"model_name": "bench-stream", "litellm_params": {"model": "bench-async/stream"}},
         {"model_name": "bench-stream-sync", "litellm_params": {"model": "bench-sync/stream"}},
         {"model_name": "bench-ttft", "litellm_params": {"model": "mock/ttft", **TTFT_SETTINGS}},
     ]
     if upstream_port is not None:
-        models.append(
+        # The upstream sees the model the client asked for, as with the forwarder.
+        models += [
             {
-                "model_name": "bench-proxy",
+                "model_name": name,
                 "litellm_params": {
-                    "model": "openai/bench-upstream",
+                    "model": f"openai/{name}",
                     "api_base": f"http://127.0.0.1:{upstream_port}/v1",
                     "api_key": "bench-key",
                 },
             }
-        )
+            for name in (PROXY_MODEL, PROXY_DROP_MODEL)
+        ]
     return {
         "model_list": models,
         "litellm_settings": {
             "custom_provider_map": [
                 {"provider": "bench-async", "custom_handler": "benchmarks.handlers.async_handler"},
                 {"provider": "bench-sync", "custom_handler": "benchmarks.handlers.sync_handler"},
+                {"provider": "bench-seed", "custom_handler": "benchmarks.handlers.seed_handler"},
             ]
         },
     }
@@ -253,6 +282,7 @@ def litellm_config(upstream_port: int | None = None) -> dict[str, Any]:
                 ("bench-async", "async_handler"),
                 ("bench-sync", "sync_handler"),
                 ("bench-ttft", "ttft_handler"),
+                ("bench-seed", "seed_handler"),
             )
         ]
     }
@@ -267,6 +297,7 @@ class Context:
     connections: list[int]
     quick: bool
     out_dir: Path
+    connections_given: bool = False
     litellm: str | None = None
     tool: str = "wrk"
     pin: bool = True
@@ -286,14 +317,20 @@ class Context:
     def load_cpus(self) -> set[int] | None:
         return {1} if self.pin and (os.cpu_count() or 1) >= 2 else None
 
+    def levels(self, default: Sequence[int]) -> list[int]:
+        """The concurrency levels of a scenario: ``--connections`` when given."""
+        return list(self.connections) if self.connections_given else sorted(default)
+
     def targets(self, *names: str) -> list[str]:
         """``names`` with ``litellm`` only when ``--litellm`` was given."""
         return [n for n in names if n != "litellm" or self.litellm]
 
     # servers
 
-    def server(self, target: str, *, upstream_port: int | None = None) -> Server:
-        """A target, not started yet."""
+    def server(
+        self, target: str, *, upstream_port: int | None = None, cpus: set[int] | None = None
+    ) -> Server:
+        """A target, not started yet (on the server CPUs unless ``cpus`` says otherwise)."""
         port = free_port()
         log_path = self.work_dir / f"{target}-{port}.log"
         py = sys.executable
@@ -307,6 +344,11 @@ class Context:
             argv = [py, "-m", "benchmarks.servers.baseline", "--port", str(port)]
         elif target == "raw":
             argv = [py, "-m", "benchmarks.servers.raw", "--port", str(port)]
+        elif target == "forwarder":
+            if upstream_port is None:
+                raise ValueError("the forwarder needs an upstream")
+            argv = [py, "-m", "benchmarks.servers.forwarder", "--port", str(port)]
+            argv += ["--upstream", f"http://127.0.0.1:{upstream_port}/v1"]
         elif target == "litellm":
             assert self.litellm is not None
             argv = self._litellm_argv(port, upstream_port)
@@ -316,7 +358,7 @@ class Context:
             }
         else:
             raise ValueError(f"unknown target {target!r}")
-        server = Server(target, argv, port, log_path, env=env, cpus=self.server_cpus)
+        server = Server(target, argv, port, log_path, env=env, cpus=cpus or self.server_cpus)
         if target == "litellm":
             server.cwd = self.work_dir
         return server
@@ -341,9 +383,11 @@ class Context:
             "1",
         ]
 
-    def start(self, target: str, *, upstream_port: int | None = None) -> Server:
+    def start(
+        self, target: str, *, upstream_port: int | None = None, cpus: set[int] | None = None
+    ) -> Server:
         """A target started and answering (stopped at the end of the scenario)."""
-        server = self.server(target, upstream_port=upstream_port)
+        server = self.server(target, upstream_port=upstream_port, cpus=cpus)
         self.servers.append(server)
         server.start()
         server.wait_ready(120 if target == "litellm" else 30)
@@ -352,16 +396,52 @@ class Context:
     def start_all(
         self, targets: Sequence[str], *, upstream_port: int | None = None
     ) -> tuple[dict[str, Server], dict[str, str]]:
-        """Start each target; a target that fails is reported, not fatal."""
+        """Start the targets together, then wait for each; one that fails is reported,
+        not fatal."""
+        pending = [self.server(t, upstream_port=upstream_port) for t in targets]
+        for server in pending:
+            self.servers.append(server)
+            server.start()
         started: dict[str, Server] = {}
         failed: dict[str, str] = {}
-        for target in targets:
+        for server in pending:
             try:
-                started[target] = self.start(target, upstream_port=upstream_port)
+                server.wait_ready(120 if server.name == "litellm" else 30)
+                started[server.name] = server
             except ServerError as exc:
-                failed[target] = str(exc)
-                self.echo(f"  ! {target} did not start: {exc}")
+                failed[server.name] = str(exc)
+                self.echo(f"  ! {server.name} did not start: {exc}")
+                server.stop()
         return started, failed
+
+    def progress(
+        self,
+        label: str,
+        server: Server | None = None,
+        *,
+        seconds: float | None = None,
+        answers: int | None = None,
+        every: float = 5.0,
+    ) -> Callable[[int | None], None]:
+        """An ``on_tick`` for a long run: a line on stderr every ``every`` seconds with
+        the time, the answers so far when the load generator counts them, and the
+        server's RSS; ``seconds`` and ``answers`` are the run's goal."""
+        start = last = time.perf_counter()
+
+        def tick(done: int | None) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < every:
+                return
+            last = now
+            parts = [f"{now - start:.0f}" + (f" of {seconds:g} s" if seconds else " s")]
+            if done is not None:
+                parts.append(f"{done:,}" + (f" of {answers:,}" if answers else "") + " answers")
+            if server is not None:
+                parts.append(f"RSS {server.rss() / 1024 / 1024:.1f} MB")
+            print(f"  ... {label}: {', '.join(parts)}", file=sys.stderr, flush=True)
+
+        return tick
 
     def stop_all(self) -> None:
         for server in self.servers:
@@ -378,7 +458,7 @@ class Context:
         *,
         duration: float | None = None,
         requests: int = 0,
-        on_tick: Callable[[], None] | None = None,
+        on_tick: Callable[[int | None], None] | None = None,
     ) -> dict[str, Any]:
         """Requests per second and latency percentiles from wrk (or the asyncio client)."""
         seconds = self.duration if duration is None else duration
@@ -405,16 +485,26 @@ class Context:
         )
 
     def streams(
-        self, server: Server, body: bytes, connections: int, duration: float | None = None
+        self,
+        server: Server,
+        body: bytes,
+        connections: int,
+        duration: float | None = None,
+        *,
+        requests: int = -1,
+        drop_after: int = 0,
     ) -> dict[str, Any]:
-        """Per-chunk timing of streaming requests from the asyncio client."""
+        """Per-chunk timing of streaming requests from the asyncio client; with
+        ``drop_after`` each client hangs up after that many events."""
         return load.client_run(
             server.port,
             CHAT_PATH,
             [body],
             connections=connections,
             duration=self.duration if duration is None else duration,
+            requests=requests,
             stream=True,
+            drop_after=drop_after,
             cpus=self.load_cpus,
         )
 

@@ -99,6 +99,18 @@ class TtftBench(CustomLLM):
         yield _chunk("", True)
 
 
+class SeedBench(CustomLLM):
+    """The handler of LiteLLM's own custom-handler docs."""
+
+    async def acompletion(self, *args, **kwargs):
+        return litellm.completion(
+            model="gpt-3.5-turbo",
+            messages=[{"role": "user", "content": "Hello world"}],
+            mock_response="Hi!",
+        )
+
+
 async_handler = AsyncBench()
 sync_handler = SyncBench()
 ttft_handler = TtftBench()
+seed_handler = SeedBench()

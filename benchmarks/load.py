@@ -10,6 +10,7 @@ per-chunk timing and stands in for ``wrk`` when it is missing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -60,7 +61,8 @@ def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
 
     With ``limit``, the thread stops after that many answers and creates the file
     ``flag``; wrk itself only ends at its duration or on SIGINT, which the caller sends
-    when it sees the file (wrk still prints its summary then).
+    when it sees the file (wrk still prints its summary then). Meanwhile it writes the
+    count of answers to ``flag + ".count"`` every 1,000 answers, for progress lines.
     """
     lines = [
         "-- written by benchmarks/load.py for one run",
@@ -88,6 +90,11 @@ def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
             "local count = 0",
             "function response(status, headers, body)",
             "  count = count + 1",
+            "  if count % 1000 == 0 then",
+            f"    local p = io.open({_lua_string((flag + '.count').encode())}, 'w')",
+            "    p:write(count)",
+            "    p:close()",
+            "  end",
             f"  if count == {limit} then",
             f"    local f = io.open({_lua_string(flag.encode())}, 'w')",
             "    f:write('done')",
@@ -121,27 +128,40 @@ def _affinity(cpus: set[int] | None) -> Callable[[], None] | None:
     return pin
 
 
+def _count(path: Path | None) -> int | None:
+    try:
+        return int(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return 0
+
+
 def _tick_wait(
     proc: subprocess.Popen[str],
-    on_tick: Callable[[], None] | None,
+    on_tick: Callable[[int | None], None] | None,
     flag: Path | None = None,
+    stop_at: float | None = None,
 ) -> None:
-    """Wait for ``proc``, calling ``on_tick`` about once a second meanwhile; once the
-    file ``flag`` exists, interrupt it (SIGINT: wrk stops and reports)."""
+    """Wait for ``proc``, calling ``on_tick`` about once a second meanwhile (with the
+    answers so far when wrk counts them); once the file ``flag`` exists or ``stop_at``
+    (a ``perf_counter`` time) has passed, interrupt it (SIGINT: wrk stops and reports)."""
     last = time.perf_counter()
     interrupted = False
+    poll = 0.02 if flag is not None or stop_at is not None else 1.0
+    counter = flag.with_name(flag.name + ".count") if flag is not None else None
     while True:
         try:
-            proc.wait(timeout=0.05 if flag is not None else 1.0)
+            proc.wait(timeout=poll)
             return
         except subprocess.TimeoutExpired:
             pass
-        if flag is not None and not interrupted and flag.exists():
+        now = time.perf_counter()
+        done = (flag is not None and flag.exists()) or (stop_at is not None and now >= stop_at)
+        if done and not interrupted:
             proc.send_signal(signal.SIGINT)
             interrupted = True
-        if on_tick is not None and time.perf_counter() - last >= 1.0:
-            last = time.perf_counter()
-            on_tick()
+        if on_tick is not None and now - last >= 1.0:
+            last = now
+            on_tick(_count(counter))
 
 
 def wrk_run(
@@ -153,13 +173,16 @@ def wrk_run(
     requests: int = 0,
     threads: int = 1,
     cpus: set[int] | None = None,
-    on_tick: Callable[[], None] | None = None,
+    on_tick: Callable[[int | None], None] | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; ``requests`` > 0 stops after that many answers (per thread)."""
+    """One wrk run; ``requests`` > 0 stops after that many answers (per thread).
+
+    wrk counts its duration in whole seconds: a fractional one is ended by SIGINT."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         flag = Path(script.name + ".done")
         script.write(_lua_script(bodies, requests, str(flag)))
-    seconds = max(1, round(duration))
+    seconds = max(1, math.ceil(duration))
+    stop_at = None if seconds == duration else time.perf_counter() + duration
     argv = [
         "wrk",
         f"-t{min(threads, connections)}",
@@ -179,11 +202,12 @@ def wrk_run(
             text=True,
             preexec_fn=_affinity(cpus),
         )
-        _tick_wait(proc, on_tick, flag if requests > 0 else None)
+        _tick_wait(proc, on_tick, flag if requests > 0 else None, stop_at)
         out, err = proc.communicate()
     finally:
         os.unlink(script.name)
         flag.unlink(missing_ok=True)
+        flag.with_name(flag.name + ".count").unlink(missing_ok=True)
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise LoadError(f"wrk failed ({' '.join(argv)}): {(err or out).strip()[-500:]}")
@@ -214,8 +238,9 @@ def client_run(
     duration: float,
     requests: int = -1,
     stream: bool = False,
+    drop_after: int = 0,
     cpus: set[int] | None = None,
-    on_tick: Callable[[], None] | None = None,
+    on_tick: Callable[[int | None], None] | None = None,
 ) -> dict[str, Any]:
     """One run of the asyncio client in its own process."""
     files = []
@@ -242,6 +267,8 @@ def client_run(
         argv += ["--body-file", name]
     if stream:
         argv.append("--stream")
+    if drop_after:
+        argv += ["--drop-after", str(drop_after)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         started = time.perf_counter()

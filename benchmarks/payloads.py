@@ -18,6 +18,10 @@ __all__ = [
     "CHAT_TEXT",
     "CHAT_USAGE",
     "DONE",
+    "PROXY_DROP_MODEL",
+    "PROXY_MODEL",
+    "PROXY_PIECES",
+    "SEED_MODEL",
     "STREAM_PIECES",
     "TTFT_SETTINGS",
     "chat_body",
@@ -36,6 +40,20 @@ CHAT_USAGE = {"prompt_tokens": 6, "completion_tokens": 32, "total_tokens": 38}
 
 # The streaming answer: 50 content chunks, then the finish chunk.
 STREAM_PIECES = tuple(("token" if i == 0 else f" token{i}") for i in range(50))
+
+# The proxy scenario's upstream streams 20 content chunks (then the finish chunk). Its
+# "slow" model paces them (PROXY_DROP_STEP_S apart) so that clients which hang up after a
+# few chunks leave the gateway in the middle of an upstream stream.
+PROXY_MODEL = "bench-proxy"
+PROXY_DROP_MODEL = "bench-proxy-slow"
+PROXY_PIECES = STREAM_PIECES[:20]
+PROXY_DROP_STEP_S = 0.01
+
+# The seed's handler answers ``gateway.completion(..., mock_response="Hi!")``: the mock's
+# text and LiteLLM's fixed mock usage (the gateway answers with the model clients asked for).
+SEED_MODEL = "bench-chat-seed"
+SEED_TEXT = "Hi!"
+SEED_USAGE = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
 
 # The ttft scenario's mock timing (the gateway serves it with providers/mock).
 TTFT_SETTINGS = {"mock_ttft_ms": 200, "mock_tokens": 10, "mock_tokens_per_second": 100}
@@ -114,17 +132,21 @@ class _Chunk(msgspec.Struct):
 
 _encode = msgspec.json.Encoder().encode
 _USAGE = _Usage(**CHAT_USAGE)
+_SEED_USAGE = _Usage(**SEED_USAGE)
 
 
-def chat_bytes(model: str, text: str = CHAT_TEXT) -> bytes:
-    """A chat.completion answer, encoded now (fresh id and timestamp)."""
+def chat_bytes(model: str) -> bytes:
+    """The chat.completion answer to ``model``, encoded now (fresh id and timestamp)."""
+    text, usage = CHAT_TEXT, _USAGE
+    if model == SEED_MODEL:
+        text, usage = SEED_TEXT, _SEED_USAGE
     return _encode(
         _Response(
             id=f"chatcmpl-{uuid.uuid4()}",
             choices=[_Choice(finish_reason="stop", index=0, message=_Message(content=text))],
             created=int(time.time()),
             model=model,
-            usage=_USAGE,
+            usage=usage,
         )
     )
 

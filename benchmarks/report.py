@@ -31,19 +31,32 @@ def _met(ok: bool | None) -> str:
     return "not measured" if ok is None else "yes" if ok else "**no**"
 
 
+def _number(value: Any) -> str:
+    digits = 3 if isinstance(value, float) and abs(value) < 10 else 1
+    return fmt(value, digits)
+
+
 def headline_table(results: dict[str, Any]) -> list[str]:
+    """Every target of every scenario; figures measured at several concurrency levels
+    are listed at each one ("c=8 0.91 · c=32 0.93")."""
     rows = []
     for name, scenario in results["scenarios"].items():
         if "error" in scenario:
-            rows.append([name, "scenario failed", scenario["error"][:80], "", ""])
+            rows.append([name, "scenario failed", scenario["error"][:80], "", "", ""])
             continue
         for item in scenario.get("checks", []):
-            value = item["value"]
-            digits = 3 if isinstance(value, float) and abs(value) < 10 else 1
+            levels = " · ".join(f"c={c} {_number(v)}" for c, v in item.get("by_level", {}).items())
             rows.append(
-                [name, item["figure"], fmt(value, digits), item["target"], _met(item["ok"])]
+                [
+                    name,
+                    item["figure"],
+                    _number(item["value"]),
+                    item["target"],
+                    _met(item["ok"]),
+                    levels,
+                ]
             )
-    return _table(["scenario", "figure", "measured", "target", "met"], rows)
+    return _table(["scenario", "figure", "measured", "target", "met", "at each level"], rows)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -71,6 +84,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"Failed: {scenario['error']}")
             continue
         lines += _table(scenario["columns"], scenario["rows"])
+        for table in scenario.get("tables", []):
+            lines += ["", f"{table['title']}:", "", *_table(table["columns"], table["rows"])]
         notes = []
         same = scenario.get("same_bytes")
         if same:
@@ -85,9 +100,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> tuple[bool, str | None]:
     """Throughput and p50/p99 latency against concurrency: (drawn, note for the user)."""
-    scenarios = [
-        (name, s) for name, s in results["scenarios"].items() if s.get("plot") and s.get("points")
-    ]
+    scenarios = []
+    for name, scenario in results["scenarios"].items():
+        if scenario.get("plot"):
+            scenarios.append((name, scenario))
+        scenarios += [(panel["name"], panel) for panel in scenario.get("panels", [])]
+    scenarios = [(name, panel) for name, panel in scenarios if panel.get("points")]
     if not scenarios:
         return False, None
     try:
@@ -100,7 +118,14 @@ def plot(results: dict[str, Any], path: Path) -> tuple[bool, str | None]:
     fig, axes = plt.subplots(
         2, len(scenarios), figsize=(5.2 * len(scenarios), 8), squeeze=False, constrained_layout=True
     )
-    colors = {"gateway": "C0", "baseline": "C1", "raw": "C2", "litellm": "C3"}
+    colors = {
+        "gateway": "C0",
+        "baseline": "C1",
+        "raw": "C2",
+        "litellm": "C3",
+        "forwarder": "C4",
+        "upstream": "C5",
+    }
     for col, (name, scenario) in enumerate(scenarios):
         top, bottom = axes[0][col], axes[1][col]
         metric = scenario["metric"]
@@ -128,7 +153,7 @@ def plot(results: dict[str, Any], path: Path) -> tuple[bool, str | None]:
             ax.set_xlabel("connections")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"gateway vs baseline vs raw ASGI, {results['date']}")
+    fig.suptitle(f"throughput and latency against concurrency, {results['date']}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True, None

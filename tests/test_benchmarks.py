@@ -1,11 +1,15 @@
-"""The benchmark harness runs end to end (``--quick``) and produces its results.
+"""The benchmark harness runs end to end (``--quick``, tiny durations) and reports.
 
-Never asserts speed: only that every scenario measured every target, that the targets
-answered the same bytes, and that the JSON, markdown and plot were written.
+Never asserts speed: only that every scenario kind measured every target with real
+servers and load generators, that the targets answered the same bytes, and that the JSON,
+markdown and plot were written. One run of each scenario kind (chat, chat-sync and stream
+share chat-seed's code; proxy measures streams too), in two runs started together: one with
+wrk, pinned, and one with the asyncio client standing in for a missing wrk.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,104 +19,256 @@ from typing import Any
 
 import pytest
 
+from benchmarks import report
 from benchmarks.client import percentile
-from benchmarks.harness import SCENARIOS, normalise
-from benchmarks.load import _lua_script
+from benchmarks.harness import Context, normalise
+from benchmarks.load import _lua_script, have_wrk
+from benchmarks.scenarios import proxy
 
 REPO = Path(__file__).resolve().parent.parent
+# Tiny points: 0.2 s each, one concurrency level, 100 requests for the memory runs.
+QUICK = [
+    "--quick",
+    "--duration",
+    "0.2",
+    "--connections",
+    "8",
+    "--memory-requests",
+    "100",
+    "--soak-duration",
+    "0.5",
+]
+WITH_WRK = ("chat-seed", "proxy")
+WITHOUT_WRK = ("ttft", "startup", "memory", "soak")
+
+Run = tuple[dict[str, Any], str, Path]
 
 
-def _run(out: Path, *args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "run", "--quick", "--out", str(out), *args],
+def _start(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "run", *QUICK, "--out", str(out), *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=150,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _finish(proc: subprocess.Popen[str], out: Path) -> Run:
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     files = sorted(out.glob("*-quick.json"))
     assert len(files) == 1, list(out.iterdir())
-    return json.loads(files[0].read_text()), proc.stdout
+    return json.loads(files[0].read_text()), stdout, out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    # Without wrk the first run falls back to the asyncio client too (and says so).
+    wrk_out, client_out = tmp_path_factory.mktemp("wrk"), tmp_path_factory.mktemp("client")
+    # A PATH without wrk (the servers and the client run on sys.executable); unpinned, so
+    # its servers do not queue for the CPU the other run pins its servers to.
+    without = _start(
+        client_out, "--no-plot", "--no-pin", *WITHOUT_WRK, env={"PATH": str(client_out)}
+    )
+    with_wrk = _start(wrk_out, *WITH_WRK)
+    return {"wrk": _finish(with_wrk, wrk_out), "client": _finish(without, client_out)}
 
 
 def _points(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["target"]: p for p in scenario["points"]}
 
 
-def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
-    results, stdout = _run(tmp_path)
-    assert results["quick"] is True
-    assert {"date", "command", "machine", "settings", "scenarios"} <= results.keys()
-    assert results["machine"]["cpus"] >= 1
-    scenarios = results["scenarios"]
-    assert list(scenarios) == list(SCENARIOS)
-    for name, scenario in scenarios.items():
-        assert "error" not in scenario, (name, scenario)
-        assert scenario["failed"] == {}, (name, scenario["failed"])
-        assert scenario["checks"], name
-        for item in scenario["checks"]:
-            assert item["value"] is not None, (name, item)
-            assert isinstance(item["ok"], bool)
-        assert scenario["rows"] and scenario["columns"]
+def test_every_scenario_ran_and_checked_its_targets(runs: dict[str, Run]) -> None:
+    for key, names in (("wrk", WITH_WRK), ("client", WITHOUT_WRK)):
+        results = runs[key][0]
+        assert results["quick"] is True
+        assert {"date", "command", "machine", "settings", "scenarios"} <= results.keys()
+        assert list(results["scenarios"]) == list(names)
+        for name, scenario in results["scenarios"].items():
+            assert "error" not in scenario, (name, scenario)
+            failed = {}
+            if name == "proxy" and importlib.util.find_spec("aiohttp") is None:
+                failed = {"forwarder": proxy.FORWARDER_NEEDS}  # said, and the rest measured
+            assert scenario["failed"] == failed, (name, scenario["failed"])
+            assert scenario["checks"] and scenario["rows"] and scenario["columns"], name
+            for item in scenario["checks"]:
+                assert item["ok"] is None if item["value"] is None else isinstance(item["ok"], bool)
 
-    for name in ("chat", "chat-sync", "stream"):
-        scenario = scenarios[name]
-        points = _points(scenario)
-        assert set(points) == {"gateway", "baseline", "raw"}
-        for point in points.values():
-            assert point["requests"] > 0 and point["errors"] == 0, (name, point)
-            assert point["p50_ms"] <= point["p99_ms"]
-        # The comparison is fair only if every target answers the gateway's bytes.
-        assert scenario["same_bytes"] == {"baseline": True, "raw": True}, name
-        assert {"gateway/baseline", "gateway/raw"} <= scenario["headline"].keys()
-    assert _points(scenarios["stream"])["gateway"]["chunks_per_s"] > 0
 
-    ttft = scenarios["ttft"]
+def test_chat_seed_measures_every_target(runs: dict[str, Run]) -> None:
+    scenario = runs["wrk"][0]["scenarios"]["chat-seed"]
+    points = _points(scenario)
+    assert set(points) == {"gateway", "baseline", "raw"}
+    for point in points.values():
+        assert point["requests"] > 0 and point["errors"] == 0, point
+        assert point["p50_ms"] <= point["p99_ms"]
+        assert point["tool"] == ("wrk" if have_wrk() else "asyncio-client")
+    # The comparison is fair only if every target answers the gateway's bytes.
+    assert scenario["same_bytes"] == {"baseline": True, "raw": True}
+    (check,) = scenario["checks"]
+    assert check["figure"] == "req/s gateway/baseline (c=8)"
+    assert check["value"] == scenario["headline"]["gateway/baseline"] is not None
+    assert check["by_level"] == {"8": check["value"]}
+
+
+def test_servers_and_load_are_pinned_to_their_cpus_unless_told(runs: dict[str, Run]) -> None:
+    pinned = runs["wrk"][0]["settings"]["pinning"]
+    if (os.cpu_count() or 1) >= 2:
+        assert pinned == "servers pinned to CPUs [0], load to [1]"
+    assert runs["client"][0]["settings"]["pinning"] == "no CPU pinning"  # --no-pin
+
+
+def test_without_wrk_the_harness_says_how_to_install_it(runs: dict[str, Run]) -> None:
+    results, stdout, out = runs["client"]
+    assert "apt-get install -y wrk" in stdout
+    assert "asyncio client" in results["settings"]["load_generator"]
+    memory = results["scenarios"]["memory"]["summary"]
+    assert all(m["requests"] == 100 for m in memory.values())  # the client's exact count
+    assert results["scenarios"]["soak"]["point"]["tool"] == "asyncio-client"
+    assert not list(out.glob("*.png"))  # --no-plot
+
+
+def test_ttft_sees_the_mock_timing(runs: dict[str, Run]) -> None:
+    ttft = runs["client"][0]["scenarios"]["ttft"]
     assert ttft["same_bytes"] == {"mock": True}
+    assert {p["target"] for p in ttft["points"]} == {"gateway", "mock"}
     for point in ttft["points"]:
         assert point["streams"] > 0 and point["errors"] == 0
         assert point["ttft_p50_ms"] >= 190  # mock_ttft_ms=200: the first token waits
         assert point["gap_p50_ms"] >= 5  # 100 tokens/s: chunks arrive spaced, not at once
-    proxy = scenarios["proxy"]
-    assert proxy["same_bytes"] == {"upstream": True}
-    assert set(_points(proxy)) == {"gateway", "upstream"}
-    assert all(p["errors"] == 0 for p in proxy["points"])
+
+
+def test_proxy_measures_upstream_forwarder_and_gateway(runs: dict[str, Run]) -> None:
+    if importlib.util.find_spec("aiohttp") is None:
+        pytest.skip(proxy.FORWARDER_NEEDS)
+    scenario = runs["wrk"][0]["scenarios"]["proxy"]
+    assert scenario["connections"] == [8]
+    measured = {(p["kind"], p["target"]) for p in scenario["points"]}
+    assert measured == {
+        (k, t) for k in ("json", "stream") for t in ("upstream", "forwarder", "gateway")
+    }
+    for point in scenario["points"]:
+        assert point["requests"] > 0 and point["errors"] == 0, point
+        assert ("chunks_per_s" in point) == (point["kind"] == "stream")
+    # JSON and streams: the gateway relays the upstream's bytes, as the forwarder does.
+    assert scenario["same_bytes"] == {
+        "upstream": True,
+        "forwarder": True,
+        "upstream (stream)": True,
+        "forwarder (stream)": True,
+    }
+    assert set(scenario["ttft"]) == {"forwarder", "gateway"}
+    for run in scenario["ttft"].values():
+        assert run["streams"] > 0 and run["errors"] == 0 and run["ttft_p50_ms"] > 0
+    assert set(scenario["life"]) == {"gateway", "forwarder"}
+    for figures in scenario["life"].values():
+        assert figures["idle_fds"] > 0 and figures["idle_mb"] > 0
+        drops = figures["drops"]
+        assert drops["clients"] == drops["dropped"] == proxy.QUICK_DROP_CLIENTS
+        assert drops["errors"] == 0 and drops["fds"] > 0
+        assert figures["memory"]["requests"] >= 100 and figures["memory"]["errors"] == 0
+        assert figures["memory"]["after_mb"] > 0 and figures["after_load"]["fds"] > 0
+    checks = {c["figure"]: c for c in scenario["checks"]}
+    assert checks["added TTFT p99 ms over the forwarder (c=8)"]["value"] is not None
+    assert checks["gateway RSS MB after 100 proxied requests"]["value"] > 0
+    # One level measured: the figures read at 32, 64 and 256 connections are not.
+    worst = checks["req/s gateway/forwarder, JSON (worst of c=32 and c=64)"]
+    assert worst["value"] is None and worst["ok"] is None
+    assert worst["by_level"] == {"8": scenario["headline"]["gateway/forwarder json"]["8"]}
+
+
+def test_startup_memory_and_soak(runs: dict[str, Run]) -> None:
+    scenarios = {**runs["wrk"][0]["scenarios"], **runs["client"][0]["scenarios"]}
     assert set(scenarios["startup"]["summary"]) == {"gateway", "baseline", "raw"}
     memory = scenarios["memory"]["summary"]
     assert set(memory) == {"gateway", "baseline", "raw"}
     for figures in memory.values():
-        assert figures["requests"] >= 2000 and figures["errors"] == 0 and figures["idle_mb"] > 0
+        assert figures["requests"] >= 100 and figures["errors"] == 0 and figures["idle_mb"] > 0
     soak = scenarios["soak"]
     assert soak["point"]["requests"] > 0 and soak["point"]["errors"] == 0
     assert len(soak["rss_samples_mb"]) >= 2
 
-    markdown = next(tmp_path.glob("*-quick.md")).read_text()
-    assert "## Targets met" in markdown
-    for name in SCENARIOS:
+
+def test_markdown_json_and_plot_are_written(runs: dict[str, Run]) -> None:
+    results, stdout, out = runs["wrk"]
+    assert results["command"].startswith("python -m benchmarks run --quick")
+    assert results["machine"]["cpus"] >= 1
+    markdown = next(out.glob("*-quick.md")).read_text()
+    assert "## Targets met" in markdown and "## Targets met" in stdout  # printed too
+    assert "| scenario | figure | measured | target | met | at each level |" in markdown
+    for name in WITH_WRK:
         assert f"| {name} |" in markdown
     assert "| connections | gateway req/s | baseline req/s | raw req/s |" in markdown
-    assert "## Targets met" in stdout  # the table is printed too
+    assert "| kind | connections | upstream | forwarder | gateway |" in markdown
+    assert "Memory and open file descriptors:" in markdown
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "pip install" in stdout
     else:
-        png = next(tmp_path.glob("*-quick.png"))
+        png = next(out.glob("*-quick.png"))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_without_wrk_the_asyncio_client_measures(tmp_path: Path) -> None:
-    # A PATH without wrk (the servers and the client run on sys.executable).
-    results, stdout = _run(tmp_path, "chat", "memory", env={"PATH": str(tmp_path)})
-    assert "apt-get install -y wrk" in stdout
-    assert "asyncio client" in results["settings"]["load_generator"]
-    points = _points(results["scenarios"]["chat"])
-    assert set(points) == {"gateway", "baseline", "raw"}
-    assert all(p["tool"] == "asyncio-client" and p["requests"] > 0 for p in points.values())
-    memory = results["scenarios"]["memory"]["summary"]
-    assert all(m["requests"] == 2000 for m in memory.values())
+def _point(kind: str, target: str, connections: int, rps: float) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "target": target,
+        "connections": connections,
+        "rps": rps,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "errors": 0,
+    }
+
+
+def test_proxy_report_reads_every_level() -> None:
+    levels = [8, 32, 64, 256]
+    forwarder = {8: 1000.0, 32: 2000.0, 64: 2000.0, 256: 1900.0}
+    gateway = {8: 900.0, 32: 1700.0, 64: 1500.0, 256: 950.0}
+    points = [
+        _point(kind, target, c, figures[c] / (10 if kind == "stream" else 1))
+        for kind in ("json", "stream")
+        for target, figures in (("forwarder", forwarder), ("gateway", gateway))
+        for c in levels
+    ]
+    ttft = {"forwarder": {"ttft_p99_ms": 10.0}, "gateway": {"ttft_p99_ms": 11.5}}
+    for run in ttft.values():
+        run.update(ttft_p50_ms=5.0, streams=10, errors=0)
+    life = {
+        "gateway": {
+            "idle_fds": 20,
+            "idle_mb": 40.0,
+            "drops": {"clients": 1000, "dropped": 1000, "errors": 0, "fds": 20, "settle_s": 0.4},
+            "memory": {"requests": 100_000, "errors": 0, "rps": 1.0, "after_mb": 81.0},
+            "after_load": {"fds": 23, "settle_s": 45.0},
+        }
+    }
+    ctx = type("Ctx", (), {"memory_requests": 100_000, "quick": False})()
+    result = proxy._report(ctx, ["forwarder", "gateway"], levels, 32, points, ttft, life)  # type: ignore[arg-type]
+    checks = {c["figure"]: (c["value"], c["ok"]) for c in result["checks"]}
+    assert checks == {
+        "req/s gateway/forwarder, JSON (worst of c=32 and c=64)": (0.75, False),
+        "streams/s gateway/forwarder (worst of c=32 and c=64)": (0.75, False),
+        "gateway req/s c=256 / c=8, JSON": (1.056, True),
+        "gateway streams/s c=256 / c=8": (1.056, True),
+        "added TTFT p99 ms over the forwarder (c=32)": (1.5, True),
+        "gateway RSS MB after 100,000 proxied requests": (81.0, False),
+        "gateway open fds over idle after the load": (3, False),
+        "gateway open fds over idle after 1,000 dropped streams": (0, True),
+    }
+    first = result["checks"][0]
+    assert first["by_level"] == {"8": 0.9, "32": 0.85, "64": 0.75, "256": 0.5}
+    table = "\n".join(report.headline_table({"scenarios": {"proxy": {**result, "failed": {}}}}))
+    assert (
+        "| 0.750 | >= 0.8 | **no** | c=8 0.900 · c=32 0.850 · c=64 0.750 · c=256 0.500 |" in table
+    )
 
 
 def test_unknown_scenario_is_rejected(tmp_path: Path) -> None:
@@ -151,6 +307,23 @@ def test_wrk_script_posts_the_bodies(limit: int) -> None:
     assert '[=[{"a":"]]"}]=]' in script  # long brackets that the body cannot close
     assert "function request()" in script  # two bodies: cycled
     assert ("wrk.thread:stop()" in script) == (limit > 0)
+    assert ("/tmp/flag.count" in script) == (limit > 0)  # progress of counted runs
     assert "BENCH_JSON" in script
     single = _lua_script([b"{}"], 0, "/tmp/flag")
     assert "function request()" not in single  # one body: wrk's static request
+
+
+def test_long_runs_print_progress_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx = Context(duration=1, connections=[8], quick=True, out_dir=tmp_path, work_dir=tmp_path)
+    tick = ctx.progress("memory gateway", answers=100_000, every=0)
+    tick(4000)
+    tick(None)  # a load generator that does not count
+    ctx.progress("soak gateway", seconds=180, every=3600)(5)  # not yet due: silent
+    out, err = capsys.readouterr()
+    assert not out
+    assert err.splitlines() == [
+        "  ... memory gateway: 0 s, 4,000 of 100,000 answers",
+        "  ... memory gateway: 0 s",
+    ]

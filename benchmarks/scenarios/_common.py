@@ -30,12 +30,23 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def check(figure: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
-    """A target from the issue: ``value op bound`` (ok is None when not measured)."""
+def check(
+    figure: str,
+    value: float | None,
+    op: str,
+    bound: float,
+    *,
+    by_level: dict[int, float | None] | None = None,
+) -> dict[str, Any]:
+    """A target from the issue: ``value op bound`` (ok is None when not measured);
+    ``by_level`` is the same figure at every concurrency level measured, for the table."""
     ok = None
     if value is not None:
         ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
-    return {"figure": figure, "value": value, "target": f"{op} {bound:g}", "ok": ok}
+    result = {"figure": figure, "value": value, "target": f"{op} {bound:g}", "ok": ok}
+    if by_level:
+        result["by_level"] = {str(c): v for c, v in sorted(by_level.items())}
+    return result
 
 
 def headline_level(levels: list[int]) -> int:
@@ -46,7 +57,7 @@ def headline_level(levels: list[int]) -> int:
 def warm_up(ctx: Context, server: Any, bodies: list[bytes], connections: int) -> None:
     """Let each target import and allocate what it needs before it is measured."""
     if ctx.quick:
-        for body in bodies * 10:
+        for body in bodies * 3:
             http_request(server.port, "POST", "/v1/chat/completions", body)
         return
     ctx.throughput(server, bodies, connections, duration=1)
@@ -147,7 +158,13 @@ def run_throughput(
         "ratios": ratios,
         "headline": headline,
         "checks": [
-            check(f"{figure} (c={top})", headline.get(key), op, bound)
+            check(
+                f"{figure} (c={top})",
+                headline.get(key),
+                op,
+                bound,
+                by_level={r["connections"]: r.get(key) for r in ratios},
+            )
             for figure, key, op, bound in checks
         ],
         "columns": columns,

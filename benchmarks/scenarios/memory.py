@@ -20,7 +20,7 @@ MB = 1024 * 1024
 
 def run(ctx: Context) -> dict[str, Any]:
     targets = ctx.targets("gateway", "baseline", "raw", "litellm")
-    count = 2_000 if ctx.quick else ctx.memory_requests
+    count = ctx.memory_requests
     connections = 8 if ctx.quick else 32
     body = chat_body("bench-chat")
     summary: dict[str, dict[str, Any]] = {}
@@ -28,10 +28,11 @@ def run(ctx: Context) -> dict[str, Any]:
     for target in targets:
         try:
             server = ctx.start(target)
-            time.sleep(0.2 if ctx.quick else 1.0)
+            time.sleep(0.1 if ctx.quick else 1.0)
             idle = server.rss()
-            point = ctx.throughput(server, [body], connections, requests=count)
-            time.sleep(0.2 if ctx.quick else 1.0)
+            progress = ctx.progress(f"{NAME} {target}", server, answers=count)
+            point = ctx.throughput(server, [body], connections, requests=count, on_tick=progress)
+            time.sleep(0.1 if ctx.quick else 1.0)
             after = server.rss()
         except ServerError as exc:
             failed[target] = str(exc)

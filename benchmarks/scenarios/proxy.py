@@ -1,106 +1,433 @@
-"""proxy: the gateway in front of an OpenAI-compatible upstream vs the upstream directly.
+"""proxy: the gateway in front of an OpenAI-compatible upstream, against a bare forwarder.
 
-The upstream is the bare Starlette app (it answers OpenAI JSON); the gateway serves
-``bench-proxy`` with ``providers/openai`` pointed at it. One connection, so the
-difference in latency is what the hop through the gateway adds.
+Targets: the upstream (the bare Starlette app) called directly; the forwarder
+(``servers/forwarder.py``: a bare Starlette endpoint relaying through one shared aiohttp
+session, the limit of a Python proxy here); the gateway serving an ``openai/`` deployment
+pointed at the upstream; LiteLLM's proxy the same way with ``--litellm``. The upstream runs
+on the load generator's CPU, the proxies on the server CPU, so a proxy's figure is one
+core's worth of proxying.
+
+1. Every target at 1, 8, 32, 64 and 256 connections, JSON answers and 20-chunk streams
+   (wrk), interleaved: req/s, p50 and p99, gateway/forwarder per level.
+2. Streams at 32 connections through the asyncio client: time to first token, the
+   gateway's against the forwarder's.
+3. Gateway and forwarder: 1,000 clients that hang up after a few chunks of a paced stream
+   (before the load), and open file descriptors back to their idle count; RSS after
+   ``--memory-requests`` more JSON requests; file descriptors back to idle after the load.
+   The upstream (uvicorn) closes idle keep-alive connections after 5 s, and the pools' own
+   expiry is 30 s: a pool that closes what the upstream closed is back within seconds, the
+   harness waits up to 45.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..harness import Context, ServerError
-from ..payloads import chat_body
-from ._common import check, fmt, ratio
+from ..harness import Context, Server
+from ..payloads import PROXY_DROP_MODEL, PROXY_MODEL, PROXY_PIECES, chat_body
+from ._common import check, fmt, ratio, warm_up
 
 NAME = "proxy"
-TITLE = "proxy: gateway -> OpenAI-compatible upstream vs the upstream directly (wrk, 1 connection)"
-LEVELS = (1,)
+TITLE = "proxy: gateway -> OpenAI-compatible upstream vs a bare aiohttp forwarder (wrk)"
+LEVELS = (1, 8, 32, 64, 256)
+QUICK_LEVELS = (8, 32, 256)
+RATIO_LEVELS = (32, 64)  # where gateway/forwarder must hold
+SCALE_LEVELS = (8, 256)  # throughput at the second must not fall below the first
+TTFT_LEVEL = 32
+MEMORY_CONNECTIONS = 32
+DROP_CLIENTS, QUICK_DROP_CLIENTS = 1000, 50
+DROP_CONNECTIONS = 50
+DROP_AFTER = 5  # events of the 22 a paced stream has: the client leaves mid-way
+SETTLE_AFTER_LOAD_S = 45.0  # the pools' keep-alive expiry (30 s), and some
+SETTLE_AFTER_DROPS_S = 5.0  # an upstream stream a client left is closed at once
+QUICK_SETTLE_S = 0.5
+MB = 1024 * 1024
+EVENTS = len(PROXY_PIECES) + 1  # content chunks and the finish chunk
+KINDS = {
+    "json": chat_body(PROXY_MODEL),
+    "stream": chat_body(PROXY_MODEL, stream=True),
+}
+UNITS = {"json": "req/s", "stream": "streams/s"}
+MEASURED = ("gateway", "forwarder")  # memory and file descriptors
+FORWARDER_NEEDS = "the forwarder needs aiohttp: pip install -e '.[bench]' (or pip install aiohttp)"
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    body = chat_body("bench-proxy")
-    targets = ctx.targets("gateway", "upstream", "litellm")
-    points: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
-    same: dict[str, bool] = {}
-    try:
-        try:
-            upstream = ctx.start("upstream")
-        except ServerError as exc:
-            upstream, failed["upstream"] = None, str(exc)
-        servers = {"upstream": upstream} if upstream else {}
-        if upstream is not None:
-            others, failed = ctx.start_all(
-                [t for t in targets if t != "upstream"], upstream_port=upstream.port
-            )
-            servers.update(others)
-        same = ctx.same_bytes(servers, body)
-        if not ctx.quick:
-            for server in servers.values():
-                ctx.throughput(server, [body], 1, duration=1)  # warm-up
-        for connections in LEVELS:
-            for target in targets:
+def _settle(
+    ctx: Context, servers: dict[str, Server], idle: dict[str, int], limit: float
+) -> dict[str, tuple[int, float]]:
+    """Poll open fds until each server is back to its idle count or ``limit`` s pass:
+    {target: (fds, seconds waited)}."""
+    start = time.perf_counter()
+    result: dict[str, tuple[int, float]] = {}
+    pending = dict(servers)
+    while pending:
+        waited = time.perf_counter() - start
+        for target, server in list(pending.items()):
+            fds = server.fds()
+            if fds <= idle[target] or waited >= limit:
+                result[target] = (fds, round(waited, 1))
+                del pending[target]
+        if pending:
+            time.sleep(0.2)
+            if int(waited) // 10 != int(time.perf_counter() - start) // 10:
+                print(f"  ... {NAME}: fds settling, {waited:.0f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def _sweep(
+    ctx: Context, servers: dict[str, Server], targets: list[str], levels: list[int]
+) -> list[dict[str, Any]]:
+    points = []
+    for connections in levels:
+        for kind, body in KINDS.items():
+            for target in targets:  # round-robin: every target at this level, then the next
                 if target not in servers:
                     continue
                 point = ctx.throughput(servers[target], [body], connections)
-                point["target"] = target
+                point.update(target=target, kind=kind)
+                if kind == "stream":
+                    point["chunks_per_s"] = round(point["rps"] * EVENTS, 1)
                 points.append(point)
                 ctx.echo(
-                    f"  {NAME:<9} c={connections:<4} {target:<9} p50 {point['p50_ms']:.3f} ms"
-                    f"  p99 {point['p99_ms']:.3f} ms  {point['rps']:,.0f} req/s"
-                    f"  errors {point['errors']}"
+                    f"  {NAME:<9} c={connections:<4} {kind:<6} {target:<9}"
+                    f" {point['rps']:>9,.0f} {UNITS[kind]:<9} p50 {point['p50_ms']:.2f} ms"
+                    f"  p99 {point['p99_ms']:.2f} ms  errors {point['errors']}"
                 )
+    return points
+
+
+def _drops(ctx: Context, servers: dict[str, Server], idle: dict[str, int]) -> dict[str, Any]:
+    clients = QUICK_DROP_CLIENTS if ctx.quick else DROP_CLIENTS
+    body = chat_body(PROXY_DROP_MODEL, stream=True)
+    # Both at once: nothing here is timed, and the fds of each are counted apart.
+    with ThreadPoolExecutor(len(servers) or 1) as pool:
+        futures = {
+            target: pool.submit(
+                ctx.streams,
+                server,
+                body,
+                DROP_CONNECTIONS,
+                600,
+                requests=clients,
+                drop_after=DROP_AFTER,
+            )
+            for target, server in servers.items()
+        }
+        runs = {target: future.result() for target, future in futures.items()}
+    limit = QUICK_SETTLE_S if ctx.quick else SETTLE_AFTER_DROPS_S
+    settled = _settle(ctx, servers, idle, limit)
+    out = {}
+    for target, run in runs.items():
+        fds, waited = settled[target]
+        out[target] = {
+            "clients": clients,
+            "dropped": run["dropped"],
+            "errors": run["errors"],
+            "fds": fds,
+            "settle_s": waited,
+        }
+        ctx.echo(
+            f"  {NAME:<9} {target:<9} {run['dropped']:,} of {clients:,} clients hung up mid-stream"
+            f" (errors {run['errors']}); fds {fds} ({fds - idle[target]:+d} on idle {idle[target]}"
+            f" after {waited:g} s)"
+        )
+    return out
+
+
+def _memory(ctx: Context, servers: dict[str, Server]) -> dict[str, Any]:
+    count = ctx.memory_requests
+    out = {}
+    for target, server in servers.items():
+        progress = ctx.progress(f"{NAME} {target}", server, answers=count)
+        point = ctx.throughput(
+            server, [KINDS["json"]], MEMORY_CONNECTIONS, requests=count, on_tick=progress
+        )
+        time.sleep(0.1 if ctx.quick else 1.0)
+        out[target] = {
+            "requests": point["requests"],
+            "errors": point["errors"],
+            "rps": point["rps"],
+            "after_mb": round(server.rss() / MB, 1),
+        }
+        ctx.echo(
+            f"  {NAME:<9} {target:<9} RSS {out[target]['after_mb']:.1f} MB after"
+            f" {point['requests']:,} more requests (errors {point['errors']})"
+        )
+    return out
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    targets = ctx.targets("upstream", "forwarder", "gateway", "litellm")
+    levels = ctx.levels(QUICK_LEVELS if ctx.quick else LEVELS)
+    ttft_level = TTFT_LEVEL if TTFT_LEVEL in levels else min(levels, key=lambda c: abs(c - 32))
+    failed: dict[str, str] = {}
+    if importlib.util.find_spec("aiohttp") is None:
+        ctx.echo(f"  ! {FORWARDER_NEEDS}")
+        failed["forwarder"] = FORWARDER_NEEDS
+    same: dict[str, bool] = {}
+    points: list[dict[str, Any]] = []
+    ttft: dict[str, dict[str, Any]] = {}
+    life: dict[str, dict[str, Any]] = {}
+    try:
+        # Started with the proxies (they wait for it); a scenario without its upstream
+        # measures nothing, so its ServerError fails the scenario.
+        upstream = ctx.server("upstream", cpus=ctx.load_cpus)
+        ctx.servers.append(upstream)
+        upstream.start()
+        proxies, not_started = ctx.start_all(
+            [t for t in targets if t not in ("upstream", *failed)], upstream_port=upstream.port
+        )
+        upstream.wait_ready()
+        failed.update(not_started)
+        servers = {"upstream": upstream, **proxies}
+        for kind, body in KINDS.items():
+            for target, ok in ctx.same_bytes(servers, body).items():
+                same[target if kind == "json" else f"{target} ({kind})"] = ok
+        measured = {t: servers[t] for t in MEASURED if t in servers}
+        # Idle: one keep-alive connection to the upstream at most (the same-bytes check's).
+        idle = {t: s.fds() for t, s in measured.items()}
+        for server in servers.values():  # at the top level: pools grown before measuring
+            warm_up(ctx, server, list(KINDS.values()), max(levels))
+        life = {
+            t: {"idle_fds": idle[t], "idle_mb": round(s.rss() / MB, 1)} for t, s in measured.items()
+        }
+        for target, figures in _drops(ctx, measured, idle).items():
+            life[target]["drops"] = figures
+        points = _sweep(ctx, servers, targets, levels)
+        for target in targets:  # a quick run times only the two it compares
+            if target in servers and (not ctx.quick or target in MEASURED):
+                run = ttft[target] = ctx.streams(servers[target], KINDS["stream"], ttft_level)
+                ctx.echo(
+                    f"  {NAME:<9} c={ttft_level:<4} ttft   {target:<9} p50"
+                    f" {fmt(run['ttft_p50_ms'])} p99 {fmt(run['ttft_p99_ms'])} ms,"
+                    f" {run['streams']:,} streams, errors {run['errors']}"
+                )
+        for target, figures in _memory(ctx, measured).items():
+            life[target]["memory"] = figures
+        limit = QUICK_SETTLE_S if ctx.quick else SETTLE_AFTER_LOAD_S
+        for target, (fds, waited) in _settle(ctx, measured, idle, limit).items():
+            life[target]["after_load"] = {"fds": fds, "settle_s": waited}
+            ctx.echo(
+                f"  {NAME:<9} {target:<9} fds after the load {fds}"
+                f" ({fds - idle[target]:+d} on idle {idle[target]} after {waited:g} s)"
+            )
     finally:
         ctx.stop_all()
-    by = {p["target"]: p for p in points}
+    result = _report(ctx, targets, levels, ttft_level, points, ttft, life)
+    result.update(failed=failed, same_bytes=same)
+    return result
 
-    def get(target: str, key: str) -> float | None:
-        point = by.get(target)
+
+def _report(
+    ctx: Context,
+    targets: list[str],
+    levels: list[int],
+    ttft_level: int,
+    points: list[dict[str, Any]],
+    ttft: dict[str, dict[str, Any]],
+    life: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The scenario's results: figures, checks, tables and plot panels."""
+    columns, rows, ratios, gateway_rps = _level_table(targets, levels, points)
+    low, high = SCALE_LEVELS
+    scale = {kind: ratio(gateway_rps[kind].get(high), gateway_rps[kind].get(low)) for kind in KINDS}
+    added_ttft = _diff(
+        ttft.get("gateway", {}).get("ttft_p99_ms"), ttft.get("forwarder", {}).get("ttft_p99_ms")
+    )
+    gw = life.get("gateway", {})
+    memory, drops = gw.get("memory", {}), gw.get("drops", {})
+
+    def over_idle(figures: dict[str, Any] | None) -> int | None:
+        return None if not figures else figures["fds"] - gw["idle_fds"]
+
+    def worst(kind: str) -> float | None:
+        values = [ratios[kind].get(c) for c in RATIO_LEVELS if c in levels]
+        return min(values) if values and None not in values else None
+
+    at = " and ".join(f"c={c}" for c in RATIO_LEVELS)
+    count = ctx.memory_requests  # the goal; wrk may answer a few more
+    checks = [
+        check(
+            f"req/s gateway/forwarder, JSON (worst of {at})",
+            worst("json"),
+            ">=",
+            0.8,
+            by_level=ratios["json"],
+        ),
+        check(
+            f"streams/s gateway/forwarder (worst of {at})",
+            worst("stream"),
+            ">=",
+            0.8,
+            by_level=ratios["stream"],
+        ),
+        check(
+            f"gateway req/s c={high} / c={low}, JSON",
+            scale["json"],
+            ">=",
+            1,
+            by_level=gateway_rps["json"],
+        ),
+        check(
+            f"gateway streams/s c={high} / c={low}",
+            scale["stream"],
+            ">=",
+            1,
+            by_level=gateway_rps["stream"],
+        ),
+        check(f"added TTFT p99 ms over the forwarder (c={ttft_level})", added_ttft, "<", 2),
+        check(f"gateway RSS MB after {count:,} proxied requests", memory.get("after_mb"), "<", 80),
+        check(
+            "gateway open fds over idle after the load", over_idle(gw.get("after_load")), "<=", 0
+        ),
+        check(
+            f"gateway open fds over idle after {drops.get('clients', 0):,} dropped streams",
+            over_idle(drops),
+            "<=",
+            0,
+        ),
+    ]
+    headline = {
+        "gateway/forwarder json": ratios["json"],
+        "gateway/forwarder stream": ratios["stream"],
+        "gateway json rps": gateway_rps["json"],
+        "gateway stream rps": gateway_rps["stream"],
+        f"gateway c={high}/c={low}": scale,
+        "ttft_connections": ttft_level,
+        "added_ttft_p99_ms": added_ttft,
+        "gateway_rss_mb": memory.get("after_mb"),
+        "gateway_fds_over_idle_after_load": over_idle(gw.get("after_load")),
+        "gateway_fds_over_idle_after_drops": over_idle(drops),
+    }
+    panels = [
+        {
+            "name": f"proxy {kind}",
+            "metric": "rps",
+            "unit": UNITS[kind],
+            "targets": targets,
+            "connections": levels,
+            "points": [p for p in points if p["kind"] == kind],
+        }
+        for kind in KINDS
+    ]
+    return {
+        "targets": targets,
+        "connections": levels,
+        "points": points,
+        "ttft": ttft,
+        "life": life,
+        "headline": headline,
+        "checks": checks,
+        "columns": columns,
+        "rows": rows,
+        "tables": [_ttft_table(ttft, ttft_level), _life_table(life)],
+        "panels": panels,
+    }
+
+
+Ratios = dict[str, dict[int, float | None]]
+
+
+def _level_table(
+    targets: list[str], levels: list[int], points: list[dict[str, Any]]
+) -> tuple[list[str], list[list[str]], Ratios, Ratios]:
+    """One row per kind and level: (columns, rows, gateway/forwarder and gateway req/s
+    by kind and level)."""
+    by = {(p["kind"], p["target"], p["connections"]): p for p in points}
+
+    def get(kind: str, target: str, connections: int, key: str = "rps") -> float | None:
+        point = by.get((kind, target, connections))
         return None if point is None else point[key]
 
-    headline = {
-        "connections": 1,
-        "added_p50_ms": _diff(get("gateway", "p50_ms"), get("upstream", "p50_ms")),
-        "added_p99_ms": _diff(get("gateway", "p99_ms"), get("upstream", "p99_ms")),
-        "p50 gateway/upstream": ratio(get("gateway", "p50_ms"), get("upstream", "p50_ms")),
+    has_litellm = "litellm" in targets
+    columns = ["kind", "connections", "upstream", "forwarder", "gateway"]
+    columns += ["LiteLLM"] if has_litellm else []
+    columns += ["gateway/forwarder"] + (["gateway/LiteLLM"] if has_litellm else [])
+    columns += ["p50 ms up / fwd / gw", "p99 ms up / fwd / gw", "errors"]
+    rows: list[list[str]] = []
+    ratios: Ratios = {kind: {} for kind in KINDS}
+    gateway_rps: Ratios = {kind: {} for kind in KINDS}
+    for kind in KINDS:
+        for c in levels:
+            gw = gateway_rps[kind][c] = get(kind, "gateway", c)
+            ratios[kind][c] = ratio(gw, get(kind, "forwarder", c))
+            row: list[Any] = [f"{kind} ({UNITS[kind]})", c]
+            row += [get(kind, t, c) for t in ("upstream", "forwarder", "gateway")]
+            row += [get(kind, "litellm", c)] if has_litellm else []
+            row.append(ratios[kind][c])
+            row += [ratio(gw, get(kind, "litellm", c))] if has_litellm else []
+            for key in ("p50_ms", "p99_ms"):
+                cells = (fmt(get(kind, t, c, key)) for t in ("upstream", "forwarder", "gateway"))
+                row.append(" / ".join(cells))
+            level = [p for p in points if (p["kind"], p["connections"]) == (kind, c)]
+            row.append(sum(p["errors"] for p in level))
+            rows.append([fmt(cell) for cell in row])
+    return columns, rows, ratios, gateway_rps
+
+
+def _ttft_table(ttft: dict[str, dict[str, Any]], level: int) -> dict[str, Any]:
+    forwarder = ttft.get("forwarder", {}).get("ttft_p99_ms")
+    return {
+        "title": f"Time to first token, streams at {level} connections",
+        "columns": [
+            "target",
+            "ttft p50 ms",
+            "ttft p99 ms",
+            "p99 over forwarder ms",
+            "streams",
+            "errors",
+        ],
+        "rows": [
+            [
+                target,
+                fmt(run["ttft_p50_ms"]),
+                fmt(run["ttft_p99_ms"]),
+                fmt(_diff(run["ttft_p99_ms"], forwarder)),
+                fmt(run["streams"]),
+                fmt(run["errors"]),
+            ]
+            for target, run in ttft.items()
+        ],
     }
-    if "litellm" in targets:
-        litellm_p50 = get("litellm", "p50_ms")
-        headline["litellm_added_p50_ms"] = _diff(litellm_p50, get("upstream", "p50_ms"))
-    columns = ["target", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors", "added p50 / p99 ms"]
+
+
+def _life_table(life: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rows = []
-    for target in targets:
-        if target not in by:
-            continue
-        point = by[target]
-        added = ""
-        if target != "upstream":
-            added = (
-                f"{fmt(_diff(point['p50_ms'], get('upstream', 'p50_ms')), 3)} / "
-                f"{fmt(_diff(point['p99_ms'], get('upstream', 'p99_ms')), 3)}"
-            )
+    for target, figures in life.items():
+        mem = figures.get("memory", {})
+        drop = figures.get("drops", {})
+        after = figures.get("after_load", {})
         rows.append(
             [
                 target,
-                *(fmt(point[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms")),
-                fmt(point["rps"]),
-                fmt(point["errors"]),
-                added,
+                fmt(figures["idle_mb"], 1),
+                fmt(mem.get("after_mb"), 1),
+                fmt(mem.get("requests")),
+                fmt(figures["idle_fds"]),
+                f"{fmt(drop.get('fds'))} ({fmt(drop.get('settle_s'), 1)} s)",
+                f"{fmt(drop.get('dropped'))} / {fmt(drop.get('clients'))}",
+                f"{fmt(after.get('fds'))} ({fmt(after.get('settle_s'), 1)} s)",
             ]
         )
     return {
-        "targets": targets,
-        "failed": failed,
-        "same_bytes": same,
-        "connections": list(LEVELS),
-        "points": points,
-        "headline": headline,
-        "checks": [check("added p50 ms (c=1)", headline["added_p50_ms"], "<", 1)],
-        "columns": columns,
+        "title": "Memory and open file descriptors",
+        "columns": [
+            "target",
+            "idle MB",
+            "RSS MB after",
+            "more requests",
+            "idle fds",
+            "fds after dropped streams (waited)",
+            "clients dropped / sent",
+            "fds after the load (waited)",
+        ],
         "rows": rows,
     }

@@ -26,8 +26,8 @@ BODIES = [
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    duration = 2.0 if ctx.quick else ctx.soak_duration
-    warm = 1.0 if ctx.quick else min(10.0, max(1.0, duration / 10))
+    duration = ctx.soak_duration
+    warm = 0.3 if ctx.quick else min(10.0, max(1.0, duration / 10))
     connections = 4 if ctx.quick else 32
     samples: list[tuple[float, float]] = []
     result: dict[str, Any] = {"targets": ["gateway"], "failed": {}}
@@ -35,9 +35,11 @@ def run(ctx: Context) -> dict[str, Any]:
         server = ctx.start("gateway")
         ctx.throughput(server, BODIES, connections, duration=warm)
         start = time.perf_counter()
+        progress = ctx.progress(f"{NAME} gateway", server, seconds=duration)
 
-        def sample() -> None:
+        def sample(done: int | None = None) -> None:
             samples.append((round(time.perf_counter() - start, 1), round(server.rss() / MB, 2)))
+            progress(done)
 
         sample()
         point = ctx.throughput(server, BODIES, connections, duration=duration, on_tick=sample)

@@ -14,7 +14,7 @@ TITLE = "startup: process start to first 200 (seconds, median of runs)"
 
 def run(ctx: Context) -> dict[str, Any]:
     targets = ctx.targets("gateway", "baseline", "raw", "litellm")
-    runs = 1 if ctx.quick else ctx.startup_runs
+    runs = ctx.startup_runs
     times: dict[str, list[float]] = {t: [] for t in targets}
     failed: dict[str, str] = {}
     for _ in range(runs):

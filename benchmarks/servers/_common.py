@@ -9,9 +9,27 @@ from typing import Any
 import anyio
 import msgspec
 
-from benchmarks.payloads import STREAM_PIECES, TTFT_SETTINGS, stream_events, ttft_pieces
+from benchmarks.payloads import (
+    PROXY_DROP_MODEL,
+    PROXY_DROP_STEP_S,
+    PROXY_MODEL,
+    PROXY_PIECES,
+    STREAM_PIECES,
+    TTFT_SETTINGS,
+    stream_events,
+    ttft_pieces,
+)
 
-__all__ = ["TTFT_MODEL", "ChatBody", "decode_chat", "paced_events", "serve", "stream_for"]
+__all__ = [
+    "TTFT_MODEL",
+    "ChatBody",
+    "decode_chat",
+    "options",
+    "paced_events",
+    "run",
+    "serve",
+    "stream_for",
+]
 
 TTFT_MODEL = "bench-ttft"
 
@@ -37,31 +55,52 @@ async def paced_events(model: str) -> AsyncIterator[bytes]:
         yield event
 
 
-async def _fast_events(model: str) -> AsyncIterator[bytes]:
-    for event in stream_events(model, STREAM_PIECES):
+async def _fast_events(model: str, pieces: tuple[str, ...]) -> AsyncIterator[bytes]:
+    for event in stream_events(model, pieces):
+        yield event
+
+
+async def _stepped_events(model: str) -> AsyncIterator[bytes]:
+    start = anyio.current_time()
+    for i, event in enumerate(stream_events(model, PROXY_PIECES)):
+        await anyio.sleep_until(start + i * PROXY_DROP_STEP_S)
         yield event
 
 
 def stream_for(model: str) -> AsyncIterator[bytes]:
     """The SSE events a streaming request for ``model`` gets."""
-    return paced_events(model) if model == TTFT_MODEL else _fast_events(model)
+    if model == TTFT_MODEL:
+        return paced_events(model)
+    if model == PROXY_DROP_MODEL:
+        return _stepped_events(model)
+    return _fast_events(model, PROXY_PIECES if model == PROXY_MODEL else STREAM_PIECES)
 
 
-def serve(app: Any, description: str) -> None:
-    """Run ``app`` on uvicorn the way the benchmarks serve every Python target."""
-    import uvicorn
-
+def options(description: str) -> argparse.ArgumentParser:
+    """The command line every bare server takes (``--host``, ``--port``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def run(app: Any, host: str, port: int, *, lifespan: str = "off") -> None:
+    """Run ``app`` on uvicorn the way the benchmarks serve every Python target."""
+    import uvicorn
+
     uvicorn.run(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         loop="uvloop",
         http="httptools",
         access_log=False,
         log_level="warning",
-        lifespan="off",
+        lifespan=lifespan,
     )
+
+
+def serve(app: Any, description: str) -> None:
+    """Parse ``--host``/``--port`` and run ``app``."""
+    args = options(description).parse_args()
+    run(app, args.host, args.port)
