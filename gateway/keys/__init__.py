@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .cache import Grant, KeyManager, hash_key, new_key
 from .store import StoreError, open_store
 
-__all__ = ["StoreError", "check_database"]
+__all__ = ["Grant", "KeyManager", "StoreError", "check_database", "hash_key", "new_key"]
 
 
 async def check_database(config: Any) -> None:
