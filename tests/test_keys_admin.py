@@ -201,3 +201,25 @@ async def test_keys_and_their_spend_survive_a_restart(database_url: str) -> None
             info = await client.get("/key/info", params={"key": key}, headers=ADMIN)
             assert info.json()["info"]["key_alias"] == "durable"
             assert info.json()["info"]["spend"] == pytest.approx(4 * MOCK_COST)
+
+
+async def test_keys_work_mounted_without_a_lifespan(tmp_path: object) -> None:
+    from fake_upstream import serve_in_thread
+    from keys_fixtures import keys_config
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from gateway.app import create_app
+
+    host = Starlette(
+        routes=[Mount("/llm", app=create_app(keys_config(f"sqlite:///{tmp_path}/k.db")))]
+    )
+    with serve_in_thread(host) as handle:
+        async with httpx.AsyncClient(base_url=handle.url + "/llm") as client:
+            # The first request opens the database; the master key's calls are logged too.
+            ok = await client.post("/v1/chat/completions", json=CHAT, headers=ADMIN)
+            assert ok.status_code == 200
+            key = (await generate(client))["key"]
+            assert (
+                await client.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+            ).is_success

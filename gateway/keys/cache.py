@@ -394,6 +394,12 @@ class KeyManager:
             self.writer.start()
             self._started = True
 
+    async def _start_lazily(self) -> None:
+        try:
+            await self.start()
+        except StoreError as exc:
+            raise ServiceUnavailableError(f"Key store unavailable: {exc}") from None
+
     async def stop(self) -> None:
         if not self._started:
             return
@@ -407,6 +413,8 @@ class KeyManager:
 
     async def authenticate(self, presented: bytes | None) -> Grant:
         """The grant for a presented key (``None``: the master key, already checked)."""
+        if not self._started:  # a host app that never ran our lifespan
+            await self._start_lazily()
         if presented is None:
             return Grant(self, self.master)
         token = hash_key(presented)
@@ -446,11 +454,6 @@ class KeyManager:
             until = self._unknown.get(token)
             if until is not None and now < until:
                 raise _invalid()
-        if not self._started:
-            try:
-                await self.start()
-            except StoreError as exc:
-                raise ServiceUnavailableError(f"Key store unavailable: {exc}") from None
         try:
             row = await asyncio.wait_for(self._fetch(token), self.lookup_timeout)
         except (StoreError, TimeoutError) as exc:
