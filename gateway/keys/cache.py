@@ -224,13 +224,14 @@ class Grant:
                     requests.popleft()
                 if len(requests) >= e.rpm:
                     raise _limited(f"rpm_limit ({e.rpm})", requests[0] + 60.0 - now)
-                requests.append(now)
             if e.tpm is not None:
                 tokens = e.tokens
                 while tokens and tokens[0][0] <= now - 60.0:
                     e.token_sum -= tokens.popleft()[1]
                 if e.token_sum >= e.tpm:
                     raise _limited(f"tpm_limit ({e.tpm})", tokens[0][0] + 60.0 - now)
+            if e.rpm is not None:
+                e.requests.append(now)  # counted once admitted, not when refused
         e.in_flight += 1
         self.model = model
         self.started = now

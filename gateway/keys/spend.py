@@ -250,9 +250,7 @@ class SpendWriter:
         if not self._events:
             return 0
         taken, logs, increments, resets = self._take()
-        await self.store.write_spend(
-            logs, [(cost, token) for token, cost in increments.items()], resets
-        )
+        await self.store.write_spend(logs, resets)
         for _ in range(taken):
             self._events.popleft()
         self._logs -= len(logs)

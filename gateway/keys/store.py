@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -69,11 +70,13 @@ _MIGRATIONS: list[list[str]] = [
             start_time DOUBLE PRECISION NOT NULL,
             end_time DOUBLE PRECISION NOT NULL,
             ttft DOUBLE PRECISION,
-            day TEXT NOT NULL
+            day TEXT NOT NULL,
+            batch_id TEXT NOT NULL
         )""",
         "CREATE INDEX gateway_spend_logs_time ON gateway_spend_logs (start_time)",
         "CREATE INDEX gateway_spend_logs_key ON gateway_spend_logs (api_key, start_time)",
         "CREATE INDEX gateway_spend_logs_day ON gateway_spend_logs (day)",
+        "CREATE INDEX gateway_spend_logs_batch ON gateway_spend_logs (batch_id)",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -213,13 +216,23 @@ class Store:
         "end_time",
         "ttft",
         "day",
+        "batch_id",
     )
     _INSERT_LOG = (
         f"INSERT INTO gateway_spend_logs ({', '.join(_LOG_COLUMNS)}) "
         f"VALUES ({', '.join(f'${i}' for i in range(1, len(_LOG_COLUMNS) + 1))}) "
         "ON CONFLICT (request_id) DO NOTHING"
     )
-    _ADD_SPEND = "UPDATE gateway_keys SET spend = spend + $1 WHERE token = $2"
+    # Keys are charged what this batch's rows that were inserted cost: a batch retried
+    # after a commit whose outcome was unknown (the connection dropped) inserts nothing
+    # again, so charges nothing again. No read-then-write, so concurrent writers lose
+    # nothing either.
+    _ADD_SPEND = (
+        "UPDATE gateway_keys SET spend = spend + COALESCE(("
+        "SELECT SUM(l.spend) FROM gateway_spend_logs l "
+        "WHERE l.batch_id = $1 AND l.api_key = gateway_keys.token), 0) "
+        "WHERE token IN (SELECT api_key FROM gateway_spend_logs WHERE batch_id = $1)"
+    )
     # Conditional on the period it ends, so that of several workers noticing the same
     # reset, one applies it.
     _RESET = (
@@ -228,24 +241,20 @@ class Store:
     )
 
     async def write_spend(
-        self,
-        logs: list[Sequence[Any]],
-        increments: list[tuple[float, str]],
-        resets: list[tuple[float, str, float]],
+        self, logs: list[Sequence[Any]], resets: list[tuple[float, str, float]]
     ) -> None:
         """One batch in one transaction: resets first, then the rows and the spend they add.
 
-        ``logs`` are tuples in ``_LOG_COLUMNS`` order; ``increments`` (amount, token) are
-        applied with ``spend = spend + amount`` (atomic in the database: no read, so
-        concurrent writers lose nothing); ``resets`` are (next reset, token, this reset).
+        ``logs`` are tuples in ``_LOG_COLUMNS`` order but the last (this call adds the
+        batch id); ``resets`` are (next reset, token, this reset).
         """
         steps: list[tuple[str, list[StatementArgs]]] = []
         if resets:
             steps.append((self._RESET, list(resets)))
         if logs:
-            steps.append((self._INSERT_LOG, list(logs)))
-        if increments:
-            steps.append((self._ADD_SPEND, list(increments)))
+            batch = uuid.uuid4().hex
+            steps.append((self._INSERT_LOG, [(*row, batch) for row in logs]))
+            steps.append((self._ADD_SPEND, [(batch,)]))
         if steps:
             await self._transaction(steps)
 
