@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from keys_fixtures import ADMIN, CHAT, MOCK_COST, bearer, flush, generate, serve_keys
@@ -223,3 +225,26 @@ async def test_keys_work_mounted_without_a_lifespan(tmp_path: object) -> None:
             assert (
                 await client.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
             ).is_success
+
+
+async def test_another_worker_sees_a_deletion_within_the_ttl(database_url: str) -> None:
+    with serve_keys(database_url) as (one, _), serve_keys(database_url) as (two, app_two):
+        app_two.runtime.keys.ttl = 1.0
+        async with (
+            httpx.AsyncClient(base_url=one.url) as a,
+            httpx.AsyncClient(base_url=two.url) as b,
+        ):
+            key = (await generate(a, models=["gpt-a"]))["key"]
+            assert (await b.post("/v1/chat/completions", json=CHAT, headers=bearer(key))).is_success
+            await a.post("/key/delete", json={"keys": [key]}, headers=ADMIN)
+            assert (
+                await a.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+            ).status_code == 401
+            # The other worker's cache has it for up to ttl; then it is gone there too.
+            deadline = asyncio.get_running_loop().time() + 5
+            status = 200
+            while status == 200 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+                response = await b.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+                status = response.status_code
+            assert status == 401
