@@ -405,8 +405,10 @@ class KeyManager:
         if not self._started:
             return
         self._started = False
-        for task in list(self._background):
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.writer.close()
         await self.store.close()
 

@@ -96,12 +96,11 @@ def describe_url(url: str) -> str:
 class Store:
     """One database: the statements the gateway runs, and how they run.
 
-    Subclasses provide ``_fetch``, ``_execute`` and ``_transaction``; everything the
-    gateway asks of a database is written once, here.
+    Subclasses provide ``open``, ``close``, ``migrate``, ``_fetch`` and ``_transaction``;
+    everything the gateway asks of a database is written once, here.
     """
 
     url: str
-    lock_statement: str | None = None  # taken inside the migration transaction
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -122,10 +121,8 @@ class Store:
     # -- schema -----------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Bring the schema up to ``SCHEMA_VERSION``; the version found before."""
-        return await self._migrate()
-
-    async def _migrate(self) -> int:
+        """Bring the schema up to ``SCHEMA_VERSION``, under a lock so that workers starting
+        together migrate once; the version found before."""
         raise NotImplementedError
 
     @staticmethod
@@ -386,7 +383,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite database {self.path}: {exc}") from exc
 
-    async def _migrate(self) -> int:
+    async def migrate(self) -> int:
         def run() -> int:
             conn = self._conn_or_fail()
             conn.execute("BEGIN IMMEDIATE")
@@ -491,7 +488,7 @@ class PostgresStore(Store):
                 f"PostgreSQL {describe_url(self.url)}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _migrate(self) -> int:
+    async def migrate(self) -> int:
         async with self._pool_or_fail().acquire() as conn, conn.transaction():
             # One migrating worker at a time; the others wait, then find nothing to do.
             await conn.execute("SELECT pg_advisory_xact_lock(7215342)")
