@@ -147,12 +147,14 @@ async def run(
     duration: float,
     requests: int = -1,
     stream: bool = False,
+    headers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Drive ``connections`` keep-alive connections for ``duration`` s (or ``requests``),
     each sending ``bodies`` in turn."""
+    extra = "".join(f"{line}\r\n" for line in headers)
     raw = [
         (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         + body
@@ -205,6 +207,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--requests", type=int, default=-1, help="stop after N (-1: no limit)")
     parser.add_argument("--stream", action="store_true", help="time SSE events")
+    parser.add_argument(
+        "--header", action="append", default=[], help="'Name: value', repeat for more"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -222,6 +227,7 @@ def main() -> None:
             duration=args.duration,
             requests=args.requests,
             stream=args.stream,
+            headers=args.header,
         )
     )
     print(json.dumps(result))

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 # In run order; each name is a module in benchmarks/scenarios/.
-SCENARIOS = ("chat", "chat-sync", "stream", "ttft", "proxy", "startup", "memory", "soak")
+SCENARIOS = ("chat", "chat-sync", "stream", "ttft", "proxy", "keys", "startup", "memory", "soak")
 CHAT_PATH = "/v1/chat/completions"
 READY_BODY = chat_body("bench-chat")
 
@@ -369,6 +369,7 @@ class Context:
         duration: float | None = None,
         requests: int = 0,
         on_tick: Callable[[], None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Requests per second and latency percentiles from wrk (or the asyncio client)."""
         seconds = self.duration if duration is None else duration
@@ -382,6 +383,7 @@ class Context:
                 threads=self.wrk_threads,
                 cpus=self.load_cpus,
                 on_tick=on_tick,
+                headers=headers,
             )
         return load.client_run(
             server.port,
@@ -392,6 +394,7 @@ class Context:
             requests=requests or -1,
             cpus=self.load_cpus,
             on_tick=on_tick,
+            headers=headers,
         )
 
     def streams(

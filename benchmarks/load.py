@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,9 @@ def _lua_string(data: bytes) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
+def _lua_script(
+    bodies: Sequence[bytes], limit: int, flag: str, headers: Mapping[str, str] | None = None
+) -> str:
     """wrk script: POST ``bodies`` (cycled), print a JSON summary.
 
     With ``limit``, the thread stops after that many answers and creates the file
@@ -69,6 +71,9 @@ def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
         "wrk.body = bodies[1]",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
+    for name, value in (headers or {}).items():
+        # "[ [=[...]=] ]": a long string as a table index needs the spaces.
+        lines.append(f"wrk.headers[ {_lua_string(name.encode())} ] = {_lua_string(value.encode())}")
     if len(bodies) > 1:
         # A request() function makes wrk build each request in Lua: only for mixes.
         lines += [
@@ -154,11 +159,12 @@ def wrk_run(
     threads: int = 1,
     cpus: set[int] | None = None,
     on_tick: Callable[[], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One wrk run; ``requests`` > 0 stops after that many answers (per thread)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         flag = Path(script.name + ".done")
-        script.write(_lua_script(bodies, requests, str(flag)))
+        script.write(_lua_script(bodies, requests, str(flag), headers))
     seconds = max(1, round(duration))
     argv = [
         "wrk",
@@ -216,6 +222,7 @@ def client_run(
     stream: bool = False,
     cpus: set[int] | None = None,
     on_tick: Callable[[], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One run of the asyncio client in its own process."""
     files = []
@@ -242,6 +249,8 @@ def client_run(
         argv += ["--body-file", name]
     if stream:
         argv.append("--stream")
+    for name, value in (headers or {}).items():
+        argv += ["--header", f"{name}: {value}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         started = time.perf_counter()

@@ -154,3 +154,9 @@ def test_wrk_script_posts_the_bodies(limit: int) -> None:
     assert "BENCH_JSON" in script
     single = _lua_script([b"{}"], 0, "/tmp/flag")
     assert "function request()" not in single  # one body: wrk's static request
+
+
+def test_wrk_script_sends_headers() -> None:
+    # Parsed by wrk's LuaJIT in the quick run's keys scenario; "[[" would not parse here.
+    script = _lua_script([b"{}"], 0, "/tmp/flag", {"Authorization": "Bearer sk-x"})
+    assert "wrk.headers[ [[Authorization]] ] = [[Bearer sk-x]]" in script
