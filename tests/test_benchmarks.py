@@ -157,6 +157,6 @@ def test_wrk_script_posts_the_bodies(limit: int) -> None:
 
 
 def test_wrk_script_sends_headers() -> None:
-    # Parsed by wrk's LuaJIT in the quick run's keys scenario; "[[" would not parse here.
+    # Parsed by wrk's LuaJIT in the quick run's keys scenario: "[[" then "[=[" would not parse.
     script = _lua_script([b"{}"], 0, "/tmp/flag", {"Authorization": "Bearer sk-x"})
-    assert "wrk.headers[ [[Authorization]] ] = [[Bearer sk-x]]" in script
+    assert "wrk.headers[ [=[Authorization]=] ] = [=[Bearer sk-x]=]" in script
