@@ -210,10 +210,17 @@ async def test_a_database_restarted_mid_load(postgres: PostgresServer) -> None:
     with serve_keys(url) as (handle, app):
         async with httpx.AsyncClient(base_url=handle.url, headers=ADMIN) as admin:
             keys = [(await generate(admin, key_alias=f"r{i}"))["key"] for i in range(3)]
+            unseen = (await generate(admin, key_alias="unseen"))["key"]
         assert await _load([handle.url], keys, 30) == [200] * 30  # keys now cached
+        down: list[httpx.Response] = []
 
         async def restart() -> None:
             await asyncio.to_thread(postgres.stop)
+            async with httpx.AsyncClient(base_url=handle.url) as client:
+                # A key this gateway never saw cannot be checked now; the admin API
+                # cannot answer either: 503, not a wrong 401.
+                down.append(await chat(client, unseen))
+                down.append(await client.get("/key/list", headers=ADMIN))
             await asyncio.sleep(1.5)  # down long enough for several failed writes
             await asyncio.to_thread(postgres.start)
 
@@ -224,6 +231,11 @@ async def test_a_database_restarted_mid_load(postgres: PostgresServer) -> None:
         await restarting
         statuses += await _load([handle.url], keys, 30)
         assert statuses == [200] * len(statuses)  # cached keys kept working throughout
+        assert [r.status_code for r in down] == [503, 503]
+        assert down[0].json()["error"]["code"] == "key_store_down"
+        async with httpx.AsyncClient(base_url=handle.url) as client:
+            assert (await chat(client, unseen)).status_code == 200  # back: checked now
+        statuses.append(200)
         await _until_written(handle, app)
         writer = app.runtime.keys.writer
         assert writer.failures >= 1  # the writer did see the database down
