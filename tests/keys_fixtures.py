@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_upstream import ServerHandle, serve_in_thread
-from pg_server import INSTALL, PostgresServer, find_bin, missing
 
 from gateway import CustomLLM
 from gateway.app import GatewayApp, create_app
+from tests.fake_upstream import ServerHandle, serve_in_thread
+from tests.pg_server import INSTALL, PostgresServer, find_bin, missing
 
 MASTER = "sk-master-test"
 ADMIN = {"Authorization": f"Bearer {MASTER}"}

@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 import pytest
-from keys_fixtures import ADMIN, CHAT, MOCK_COST, bearer, flush, generate, serve_keys
 
 from gateway.keys import hash_key
+from tests.keys_fixtures import ADMIN, CHAT, MOCK_COST, bearer, flush, generate, serve_keys
 
 
 async def test_generate_answers_the_key_once_and_stores_only_its_hash(database_url: str) -> None:
@@ -206,12 +206,12 @@ async def test_keys_and_their_spend_survive_a_restart(database_url: str) -> None
 
 
 async def test_keys_work_mounted_without_a_lifespan(tmp_path: object) -> None:
-    from fake_upstream import serve_in_thread
     from keys_fixtures import keys_config
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
     from gateway.app import create_app
+    from tests.fake_upstream import serve_in_thread
 
     host = Starlette(
         routes=[Mount("/llm", app=create_app(keys_config(f"sqlite:///{tmp_path}/k.db")))]

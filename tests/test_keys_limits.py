@@ -10,7 +10,8 @@ import time
 
 import httpx
 import pytest
-from keys_fixtures import ADMIN, CHAT, GATE, MOCK_COST, bearer, flush, generate, serve_keys
+
+from tests.keys_fixtures import ADMIN, CHAT, GATE, MOCK_COST, bearer, flush, generate, serve_keys
 
 
 class Clock:

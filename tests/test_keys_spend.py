@@ -11,8 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_upstream import ServerHandle
-from keys_fixtures import (
+
+from gateway.app import GatewayApp
+from gateway.keys import hash_key
+from gateway.keys.spend import SpendWriter
+from gateway.keys.store import open_store
+from tests.fake_upstream import ServerHandle
+from tests.keys_fixtures import (
     ADMIN,
     CHAT,
     MOCK_COST,
@@ -22,12 +27,7 @@ from keys_fixtures import (
     generate,
     serve_keys,
 )
-from pg_server import PostgresServer
-
-from gateway.app import GatewayApp
-from gateway.keys import hash_key
-from gateway.keys.spend import SpendWriter
-from gateway.keys.store import open_store
+from tests.pg_server import PostgresServer
 
 
 class Clock:

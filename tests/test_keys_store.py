@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_server import free_port
 
 from gateway.keys.store import SCHEMA_VERSION, StoreError, describe_url, open_store
+from tests.pg_server import free_port
 
 
 def key_row(token: str, **fields: Any) -> dict[str, Any]:

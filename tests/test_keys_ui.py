@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from keys_fixtures import CHAT, MASTER, bearer, serve_keys
-from pg_server import missing
+
+from tests.keys_fixtures import CHAT, MASTER, bearer, serve_keys
+from tests.pg_server import missing
 
 INSTALL = "install them: apt-get install -y chromium chromium-driver; pip install selenium"
 
