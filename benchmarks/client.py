@@ -169,12 +169,14 @@ async def run(
     requests: int = -1,
     stream: bool = False,
     drop_after: int = 0,
+    headers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Drive ``connections`` keep-alive connections for ``duration`` s (or ``requests``),
     each sending ``bodies`` in turn."""
+    extra = "".join(f"{line}\r\n" for line in headers)
     raw = [
         (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         + body
@@ -234,6 +236,9 @@ def main() -> None:
     parser.add_argument(
         "--drop-after", type=int, default=0, help="hang up after N events of each stream"
     )
+    parser.add_argument(
+        "--header", action="append", default=[], help="'Name: value', repeat for more"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -252,6 +257,7 @@ def main() -> None:
             requests=args.requests,
             stream=args.stream,
             drop_after=args.drop_after,
+            headers=args.header,
         )
     )
     print(json.dumps(result))

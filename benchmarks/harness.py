@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ SCENARIOS = (
     "responses",
     "ttft",
     "proxy",
+    "keys",
     "startup",
     "memory",
     "soak",
@@ -459,6 +460,7 @@ class Context:
         duration: float | None = None,
         requests: int = 0,
         on_tick: Callable[[int | None], None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Requests per second and latency percentiles from wrk (or the asyncio client)."""
         seconds = self.duration if duration is None else duration
@@ -472,6 +474,7 @@ class Context:
                 threads=self.wrk_threads,
                 cpus=self.load_cpus,
                 on_tick=on_tick,
+                headers=headers,
             )
         return load.client_run(
             server.port,
@@ -482,6 +485,7 @@ class Context:
             requests=requests or -1,
             cpus=self.load_cpus,
             on_tick=on_tick,
+            headers=headers,
         )
 
     def streams(

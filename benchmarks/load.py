@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,9 @@ def _lua_string(data: bytes) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
+def _lua_script(
+    bodies: Sequence[bytes], limit: int, flag: str, headers: Mapping[str, str] | None = None
+) -> str:
     """wrk script: POST ``bodies`` (cycled), print a JSON summary.
 
     With ``limit``, the thread stops after that many answers and creates the file
@@ -71,6 +73,9 @@ def _lua_script(bodies: Sequence[bytes], limit: int, flag: str) -> str:
         "wrk.body = bodies[1]",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
+    for name, value in (headers or {}).items():
+        # "[ [=[...]=] ]": a long string as a table index needs the spaces.
+        lines.append(f"wrk.headers[ {_lua_string(name.encode())} ] = {_lua_string(value.encode())}")
     if len(bodies) > 1:
         # A request() function makes wrk build each request in Lua: only for mixes.
         lines += [
@@ -174,13 +179,14 @@ def wrk_run(
     threads: int = 1,
     cpus: set[int] | None = None,
     on_tick: Callable[[int | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One wrk run; ``requests`` > 0 stops after that many answers (per thread).
 
     wrk counts its duration in whole seconds: a fractional one is ended by SIGINT."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         flag = Path(script.name + ".done")
-        script.write(_lua_script(bodies, requests, str(flag)))
+        script.write(_lua_script(bodies, requests, str(flag), headers))
     seconds = max(1, math.ceil(duration))
     stop_at = None if seconds == duration else time.perf_counter() + duration
     argv = [
@@ -241,6 +247,7 @@ def client_run(
     drop_after: int = 0,
     cpus: set[int] | None = None,
     on_tick: Callable[[int | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One run of the asyncio client in its own process."""
     files = []
@@ -269,6 +276,8 @@ def client_run(
         argv.append("--stream")
     if drop_after:
         argv += ["--drop-after", str(drop_after)]
+    for name, value in (headers or {}).items():
+        argv += ["--header", f"{name}: {value}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         started = time.perf_counter()

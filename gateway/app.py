@@ -196,10 +196,18 @@ class Runtime:
         )
         set_thread_limit(settings.sync_worker_threads)
         self.http = HTTPClients(settings.upstream)
+        self.keys: Any = None  # a keys.KeyManager when the config has a database_url
+        if config.database_url:
+            from .keys import KeyManager
 
-    def check_auth(self, scope: Scope) -> None:
+            self.keys = KeyManager.from_config(config)
+            self.metrics.collectors.append(self.keys.collector())
+
+    def check_auth(self, scope: Scope) -> bytes | None:
+        """Raises if the request may not pass; a key other than the master key, for the
+        key cache to check (with virtual keys on), else None."""
         if self.master_key is None:
-            return
+            return None
         presented = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -213,7 +221,10 @@ class Runtime:
                 "Missing API key: pass 'Authorization: Bearer <key>'", code="invalid_api_key"
             )
         if not hmac.compare_digest(presented, self.master_key):
+            if self.keys is not None:
+                return presented
             raise AuthenticationError("Invalid API key", code="invalid_api_key")
+        return None
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.body_limit
@@ -248,6 +259,8 @@ class Runtime:
         return RequestTooLargeError(f"Request body is larger than {self.body_limit} bytes")
 
     async def startup(self) -> None:
+        if self.keys is not None:
+            await self.keys.start()
         # Providers starting up see this runtime's clients, as its requests do.
         token = _current.set(self.http)
         try:
@@ -257,6 +270,8 @@ class Runtime:
             _current.reset(token)
 
     async def shutdown(self) -> None:
+        if self.keys is not None:
+            await self.keys.stop()
         for provider in self.router.providers():
             with contextlib.suppress(Exception):
                 await provider.aclose()
@@ -314,6 +329,7 @@ class _Endpoint:
         metrics.in_flight += 1
         started = perf_counter()
         status = 200
+        grant = None
         try:
             if scope["method"] not in self.methods:
                 status = 405
@@ -325,7 +341,9 @@ class _Endpoint:
                 await _send_json(send, 405, self.render_error(exc), self._allow)
                 return
             if self.auth:
-                self.runtime.check_auth(scope)
+                presented = self.runtime.check_auth(scope)
+                if self.runtime.keys is not None:
+                    grant = scope["gateway.key"] = await self.runtime.keys.authenticate(presented)
             await self.handle(scope, receive, send)
         except _ClientGone:
             status = 499
@@ -339,6 +357,8 @@ class _Endpoint:
         finally:
             metrics.in_flight -= 1
             self._stats.observe(status, perf_counter() - started)
+            if grant is not None:
+                grant.finish(status)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
@@ -356,6 +376,9 @@ class _Endpoint:
         """The request body as ``kind`` and as a dict, and the request's own timeout."""
         body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, kind)
+        grant = scope.get("gateway.key")
+        if grant is not None:
+            grant.admit(request.model)
         timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
         return request, data, timeout
 
@@ -460,20 +483,33 @@ class ChatCompletions(_Endpoint):
             await _answer(
                 receive,
                 send,
-                lambda: router.chat(request.model, request.messages, optional, timeout=timeout),
+                _tapped(
+                    scope,
+                    lambda: router.chat(request.model, request.messages, optional, timeout=timeout),
+                ),
             )
             return
         await _stream(
             receive,
             send,
-            lambda: router.chat(
-                request.model,
+            _tapped(
+                scope,
+                lambda: router.chat(
+                    request.model,
+                    request.messages,
+                    optional,
+                    stream=True,
+                    timeout=timeout,
+                ),
                 request.messages,
-                optional,
-                stream=True,
-                timeout=timeout,
             ),
         )
+
+
+def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = None) -> Any:
+    """``call``, with its usage noted for the request's virtual key (if any)."""
+    grant = scope.get("gateway.key")
+    return call if grant is None else grant.tap(call, prompt)
 
 
 async def _stream(
@@ -605,7 +641,10 @@ class Embeddings(_Endpoint):
             await _answer(
                 receive,
                 send,
-                lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+                _tapped(
+                    scope,
+                    lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+                ),
             )
             return
 
@@ -615,7 +654,7 @@ class Embeddings(_Endpoint):
                 item.embedding = _base64_floats(item.embedding)
             return routed
 
-        await _answer(receive, send, call)
+        await _answer(receive, send, _tapped(scope, call))
 
 
 def _base64_floats(embedding: list[float] | str) -> str:
@@ -641,7 +680,10 @@ class ImageGenerations(_Endpoint):
         await _answer(
             receive,
             send,
-            lambda: router.image(request.model, request.prompt, optional, timeout=timeout),
+            _tapped(
+                scope,
+                lambda: router.image(request.model, request.prompt, optional, timeout=timeout),
+            ),
         )
 
 
@@ -650,6 +692,10 @@ class Models(_Endpoint):
     methods = ("GET", "HEAD")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        grant = scope.get("gateway.key")
+        if grant is not None and grant.entry.models is not None:
+            await _send_json(send, 200, self.runtime.keys.models_payload(grant.entry, self.runtime))
+            return
         await _send_json(send, 200, self.runtime.models_payload)
 
 
@@ -721,6 +767,10 @@ class GatewayApp(Router):
         routes.append(Route("/health/liveness", Liveliness(runtime)))
         routes.append(Route("/health/readiness", Readiness(runtime)))
         routes.append(Route("/metrics", MetricsEndpoint(runtime)))
+        if runtime.keys is not None:
+            from .keys.admin import admin_routes
+
+            routes.extend(admin_routes(runtime))
         super().__init__(routes, default=_not_found, lifespan=self._lifespan)
         self._exact: dict[str, Any] = {
             route.path: route.endpoint for route in routes if "{" not in route.path

@@ -187,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(config)
     except ConfigError as exc:
         return _fail(str(exc))
+    if config.database_url:
+        # Once, here, before any worker starts: a database that is down (or a schema
+        # newer than us) is a clear start-up error, and workers find it migrated.
+        import asyncio
+
+        from .keys import StoreError, check_database
+
+        try:
+            asyncio.run(check_database(config))
+        except StoreError as exc:
+            return _fail(f"general_settings.database_url: {exc}")
     _banner(config)
     options = _uvicorn_options(args, config)
     if args.workers > 1:

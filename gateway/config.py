@@ -209,6 +209,8 @@ class Config(msgspec.Struct, frozen=True):
     model_list: tuple[Deployment, ...] = ()
     custom_providers: tuple[tuple[str, Any], ...] = ()
     master_key: str | None = None
+    # Virtual keys and spend live here (sqlite:///path.db or postgresql://...); off if None.
+    database_url: str | None = None
     settings: GatewaySettings = GatewaySettings()
     router_settings: RouterSettings = RouterSettings()
     path: str | None = None
@@ -251,6 +253,7 @@ class _LiteLLMSettings(msgspec.Struct):
 
 class _GeneralSettings(msgspec.Struct):
     master_key: str | None = None
+    database_url: str | None = None
 
 
 class _File(msgspec.Struct):
@@ -361,7 +364,6 @@ _LITELLM_GENERAL = frozenset(
         "custom_key_generate",
         "database_connection_pool_limit",
         "database_connection_timeout",
-        "database_url",
         "disable_master_key_return",
         "disable_prisma_schema_update",
         "disable_reset_budget",
@@ -703,12 +705,22 @@ class _Parser:
             ),
         )
 
+        general = file.general_settings or _GeneralSettings()
+        if general.database_url is not None:
+            if not general.database_url.strip():
+                raise self.error("general_settings.database_url", "must not be empty")
+            if not general.master_key:
+                raise self.error(
+                    "general_settings.database_url",
+                    "virtual keys need general_settings.master_key (it administers them)",
+                )
         for line in self.warnings:
             logger.warning("%s", line)
         return Config(
             model_list=tuple(deployments),
             custom_providers=tuple(providers),
-            master_key=(file.general_settings or _GeneralSettings()).master_key,
+            master_key=general.master_key,
+            database_url=general.database_url,
             settings=settings,
             router_settings=router_settings,
             path=path,

@@ -40,6 +40,8 @@ class Metrics:
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.in_flight = 0
+        # More prometheus-client collectors (objects with ``collect()``), e.g. spend logs'.
+        self.collectors: list[Any] = []
 
     def route(self, name: str) -> RouteStats:
         stats = self.routes.get(name)
@@ -52,6 +54,8 @@ class Metrics:
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
+        for collector in self.collectors:
+            registry.register(collector)
         return generate_latest(registry)
 
 

@@ -4,6 +4,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from keys_fixtures import database_url, postgres  # noqa: F401 (fixtures)
 
 import gateway
 

@@ -327,3 +327,9 @@ def test_long_runs_print_progress_to_stderr(
         "  ... memory gateway: 0 s, 4,000 of 100,000 answers",
         "  ... memory gateway: 0 s",
     ]
+
+
+def test_wrk_script_sends_headers() -> None:
+    # Parsed by wrk's LuaJIT in the quick run's keys scenario: "[[" then "[=[" would not parse.
+    script = _lua_script([b"{}"], 0, "/tmp/flag", {"Authorization": "Bearer sk-x"})
+    assert "wrk.headers[ [=[Authorization]=] ] = [=[Bearer sk-x]=]" in script

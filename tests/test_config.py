@@ -483,7 +483,7 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
           custom_provider_mapp: []
         general_settings:
           master_kye: sk-1
-          database_url: postgres://x
+          disable_spend_logs: true
         environment_variables: {}
         router_settings: {routing_strategy: simple-shuffle, redis_host: localhost}
         totally_new_section: 1
@@ -499,7 +499,8 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
         "litellm_settings.custom_provider_mapp: unknown key, ignored "
         "(did you mean 'custom_provider_map'?)",
         "general_settings.master_kye: unknown key, ignored (did you mean 'master_key'?)",
-        "general_settings.database_url: LiteLLM setting not supported by this gateway, ignored",
+        "general_settings.disable_spend_logs: LiteLLM setting not supported by this gateway, "
+        "ignored",
         "router_settings.redis_host: LiteLLM setting not supported by this gateway, ignored",
     ]
     logged = [r.getMessage() for r in caplog.records if r.name == "gateway.config"]

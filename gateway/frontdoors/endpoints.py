@@ -19,6 +19,7 @@ from ..app import (
     _routed_headers,
     _send_json,
     _stream,
+    _tapped,
     logger,
 )
 from ..errors import BadRequestError, GatewayError, NotFoundError, as_gateway_error
@@ -79,6 +80,7 @@ def _nothing() -> None:
 
 async def _chat(
     endpoint: _Endpoint,
+    scope: Scope,
     receive: Receive,
     send: Send,
     chat: ChatIn,
@@ -91,11 +93,14 @@ async def _chat(
     answer goes through ``answer``, a stream's chunks through ``events``."""
     router = endpoint.runtime.router
     if not chat.stream:
+        # The request's key (if any) is charged from the chat answer, before translation.
+        plain = _tapped(
+            scope,
+            lambda: router.chat(chat.model, chat.messages, chat.optional_params, timeout=timeout),
+        )
 
         async def call() -> Routed:
-            routed = await router.chat(
-                chat.model, chat.messages, chat.optional_params, timeout=timeout
-            )
+            routed = await plain()
             routed.result = answer(routed.result)
             return routed
 
@@ -110,12 +115,16 @@ async def _chat(
     await _stream(
         receive,
         send,
-        lambda: router.chat(
-            chat.model,
+        _tapped(
+            scope,
+            lambda: router.chat(
+                chat.model,
+                chat.messages,
+                chat.optional_params,
+                stream=True,
+                timeout=timeout,
+            ),
             chat.messages,
-            chat.optional_params,
-            stream=True,
-            timeout=timeout,
         ),
         write,
     )
@@ -164,7 +173,7 @@ class Responses(_Endpoint):
                 conversation = asked + responses.conversation(events.response)
                 store.put(events.response, conversation, caller)
 
-        await _chat(self, receive, send, chat, timeout, answer, events, done)
+        await _chat(self, scope, receive, send, chat, timeout, answer, events, done)
 
 
 class ResponseById(_Endpoint):
@@ -215,6 +224,7 @@ class Messages(_Anthropic):
         events = messages.MessageEvents(request.model) if chat.stream else None
         await _chat(
             self,
+            scope,
             receive,
             send,
             chat,
@@ -249,6 +259,7 @@ class Completions(_Endpoint):
             events = completions.CompletionChunks(request) if chat.stream else None
             await _chat(
                 self,
+                scope,
                 receive,
                 send,
                 chat,
@@ -276,7 +287,7 @@ class Completions(_Endpoint):
             answer = completions.to_completion([r.result for r in routed], request)
             return Routed(answer, routed[0].deployment, max(r.attempts for r in routed))
 
-        await _answer(receive, send, call)
+        await _answer(receive, send, _tapped(scope, call))
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
