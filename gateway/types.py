@@ -90,14 +90,18 @@ class GenericStreamingChunk(_RequiredChunkKeys, total=False):
     provider_specific_fields: dict[str, Any] | None
 
 
-class Usage(_Compat):
-    """Token counts, as in OpenAI's ``usage``."""
+class Usage(_Compat, omit_defaults=True):
+    """Token counts, as in OpenAI's ``usage``.
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: Any = UNSET
-    completion_tokens_details: Any = UNSET
+    Details the answer did not give read as None and are left out of the JSON; the
+    counts are always sent (a ``default_factory`` value is never omitted).
+    """
+
+    prompt_tokens: int = field(default_factory=int)
+    completion_tokens: int = field(default_factory=int)
+    total_tokens: int = field(default_factory=int)
+    prompt_tokens_details: Any = None
+    completion_tokens_details: Any = None
 
 
 class Function(_Compat):
@@ -175,14 +179,15 @@ class ModelResponse(_Compat):
 
 
 class Delta(_Compat, omit_defaults=True):
-    """A stream delta: absent fields are left out, as OpenAI does."""
+    """A stream delta: fields it does not carry read as None (``delta.content`` of the
+    finish chunk is None, as in LiteLLM) and are left out of the JSON, as OpenAI does."""
 
-    role: str | UnsetType = UNSET
-    content: str | UnsetType | None = UNSET
-    tool_calls: list[Any] | UnsetType = UNSET
-    function_call: Any = UNSET
-    reasoning_content: Any = UNSET
-    refusal: Any = UNSET
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    reasoning_content: Any = None
+    refusal: Any = None
 
 
 ChatCompletionDelta = Delta
