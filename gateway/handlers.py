@@ -246,7 +246,8 @@ class CustomProvider(Provider):
             kwargs["acompletion"] = False
             result = await run_in_thread(self._completion, kwargs)
         elif self._astreaming.served or self._streaming.served:
-            state = StreamState(call.model)
+            # include_usage: the usage the handler streamed reaches the built answer.
+            state = StreamState(call.model, include_usage=True)
             chunks = [c async for item in self.astream(call) for c in state.feed(item)]
             return stream_chunk_builder(chunks + state.close())
         else:
@@ -294,7 +295,7 @@ class CustomProvider(Provider):
             kwargs["acompletion"] = True
             result = run_async(_awaited, self._acompletion, kwargs, timeout=call.timeout)
         elif self._streaming.served or self._astreaming.served:
-            state = StreamState(call.model)
+            state = StreamState(call.model, include_usage=True)
             chunks = [c for item in self.stream(call) for c in state.feed(item)]
             return stream_chunk_builder(chunks + state.close())
         else:

@@ -106,7 +106,7 @@ class StreamState:
     def _emit(self, out: list[Any], delta: Delta, finish_reason: str | None = None) -> None:
         if not self._role_sent:
             self._role_sent = True
-            if delta.role is _UNSET:
+            if delta.role is None:
                 if finish_reason is not None:
                     out.append(self._make(Delta(role="assistant", content="")))
                 else:
@@ -148,13 +148,16 @@ class StreamState:
         return out
 
     def close(self) -> list[Any]:
-        """The chunks that end the stream: the finish chunk if none came, then usage."""
+        """The chunks that end the stream: the finish chunk if none came, then usage (if
+        asked for and the handler reported it)."""
         out: list[Any] = []
         self._finish(out, None)
-        if self.include_usage:
-            usage = self.usage
+        # The usage chunk reports what the handler reported. Without a report there is
+        # none (every chunk's "usage" stays null): zeros would read as a free answer.
+        usage = self.usage
+        if self.include_usage and usage:
             if not isinstance(usage, Usage):
-                usage = msgspec.convert(usage, Usage) if usage else Usage()
+                usage = msgspec.convert(usage, Usage)
             out.append(
                 ModelResponseStream(
                     id=self.id, created=self.created, model=self.model, choices=[], usage=usage
@@ -198,7 +201,7 @@ class StreamState:
         if not self._role_sent:
             self._role_sent = True
             first = chunk.choices[0].delta
-            if first.role is _UNSET:
+            if first.role is None:
                 first.role = "assistant"
         if finish is not None:
             if self._finished:
@@ -208,7 +211,7 @@ class StreamState:
 
     def _feed_openai_dict(self, item: dict[str, Any], out: list[Any]) -> None:
         if not self.raw_dicts:
-            self._feed_stream_chunk(msgspec.convert(_absent_nulls(item), ModelResponseStream), out)
+            self._feed_stream_chunk(msgspec.convert(item, ModelResponseStream), out)
             return
         if item.get("usage"):
             self.usage = item["usage"]
@@ -249,20 +252,6 @@ class StreamState:
             calls = [{**_plain(call), "index": i} for i, call in enumerate(message.tool_calls)]
             self._emit(out, Delta(tool_calls=calls))
         self._finish(out, choice.finish_reason)
-
-
-def _absent_nulls(item: dict[str, Any]) -> dict[str, Any]:
-    # LiteLLM's pydantic Delta dumps absent fields as None (role, tool_calls, ...);
-    # ours spells them as absent. Content keeps its null (OpenAI sends it with tools).
-    choices = item.get("choices")
-    if not choices or not any(None in (c.get("delta") or {}).values() for c in choices):
-        return item
-    fixed = []
-    for choice in choices:
-        delta = choice.get("delta") or {}
-        delta = {k: v for k, v in delta.items() if v is not None or k == "content"}
-        fixed.append({**choice, "delta": delta})
-    return {**item, "choices": fixed}
 
 
 def _plain(value: Any) -> dict[str, Any]:

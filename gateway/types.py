@@ -8,8 +8,9 @@ attribute access, ``model_dump()``, ``resp["choices"]`` and dicts for nested fie
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from random import getrandbits
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 from msgspec import UNSET, UnsetType, field
@@ -90,14 +91,18 @@ class GenericStreamingChunk(_RequiredChunkKeys, total=False):
     provider_specific_fields: dict[str, Any] | None
 
 
-class Usage(_Compat):
-    """Token counts, as in OpenAI's ``usage``."""
+class Usage(_Compat, omit_defaults=True):
+    """Token counts, as in OpenAI's ``usage``.
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: Any = UNSET
-    completion_tokens_details: Any = UNSET
+    Details the answer did not give read as None and are left out of the JSON; the
+    counts are always sent (a ``default_factory`` value is never omitted).
+    """
+
+    prompt_tokens: int = field(default_factory=int)
+    completion_tokens: int = field(default_factory=int)
+    total_tokens: int = field(default_factory=int)
+    prompt_tokens_details: Any = None
+    completion_tokens_details: Any = None
 
 
 class Function(_Compat):
@@ -113,6 +118,15 @@ class ChatCompletionMessageToolCall(_Compat):
     type: str = "function"
     function: Function = field(default_factory=Function)
 
+    if TYPE_CHECKING:  # nested fields may be given as dicts, as with LiteLLM's types
+
+        def __init__(
+            self,
+            id: str | None = ...,
+            type: str = ...,
+            function: Function | Mapping[str, Any] = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         if not isinstance(self.function, Function):
             self.function = _convert(self.function, Function)
@@ -126,6 +140,18 @@ class Message(_Compat):
     reasoning_content: Any = UNSET
     refusal: Any = UNSET
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            content: str | None = ...,
+            role: str = ...,
+            tool_calls: Sequence[ChatCompletionMessageToolCall | Mapping[str, Any]] | None = ...,
+            function_call: Any = ...,
+            reasoning_content: Any = ...,
+            refusal: Any = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         if self.tool_calls:
             _convert_list(self.tool_calls, ChatCompletionMessageToolCall)
@@ -136,6 +162,16 @@ class Choices(_Compat):
     index: int = 0
     message: Message = field(default_factory=Message)
     logprobs: Any = UNSET
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            finish_reason: str | None = ...,
+            index: int = ...,
+            message: Message | Mapping[str, Any] = ...,
+            logprobs: Any = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.message, Message):
@@ -168,6 +204,19 @@ class ModelResponse(_Compat):
     system_fingerprint: str | None = None
     usage: Usage = field(default_factory=Usage)
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            id: str = ...,
+            choices: Sequence[Choices | Mapping[str, Any]] = ...,
+            created: int = ...,
+            model: str | None = ...,
+            object: str = ...,
+            system_fingerprint: str | None = ...,
+            usage: Usage | Mapping[str, Any] = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         _convert_list(self.choices, Choices)
         if not isinstance(self.usage, Usage):
@@ -175,14 +224,15 @@ class ModelResponse(_Compat):
 
 
 class Delta(_Compat, omit_defaults=True):
-    """A stream delta: absent fields are left out, as OpenAI does."""
+    """A stream delta: fields it does not carry read as None (``delta.content`` of the
+    finish chunk is None, as in LiteLLM) and are left out of the JSON, as OpenAI does."""
 
-    role: str | UnsetType = UNSET
-    content: str | UnsetType | None = UNSET
-    tool_calls: list[Any] | UnsetType = UNSET
-    function_call: Any = UNSET
-    reasoning_content: Any = UNSET
-    refusal: Any = UNSET
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    reasoning_content: Any = None
+    refusal: Any = None
 
 
 ChatCompletionDelta = Delta
@@ -193,6 +243,16 @@ class StreamingChoices(_Compat):
     delta: Delta = field(default_factory=Delta)
     finish_reason: str | None = None
     logprobs: Any = UNSET
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            index: int = ...,
+            delta: Delta | Mapping[str, Any] = ...,
+            finish_reason: str | None = ...,
+            logprobs: Any = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.delta, Delta):
@@ -209,6 +269,19 @@ class ModelResponseStream(_Compat):
     object: str = "chat.completion.chunk"
     system_fingerprint: str | None = None
     usage: Usage | UnsetType | None = UNSET
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            id: str = ...,
+            choices: Sequence[StreamingChoices | Mapping[str, Any]] = ...,
+            created: int = ...,
+            model: str | None = ...,
+            object: str = ...,
+            system_fingerprint: str | None = ...,
+            usage: Usage | Mapping[str, Any] | UnsetType | None = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         _convert_list(self.choices, StreamingChoices)
@@ -236,6 +309,19 @@ class ImageResponse(_Compat, omit_defaults=True):
     quality: Any = UNSET
     size: Any = UNSET
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            created: int = ...,
+            data: Sequence[ImageObject | Mapping[str, Any]] = ...,
+            usage: Any = ...,
+            background: Any = ...,
+            output_format: Any = ...,
+            quality: Any = ...,
+            size: Any = ...,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         _convert_list(self.data, ImageObject)
 
@@ -253,6 +339,16 @@ class EmbeddingResponse(_Compat):
     data: list[Embedding] = field(default_factory=list)
     model: str | None = None
     usage: Usage = field(default_factory=Usage)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            object: str = ...,
+            data: Sequence[Embedding | Mapping[str, Any]] = ...,
+            model: str | None = ...,
+            usage: Usage | Mapping[str, Any] = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         _convert_list(self.data, Embedding)

@@ -447,6 +447,19 @@ def test_no_auth_without_master_key(server: str) -> None:
     assert r.status_code == 200
 
 
+def test_include_usage_reports_only_what_the_handler_reported(server: str) -> None:
+    url = f"{server}/v1/chat/completions"
+    options = {"stream_options": {"include_usage": True}}
+    # "paced" yields plain strings: no usage to report, so no usage chunk of zeros.
+    events = sse_events(httpx.post(url, json=chat("paced", stream=True, **options)).text)
+    assert events[-1] == "[DONE]"
+    assert all(e["choices"] and e["usage"] is None for e in events[:-1])
+    # "echo" reports 3/3/6: the last chunk carries it, as OpenAI sends it.
+    events = sse_events(httpx.post(url, json=chat("echo", stream=True, **options)).text)
+    assert events[-2]["choices"] == []
+    assert events[-2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+
+
 # Timeouts, cancellation, timing, concurrency
 
 

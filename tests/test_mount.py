@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -79,3 +80,49 @@ def test_mounted_under_prefix(host: str) -> None:
     assert httpx.post(f"{host}/llm/v1/chat/completions", json=body).status_code == 401
     # The host's own routes still answer.
     assert "host app" in httpx.get(f"{host}/").text
+
+
+class Pooled(gateway.Provider):
+    """A provider that holds something to open at start-up and close at shutdown."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def astart(self, settings: Any = None) -> None:
+        self.events.append("provider started")
+
+    async def aclose(self) -> None:
+        self.events.append("provider closed")
+
+    async def acompletion(self, call: Any) -> gateway.ModelResponse:
+        return gateway.completion(model="x", mock_response="pooled")
+
+
+def test_host_with_its_own_lifespan_runs_the_gateways_inside_it() -> None:
+    # As the README shows: the host chains gateway_app.lifespan_context in its lifespan.
+    provider = Pooled()
+    gateway_app = create_app(
+        {
+            "model_list": [{"model_name": "m", "litellm_params": {"model": "pooled/m"}}],
+            "litellm_settings": {
+                "custom_provider_map": [{"provider": "pooled", "custom_handler": provider}]
+            },
+        }
+    )
+    events = provider.events
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with gateway_app.lifespan_context(gateway_app):
+            events.append("host started")
+            yield
+            events.append("host stopping")
+
+    app = FastAPI(lifespan=lifespan)
+    app.mount("/llm", gateway_app)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(app, lifespan="on") as handle:
+        assert events == ["provider started", "host started"]
+        r = httpx.post(f"{handle.url}/llm/v1/chat/completions", json=body)
+        assert r.json()["choices"][0]["message"]["content"] == "pooled"
+    assert events == ["provider started", "host started", "host stopping", "provider closed"]

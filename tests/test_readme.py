@@ -40,3 +40,33 @@ def test_readme_keys_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.warnings == ()
     assert config.database_url == "sqlite:///gateway.db"
     assert config.model_list[0].model_info["input_cost_per_token"] == 0.000001
+
+
+def test_readme_lists_every_argument_a_handler_gets() -> None:
+    import gateway
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("What a handler method is called with", 1)[1].split("```", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+
+    seen: dict[str, set[str]] = {}
+
+    class Spy(gateway.CustomLLM):
+        def completion(self, *args: object, **kwargs: object) -> gateway.ModelResponse:
+            seen["chat"] = set(kwargs)
+            return gateway.ModelResponse()
+
+        def embedding(self, *args: object, **kwargs: object) -> list[list[float]]:
+            seen["embedding"] = set(kwargs)
+            return [[0.0]]
+
+        def image_generation(self, *args: object, **kwargs: object) -> gateway.ImageResponse:
+            seen["image"] = set(kwargs)
+            return gateway.ImageResponse()
+
+    gateway.custom_provider_map = [{"provider": "spy", "custom_handler": Spy()}]
+    gateway.completion("spy/m", [{"role": "user", "content": "hi"}])
+    gateway.embedding("spy/m", input="hi")
+    gateway.image_generation("a cat", model="spy/m")
+    assert set().union(*seen.values()) == documented

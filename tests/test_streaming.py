@@ -64,7 +64,7 @@ def check_stream(chunks: list[Any], expected_text: str, finish: str = "stop") ->
     assert chunks[0].id.startswith("chatcmpl-")
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert all(c.choices[0].delta.role is msgspec.UNSET for c in chunks[1:])
+    assert all(c.choices[0].delta.role is None for c in chunks[1:])
     finishes = [c.choices[0].finish_reason for c in chunks]
     assert finishes[-1] == finish
     assert finishes[:-1] == [None] * (len(chunks) - 1)  # content chunks: null
@@ -162,6 +162,42 @@ async def test_tool_use_chunks_become_tool_calls() -> None:
         assert tool.function.name == "get_weather"  # attribute access, as in LiteLLM
         wire = json.loads(msgspec.json.encode(chunks[0]))
         assert wire["choices"][0]["delta"]["tool_calls"][0]["type"] == "function"
+
+
+async def test_include_usage_without_a_report_sends_no_made_up_zeros() -> None:
+    # The handler reports no usage: the stream says nothing rather than 0/0/0.
+    register("p", sync_handler(lambda: [chunk("a"), chunk("b", finished=True)]))
+    for chunks in (
+        await collect("p/m", stream_options={"include_usage": True}),
+        list(gateway.completion("p/m", USER, stream=True, stream_options={"include_usage": True})),
+    ):
+        check_stream(chunks, "ab")
+        assert all(c.choices for c in chunks)  # no usage-only chunk
+        assert all(json.loads(msgspec.json.encode(c))["usage"] is None for c in chunks)
+
+
+async def test_absent_fields_read_as_none_not_unset() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    register("p", sync_handler(lambda: [chunk("a"), chunk("b", finished=True, usage=usage)]))
+    chunks = await collect("p/m", stream_options={"include_usage": True})
+    *content, last = chunks
+    finish = content[-1].choices[0].delta
+    # What LiteLLM users read: None for what a chunk does not carry.
+    assert finish.content is None and finish.role is None and finish.tool_calls is None
+    assert content[1].choices[0].delta.role is None
+    assert last.usage.prompt_tokens_details is None
+    assert last.usage.completion_tokens_details is None
+    for c in chunks:
+        for value in (*msgspec.structs.astuple(c.usage or gateway.Usage()),):
+            assert value is not msgspec.UNSET
+        for choice in c.choices:
+            assert msgspec.UNSET not in msgspec.structs.astuple(choice.delta)
+    # ... while the JSON still leaves them out, as OpenAI sends it.
+    assert json.loads(msgspec.json.encode(content[-1]))["choices"][0]["delta"] == {}
+    assert json.loads(msgspec.json.encode(last))["usage"] == usage
+    whole = gateway.completion("p/m", USER)
+    assert whole.usage.prompt_tokens_details is None
+    assert msgspec.json.decode(msgspec.json.encode(whole.usage)) == usage
 
 
 async def test_include_usage_adds_a_final_usage_chunk() -> None:

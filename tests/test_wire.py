@@ -16,11 +16,12 @@ def test_raw_text_chunks_match_struct_encoding(include_usage: bool, model: str |
     wire = StreamState(model, include_usage=include_usage, raw_dicts=True)
     structs = StreamState(model, include_usage=include_usage)
     structs.id, structs.created = wire.id, wire.created
+    usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     items = [
         "hello",
         {"text": 'x\n"y', "is_finished": False},
         "zz",
-        {"text": "", "is_finished": True},
+        {"text": "", "is_finished": True, "usage": usage},
     ]
     kinds = set()
     for item in items:

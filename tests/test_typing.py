@@ -1,0 +1,72 @@
+"""What users' type checkers make of the package (it ships py.typed): a handler written
+as the README and LiteLLM's docs show type-checks, and a wrong one does not."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from mypy import api
+
+HANDLER = """
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import gateway
+from gateway.types import EmbeddingResponse, GenericStreamingChunk, ModelResponse
+
+
+class MyLLM(gateway.CustomLLM):
+    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return ModelResponse(
+            choices=[{"message": {"role": "assistant", "content": "Hi!"}}],
+            usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        )
+
+    def streaming(self, *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        yield {"text": "Hi", "tool_use": None, "is_finished": True,
+               "finish_reason": "stop", "usage": None, "index": 0}
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+        for item in self.streaming(*args, **kwargs):
+            yield item
+
+    def embedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
+        return EmbeddingResponse(
+            data=[{"object": "embedding", "embedding": [0.5], "index": 0}],
+            usage={"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+        )
+
+
+resp = gateway.completion(model="my/m", messages=[], mock_response="Hi!")
+"""
+
+WRONG = """
+from typing import Any
+
+import gateway
+
+
+class Wrong(gateway.CustomLLM):
+    async def astreaming(self, *args: Any, **kwargs: Any) -> int:
+        return 1
+"""
+
+
+def test_handlers_type_check_against_the_shipped_annotations(tmp_path: Path) -> None:
+    (tmp_path / "good_handler.py").write_text(textwrap.dedent(HANDLER))
+    (tmp_path / "wrong_handler.py").write_text(textwrap.dedent(WRONG))
+    (tmp_path / "mypy.ini").write_text("[mypy]\n")
+    out, err, status = api.run(
+        [
+            "--config-file", str(tmp_path / "mypy.ini"),
+            "--cache-dir", str(tmp_path / ".mypy_cache"),
+            str(tmp_path / "good_handler.py"),
+            str(tmp_path / "wrong_handler.py"),
+        ]
+    )  # fmt: skip
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    # The one error is the wrong override; the README-style handler has none.
+    assert len(errors) == 1, out + err
+    assert "wrong_handler.py" in errors[0] and "astreaming" in errors[0], out
+    assert status == 1
