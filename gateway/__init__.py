@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import types
-from ._sync import set_thread_limit
+from ._threads import set_thread_limit
 from .calls import (
     abatch_completion,
     acompletion,

@@ -7,7 +7,6 @@ on the hot path.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hmac
@@ -25,7 +24,8 @@ import msgspec
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ._sync import set_thread_limit
+from ._aio import ClientGone, until_disconnect
+from ._threads import set_thread_limit
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -143,10 +143,6 @@ def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
 # Wire helpers.
 
 
-class _ClientGone(Exception):
-    """The client disconnected before it got its answer."""
-
-
 async def _send_json(send: Send, status: int, payload: bytes, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
     headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -163,14 +159,6 @@ async def _send_error(send: Send, exc: GatewayError) -> None:
 
 def _sse_error(exc: GatewayError) -> bytes:
     return b"data: " + _encode(exc.to_dict()) + b"\n\n"
-
-
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
 
 
 class Runtime:
@@ -235,7 +223,7 @@ class Runtime:
                 break
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         body = message.get("body", b"")
         if not message.get("more_body"):
             if len(body) > limit:
@@ -246,7 +234,7 @@ class Runtime:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _ClientGone
+                raise ClientGone
             part = message.get("body", b"")
             size += len(part)
             if size > limit:
@@ -345,7 +333,7 @@ class _Endpoint:
                 if self.runtime.keys is not None:
                     grant = scope["gateway.key"] = await self.runtime.keys.authenticate(presented)
             await self.handle(scope, receive, send)
-        except _ClientGone:
+        except ClientGone:
             status = 499
         except GatewayError as exc:
             status = exc.status_code
@@ -384,84 +372,9 @@ class _Endpoint:
 
 
 async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
-    """Run a non-streaming call while watching for the client to go away.
-
-    If it does, the call is cancelled (the handler's coroutine sees the cancellation and
-    its ``finally`` runs) and nothing is sent.
-    """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    if task is None:  # not asyncio (a host app on trio): the portable, slower way
-        routed = await _answer_anyio(receive, call)
-        if routed is None:
-            raise _ClientGone
-    else:
-        watch = _DisconnectWatch(task, receive)
-        try:
-            routed = await call()
-        except asyncio.CancelledError:
-            if watch.gone and task.uncancel() == 0:
-                raise _ClientGone from None
-            raise
-        finally:
-            watch.stop()
+    """Run a non-streaming call; if the client goes away it is cancelled, nothing is sent."""
+    routed = await until_disconnect(receive, call)
     await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))
-
-
-class _DisconnectWatch:
-    """Cancels ``task`` when the client disconnects.
-
-    A bare asyncio task, not an anyio task group: measured under uvloop, a task group
-    with a watcher costs 40 us per request (more than a whole bare-Starlette request),
-    a bare task 3 us. And it starts only once the call has yielded to the event loop:
-    a handler that answers at once needs no watcher. Cancellation reaches the handler
-    the same way: CancelledError at its current await, and its ``finally`` runs.
-    """
-
-    __slots__ = ("_loop", "_receive", "_starting", "_task", "_watcher", "gone")
-
-    def __init__(self, task: asyncio.Task[Any], receive: Receive) -> None:
-        self._task = task
-        self._receive = receive
-        self._loop = task.get_loop()
-        self._watcher: asyncio.Task[None] | None = None
-        self.gone = False
-        self._starting: asyncio.Handle | None = self._loop.call_soon(self._start)
-
-    def _start(self) -> None:
-        self._starting = None
-        self._watcher = self._loop.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        receive = self._receive
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.gone = True
-        self._task.cancel()
-
-    def stop(self) -> None:
-        if self._starting is not None:
-            self._starting.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-
-async def _answer_anyio(receive: Receive, call: Callable[[], Awaitable[Routed]]) -> Routed | None:
-    routed: Routed | None = None
-    error: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-        try:
-            routed = await call()
-        except Exception as exc:
-            # Raised outside the task group, so the edge sees it bare, not in a group.
-            error = exc
-        tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return routed
 
 
 class ChatCompletions(_Endpoint):
@@ -525,31 +438,22 @@ async def _stream(
     HTTP error. A failure after it is an SSE error event. A disconnect cancels the
     handler's stream; its ``finally`` runs.
     """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
     if write is None:
         write = _write_stream
-    if task is None:  # not asyncio (a host app on trio): the portable, slower way
-        await _stream_anyio(receive, send, call, write)
-        return
-    # As in _answer: a bare asyncio watcher, not a task group (see _DisconnectWatch).
-    watch = _DisconnectWatch(task, receive)
-    chunks: Any = None
-    try:
+    opened: list[Routed] = []
+
+    async def run() -> None:
         routed = await call()
-        chunks = routed.result
+        opened.append(routed)
         await write(send, routed)
-    except asyncio.CancelledError:
-        if watch.gone and task.uncancel() == 0:
-            raise _ClientGone from None
-        raise
+
+    try:
+        await until_disconnect(receive, run)
     finally:
-        watch.stop()
-        if chunks is not None:
+        # Closed once the watch has stopped, so no disconnect can cut the close short.
+        if opened:
             with anyio.CancelScope(shield=True):
-                await chunks.aclose()
+                await opened[0].result.aclose()
 
 
 async def _write_stream(send: Send, routed: Routed) -> None:
@@ -573,40 +477,14 @@ async def _write_stream(send: Send, routed: Routed) -> None:
     except GatewayError as exc:
         tail = _sse_error(exc)
     except OSError:
-        raise _ClientGone from None  # the server saw the client go while we wrote
+        raise ClientGone from None  # the server saw the client go while we wrote
     except Exception as exc:
         logger.exception("stream failed after it started")
         tail = _sse_error(as_gateway_error(exc))
     try:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
-        raise _ClientGone from None
-
-
-async def _stream_anyio(
-    receive: Receive,
-    send: Send,
-    call: Callable[[], Awaitable[Routed]],
-    write: Callable[[Send, Routed], Awaitable[None]],
-) -> None:
-    chunks: Any = None
-    error: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-        try:
-            routed = await call()
-            chunks = routed.result
-            await write(send, routed)
-        except Exception as exc:
-            # Raised outside the task group, so the edge sees it bare, not in a group.
-            error = exc
-        finally:
-            tg.cancel_scope.cancel()
-            if chunks is not None:
-                with anyio.CancelScope(shield=True):
-                    await chunks.aclose()
-    if error is not None:
-        raise error
+        raise ClientGone from None
 
 
 def _other_optional(data: dict[str, Any]) -> dict[str, Any]:

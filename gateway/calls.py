@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._sync import IdleTimeout, iterate_in_thread, run_async, within
+from ._aio import IdleTimeout, within
+from ._threads import iterate_in_thread, run_async
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ._sync import iterate_async, run_async, run_in_thread
+from ._threads import iterate_async, run_async, run_in_thread
 from .custom_llm import serves
 from .errors import BadGatewayError, NotImplementedByHandlerError
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ._sync import iterate_async, run_async
+from ._threads import iterate_async, run_async
 from .errors import NotImplementedByHandlerError
 from .types import EmbeddingResponse, ImageResponse, ModelResponse
 

@@ -110,7 +110,7 @@ async def test_sync_handlers_use_a_dedicated_limiter() -> None:
             for _ in range(6):
                 tg.start_soon(gateway.acompletion, "counted/m", USER)
     finally:
-        gateway.set_thread_limit(gateway._sync.DEFAULT_THREAD_LIMIT)
+        gateway.set_thread_limit(gateway._threads.DEFAULT_THREAD_LIMIT)
     assert peak == 2
     # anyio's shared default pool (Starlette's too) is left alone.
     assert set(borrowed) == {0}

@@ -10,11 +10,11 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from .._aio import ClientGone
 from ..app import (
     _SSE_HEADERS,
     Runtime,
     _answer,
-    _ClientGone,
     _Endpoint,
     _routed_headers,
     _send_json,
@@ -64,14 +64,14 @@ async def _write_events(
     except GatewayError as exc:
         tail = events.fail(exc)
     except OSError:
-        raise _ClientGone from None  # the server saw the client go while we wrote
+        raise ClientGone from None  # the server saw the client go while we wrote
     except Exception as exc:
         logger.exception("stream failed after it started")
         tail = events.fail(as_gateway_error(exc))
     try:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
-        raise _ClientGone from None
+        raise ClientGone from None
 
 
 def _nothing() -> None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 
-from .._sync import run_async
+from .._threads import run_async
 from ..calls import (
     _split_kwargs,
     astream_chunks,

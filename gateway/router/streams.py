@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from .._sync import iterate_async
+from .._threads import iterate_async
 from ..errors import GatewayError, Timeout
 from .deployments import Deployment
 
