@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from starlette.types import Receive
+
+if TYPE_CHECKING:
+    from starlette.types import Receive
 
 __all__ = ["ClientGone", "IdleTimeout", "until_disconnect", "within"]
 

@@ -3,51 +3,290 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import queue
 import threading
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
+
+from ._context import current_runtime
+
+__all__ = [
+    "DEFAULT_THREAD_LIMIT",
+    "ThreadPool",
+    "current_pool",
+    "iterate_async",
+    "iterate_in_thread",
+    "run_async",
+    "run_in_thread",
+    "set_thread_limit",
+]
 
 T = TypeVar("T")
 
 DEFAULT_THREAD_LIMIT = 64
-
-_thread_limit = DEFAULT_THREAD_LIMIT
-_limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+_IDLE_SECONDS = 10.0  # an idle worker thread ends after this long
 
 
-def set_thread_limit(total: int) -> None:
-    """How many sync handler calls may run on worker threads at once (per event loop)."""
-    global _thread_limit
-    _thread_limit = total
-    for limiter in list(_limiters.values()):
-        limiter.total_tokens = total
+class _Call:
+    """One function run on a worker thread, and what became of its caller."""
+
+    __slots__ = ("abandoned", "args", "deliver", "done", "func", "lane")
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], lane: Hashable) -> None:
+        self.func = func
+        self.args = args
+        self.lane = lane
+        self.done = False
+        self.abandoned = False  # the caller gave up (deadline, disconnect): "stuck"
+        self.deliver: Callable[[bool, Any], None] | None = None
 
 
-def thread_limiter() -> anyio.CapacityLimiter:
-    """The limiter for sync handlers on this event loop.
+class _Waiter:
+    __slots__ = ("granted", "lane", "wake")
 
-    Dedicated, so sync handlers never starve anyio's default pool that Starlette and
-    others share, and per loop, because a limiter belongs to the loop that made it.
+    def __init__(self, lane: Hashable, wake: Callable[[], None]) -> None:
+        self.lane = lane
+        self.wake = wake
+        self.granted = False
+
+
+class ThreadPool:
+    """Worker threads for sync handlers: a true cap, and a budget per model.
+
+    Python cannot stop a thread, so a call whose caller gives up (a timeout, a
+    disconnect) keeps its slot until its thread really returns, and counts as
+    ``stuck`` meanwhile: hung handlers cannot grow the threads past ``total``. Each
+    lane (one model of one provider) holds at most ``per_lane`` slots, so one hung
+    model leaves room for the others; a call past either limit waits for a slot
+    (bounded by its request's deadline). Workers are daemon threads, so a hung one
+    never keeps the process alive after SIGTERM. Dedicated threads, never anyio's
+    default pool that Starlette and others share.
     """
-    loop = asyncio.get_running_loop()
-    limiter = _limiters.get(loop)
-    if limiter is None:
-        limiter = _limiters[loop] = anyio.CapacityLimiter(_thread_limit)
-    return limiter
+
+    def __init__(self, total: int = DEFAULT_THREAD_LIMIT, per_lane: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self.total = total
+        self.per_lane = per_lane or max(1, total // 2)
+        self.busy = 0
+        self.stuck = 0
+        self._lanes: dict[Hashable, int] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._idle: list[queue.SimpleQueue[_Call | None]] = []
+        self._limiter: anyio.CapacityLimiter | None = None  # for non-asyncio backends
+
+    def resize(self, total: int, per_lane: int | None = None) -> None:
+        with self._lock:
+            self.total = total
+            self.per_lane = per_lane or max(1, total // 2)
+            woken = self._grant_waiting()
+        for waiter in woken:
+            waiter.wake()
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now: busy plus idle ones waiting for work."""
+        return self.busy + len(self._idle)
+
+    async def run(self, func: Callable[..., T], *args: Any, lane: Hashable = None) -> T:
+        """``func(*args)`` on a worker thread; a cancelled caller leaves it running."""
+        with self._lock:
+            free = self._has_room(lane)
+            if free:
+                self._take(lane)
+        if not free:
+            await self._wait_for_slot(lane)
+        call = _Call(func, args, lane)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return await self._run_anyio(call)
+        # asyncio: our own daemon workers and a future, set from the worker thread.
+        future: asyncio.Future[T] = loop.create_future()
+        call.deliver = functools.partial(loop.call_soon_threadsafe, _settle, future)
+        self._dispatch(call)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
+
+    async def _run_anyio(self, call: _Call) -> Any:
+        if self._limiter is None:
+            # Our slots are the real cap; anyio's limiter only keeps its default one
+            # (shared with Starlette) out of this.
+            self._limiter = anyio.CapacityLimiter(math.inf)
+        try:
+            return await anyio.to_thread.run_sync(
+                self._execute, call, abandon_on_cancel=True, limiter=self._limiter
+            )
+        except anyio.get_cancelled_exc_class():
+            self._abandon(call)
+            raise
+
+    def _execute(self, call: _Call) -> Any:
+        try:
+            return call.func(*call.args)
+        finally:
+            self._finished(call)
+
+    def _abandon(self, call: _Call) -> None:
+        with self._lock:
+            if not call.done:
+                call.abandoned = True
+                self.stuck += 1
+
+    # slots
+
+    def _has_room(self, lane: Hashable) -> bool:
+        return self.busy < self.total and self._lanes.get(lane, 0) < self.per_lane
+
+    def _take(self, lane: Hashable) -> None:
+        self.busy += 1
+        self._lanes[lane] = self._lanes.get(lane, 0) + 1
+
+    def _give_back(self, lane: Hashable) -> list[_Waiter]:
+        self.busy -= 1
+        left = self._lanes[lane] - 1
+        if left:
+            self._lanes[lane] = left
+        else:
+            del self._lanes[lane]
+        return self._grant_waiting() if self._waiters else []
+
+    def _grant_waiting(self) -> list[_Waiter]:
+        woken = []
+        for waiter in list(self._waiters):
+            if self.busy >= self.total:
+                break
+            if self._lanes.get(waiter.lane, 0) < self.per_lane:
+                self._waiters.remove(waiter)
+                self._take(waiter.lane)
+                waiter.granted = True
+                woken.append(waiter)
+        return woken
+
+    async def _wait_for_slot(self, lane: Hashable) -> None:
+        waiting: Awaitable[Any]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            event = anyio.Event()
+            token = anyio.lowlevel.current_token()
+            wake = functools.partial(_set_event, event, token, threading.get_ident())
+            waiting = event.wait()
+        else:
+            future: asyncio.Future[None] = loop.create_future()
+            wake = functools.partial(loop.call_soon_threadsafe, _settle, future, True, None)
+            waiting = future
+        waiter = _Waiter(lane, wake)
+        with self._lock:
+            self._waiters.append(waiter)
+        try:
+            await waiting
+        except BaseException:
+            with self._lock:
+                if not waiter.granted:
+                    self._waiters.remove(waiter)
+                    woken: list[_Waiter] = []
+                else:
+                    woken = self._give_back(lane)
+            for other in woken:
+                other.wake()
+            raise
+
+    # workers (asyncio)
+
+    def _dispatch(self, call: _Call) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is not None:
+            inbox.put(call)
+            return
+        inbox = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=self._work, args=(call, inbox), name="gateway-sync-handler", daemon=True
+        )
+        thread.start()
+
+    def _work(self, call: _Call | None, inbox: queue.SimpleQueue[_Call | None]) -> None:
+        while call is not None:
+            try:
+                ok, value = True, call.func(*call.args)
+            except BaseException as exc:
+                ok, value = False, exc
+            self._finished(call)
+            assert call.deliver is not None
+            try:
+                call.deliver(ok, value)
+            except RuntimeError:
+                pass  # the caller's loop is closed: nobody is waiting
+            del call, value
+            with self._lock:
+                self._idle.append(inbox)
+            try:
+                call = inbox.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                call = inbox.get()  # handed work just as the wait ended
+
+    def _finished(self, call: _Call) -> None:
+        with self._lock:
+            call.done = True
+            if call.abandoned:
+                self.stuck -= 1
+            woken = self._give_back(call.lane)
+        for waiter in woken:
+            waiter.wake()
 
 
-async def run_in_thread(func: Callable[..., T], *args: Any) -> T:
-    # abandon_on_cancel: a timeout or disconnect frees the caller at once; the
-    # thread finishes on its own (Python cannot kill it).
-    return await anyio.to_thread.run_sync(
-        func, *args, abandon_on_cancel=True, limiter=thread_limiter()
-    )
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _set_event(event: anyio.Event, token: Any, loop_thread: int) -> None:
+    if threading.get_ident() == loop_thread:  # a slot given back by a cancelled waiter
+        event.set()
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+        anyio.from_thread.run_sync(event.set, token=token)
+
+
+_DEFAULT_POOL = ThreadPool()
+
+
+def current_pool() -> ThreadPool:
+    """The running app's pool, else the process's (the library API's)."""
+    runtime = current_runtime.get()
+    return runtime.threads if runtime is not None else _DEFAULT_POOL
+
+
+def set_thread_limit(total: int, per_model: int | None = None) -> None:
+    """How many sync handler calls may run on worker threads at once in the library
+    API (the gateway app has its own, from ``gateway_settings``), and how many of them
+    one model may hold (default: half)."""
+    _DEFAULT_POOL.resize(total, per_model)
+
+
+async def run_in_thread(func: Callable[..., T], *args: Any, lane: Hashable = None) -> T:
+    """``func(*args)`` on a worker thread of the current pool, within ``lane``'s budget."""
+    return await current_pool().run(func, *args, lane=lane)
 
 
 def _in_event_loop() -> bool:

@@ -25,7 +25,8 @@ from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from ._aio import ClientGone, until_disconnect
-from ._threads import set_thread_limit
+from ._context import current_runtime
+from ._threads import ThreadPool
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -34,7 +35,7 @@ from .errors import (
     RequestTooLargeError,
     as_gateway_error,
 )
-from .http import HTTPClients, _current
+from .http import HTTPClients
 from .metrics import Metrics
 from .router import Routed
 from .router import Router as ModelRouter
@@ -172,7 +173,11 @@ class Runtime:
         self.body_limit = settings.max_request_body_bytes
         self.router = ModelRouter.from_config(config)
         self.started = int(time.time())
-        self.metrics = Metrics()
+        # This app's own threads for sync handlers: two apps in a process share none.
+        self.threads = ThreadPool(
+            settings.sync_worker_threads, settings.sync_worker_threads_per_model
+        )
+        self.metrics = Metrics(self.threads)
         self.models_payload = _encode(
             {
                 "object": "list",
@@ -182,7 +187,6 @@ class Runtime:
                 ],
             }
         )
-        set_thread_limit(settings.sync_worker_threads)
         self.http = HTTPClients(settings.upstream)
         self.keys: Any = None  # a keys.KeyManager when the config has a database_url
         if config.database_url:
@@ -250,12 +254,12 @@ class Runtime:
         if self.keys is not None:
             await self.keys.start()
         # Providers starting up see this runtime's clients, as its requests do.
-        token = _current.set(self.http)
+        token = current_runtime.set(self)
         try:
             for provider in self.router.providers():
                 await provider.astart(self.settings)
         finally:
-            _current.reset(token)
+            current_runtime.reset(token)
 
     async def shutdown(self) -> None:
         if self.keys is not None:
@@ -655,9 +659,10 @@ class GatewayApp(Router):
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # This app's HTTP clients for whatever serves the request (providers, handlers
-        # calling gateway.http_client()): ~0.1 us a request for the set and reset.
-        token = _current.set(self.runtime.http)
+        # What this app owns, for whatever serves the request: its HTTP clients
+        # (providers, handlers calling gateway.http_client()) and its threads for sync
+        # handlers. ~0.1 us a request for the set and reset.
+        token = current_runtime.set(self.runtime)
         try:
             # Exact paths go straight to their endpoint: Starlette's route matching costs
             # 1 us a request (7% of a whole request here). Everything else (prefixes from
@@ -669,7 +674,7 @@ class GatewayApp(Router):
                     return
             await super().__call__(scope, receive, send)
         finally:
-            _current.reset(token)
+            current_runtime.reset(token)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:

@@ -91,6 +91,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``gateway_settings:`` section."""
 
     sync_worker_threads: _PositiveInt = 64
+    # How many of them one model (of one handler) may hold; None: half of them.
+    sync_worker_threads_per_model: _PositiveInt | None = None
     max_request_body_bytes: _PositiveInt = 16 * 1024 * 1024
     default_timeout: _Positive = DEFAULT_TIMEOUT
     graceful_timeout: _NonNegative = 30.0

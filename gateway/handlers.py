@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
 import msgspec
@@ -189,11 +189,11 @@ async def _aiter_any(result: Any) -> AsyncIterator[Any]:
 _DONE = object()
 
 
-async def _pull_in_threads(iterator: Iterator[Any]) -> AsyncIterator[Any]:
+async def _pull_in_threads(iterator: Iterator[Any], lane: Hashable) -> AsyncIterator[Any]:
     """Pull a sync iterator on worker threads, one item per hop, and close it at the end."""
     try:
         while True:
-            item = await run_in_thread(next, iterator, _DONE)
+            item = await run_in_thread(next, iterator, _DONE, lane=lane)
             if item is _DONE:
                 return
             yield item
@@ -230,6 +230,10 @@ class CustomProvider(Provider):
         self._image = _Method(handler, "image_generation")
         self._aimage = _Method(handler, "aimage_generation")
 
+    def _lane(self, call: Any) -> Hashable:
+        # The thread budget's unit: one model of this handler (per upstream, if any).
+        return (self.name, call.model, call.api_base)
+
     def _missing(self, what: str) -> NotImplementedByHandlerError:
         return NotImplementedByHandlerError(
             f"handler {type(self.handler).__name__} of provider {self.name!r} implements "
@@ -244,7 +248,7 @@ class CustomProvider(Provider):
             result = await self._acompletion(kwargs)
         elif self._completion.served:
             kwargs["acompletion"] = False
-            result = await run_in_thread(self._completion, kwargs)
+            result = await run_in_thread(self._completion, kwargs, lane=self._lane(call))
         elif self._astreaming.served or self._streaming.served:
             # include_usage: the usage the handler streamed reaches the built answer.
             state = StreamState(call.model, include_usage=True)
@@ -272,11 +276,13 @@ class CustomProvider(Provider):
 
     async def _astream_other(self, call: ChatCall) -> AsyncIterator[Any]:
         if self._streaming.served:
-            result = await run_in_thread(self._streaming, _chat_kwargs(call, is_async=False))
+            result = await run_in_thread(
+                self._streaming, _chat_kwargs(call, is_async=False), lane=self._lane(call)
+            )
             if hasattr(result, "__aiter__") or is_single_item(result):
                 items = _aiter_any(result)
             else:
-                items = _pull_in_threads(iter(result))
+                items = _pull_in_threads(iter(result), self._lane(call))
         else:
             # No streaming method: stream the whole answer.
             yield await self.acompletion(call)
@@ -320,7 +326,7 @@ class CustomProvider(Provider):
         if self._aembedding.served:
             result = await self._aembedding(kwargs)
         elif self._embedding.served:
-            result = await run_in_thread(self._embedding, kwargs)
+            result = await run_in_thread(self._embedding, kwargs, lane=self._lane(call))
         else:
             raise self._missing("embedding")
         return _to_embedding(result, kwargs["model_response"])
@@ -342,7 +348,7 @@ class CustomProvider(Provider):
         if self._aimage.served:
             result = await self._aimage(kwargs)
         elif self._image.served:
-            result = await run_in_thread(self._image, kwargs)
+            result = await run_in_thread(self._image, kwargs, lane=self._lane(call))
         else:
             raise self._missing("image generation")
         return _as(ImageResponse, result, kwargs["model_response"], "image response")

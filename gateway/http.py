@@ -12,10 +12,11 @@ a process-wide default set with the default settings.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import importlib.util
 import weakref
 from typing import TYPE_CHECKING, Any
+
+from ._context import current_runtime
 
 if TYPE_CHECKING:
     import aiohttp
@@ -236,15 +237,10 @@ def _library_default() -> HTTPClients:
     return _default
 
 
-# The running app's clients, set by ``GatewayApp`` for each request it serves.
-_current: contextvars.ContextVar[HTTPClients | None] = contextvars.ContextVar(
-    "gateway_http_clients", default=None
-)
-
-
 def current() -> HTTPClients:
     """The clients of the app serving this request, else the library's default set."""
-    return _current.get() or _library_default()
+    runtime = current_runtime.get()
+    return runtime.http if runtime is not None else _library_default()
 
 
 def http_client() -> httpx.AsyncClient:

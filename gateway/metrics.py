@@ -37,11 +37,12 @@ class RouteStats:
 class Metrics:
     """The counters of one app."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: Any = None) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.in_flight = 0
         # More prometheus-client collectors (objects with ``collect()``), e.g. spend logs'.
         self.collectors: list[Any] = []
+        self.threads = threads  # the app's ThreadPool, read at scrape time
 
     def route(self, name: str) -> RouteStats:
         stats = self.routes.get(name)
@@ -95,3 +96,16 @@ class _Collector:
             "Requests being answered now",
             value=self.metrics.in_flight,
         )
+        threads = self.metrics.threads
+        if threads is not None:
+            yield GaugeMetricFamily(
+                "gateway_sync_threads_busy",
+                "Worker threads running a sync handler now (stuck ones included)",
+                value=threads.busy,
+            )
+            yield GaugeMetricFamily(
+                "gateway_sync_threads_stuck",
+                "Worker threads still running a sync handler whose caller gave up "
+                "(its deadline passed or the client left); they hold their slot",
+                value=threads.stuck,
+            )

@@ -104,7 +104,7 @@ async def test_sync_handlers_use_a_dedicated_limiter() -> None:
             return "ok"
 
     register("counted", Counting())
-    gateway.set_thread_limit(2)
+    gateway.set_thread_limit(2, per_model=2)
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(6):
