@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import functools
 import math
+import os
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -289,26 +290,89 @@ async def run_in_thread(func: Callable[..., T], *args: Any, lane: Hashable = Non
     return await current_pool().run(func, *args, lane=lane)
 
 
-def _in_event_loop() -> bool:
+class _LoopThread:
+    """One asyncio loop on a daemon thread, for the process: where sync callers run
+    async code.
+
+    A loop per call would close under whatever a handler keeps between calls (an
+    ``httpx.AsyncClient`` made on first use is bound to the loop it first ran on);
+    this one lives as long as the process. A daemon thread, so a hung handler never
+    keeps the process from exiting.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ident: int | None = None
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    self._ident = threading.get_ident()
+                    ready.set()
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="gateway-loop", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def forget(self) -> None:
+        # In a forked child the thread is gone; the next call starts a new one.
+        self._lock = threading.Lock()
+        self._loop = self._ident = None
+
+    def running_here(self) -> bool:
+        return self._ident == threading.get_ident()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop or self._start()
+        # The caller's context variables go along, except the one naming the caller's
+        # async library (a trio caller's would make anyio use trio on this loop).
+        context = contextvars.copy_context()
+        context.run(_forget_async_library)
+        future = context.run(asyncio.run_coroutine_threadsafe, coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # the caller was interrupted (KeyboardInterrupt): stop the call
+            raise
+
+
+def _forget_async_library() -> None:
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        import sniffio
+    except ImportError:  # anyio without sniffio detects asyncio by itself
+        return
+    sniffio.current_async_library_cvar.set(None)
+
+
+_LOOP = _LoopThread()
+os.register_at_fork(after_in_child=_LOOP.forget)
 
 
 def run_async(func: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
-    """Run an async function to completion from sync code.
+    """Run an async function to completion from sync code, on the process's loop thread.
 
-    Works in a plain thread and inside a running event loop alike (where it runs a
-    loop of its own on a helper thread), so a handler's ``async def`` may call the
-    sync API, as the seed's handlers do. With ``timeout`` it is cancelled after that
-    many seconds and ``TimeoutError`` is raised.
+    Works in a plain thread and inside a running event loop alike, so a handler's
+    ``async def`` may call the sync API, as the seed's handlers do. With ``timeout`` it
+    is cancelled after that many seconds and ``TimeoutError`` is raised.
     """
     if timeout is not None:
         return run_async(_bounded, timeout, func, *args)
-    if not _in_event_loop():
-        return anyio.run(func, *args)
+    if _LOOP.running_here():
+        # Called by code on the loop thread itself, which cannot wait for its own loop:
+        # a loop of its own on a helper thread.
+        return _run_on_a_new_loop(func, *args)
+    return _LOOP.call(func(*args))  # type: ignore[arg-type]
+
+
+def _run_on_a_new_loop(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     result: list[Any] = []
 
     def target() -> None:
@@ -331,29 +395,58 @@ async def _bounded(timeout: float, func: Callable[..., Awaitable[T]], *args: Any
         return await func(*args)
 
 
+_END: Any = object()
+
+
+async def _open(factory: Callable[[], Any]) -> Any:
+    return factory()
+
+
+async def _next(iterator: AsyncIterator[T], timeout: float | None) -> T:
+    try:
+        if timeout is None:
+            return await iterator.__anext__()
+        with anyio.fail_after(timeout):
+            return await iterator.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
 def iterate_async(
     factory: Callable[[], AsyncIterator[T] | Awaitable[Any]], timeout: float | None = None
 ) -> Iterator[T]:
     """Iterate an async iterator from sync code, one item at a time, closing it at the end.
 
-    With ``timeout``, each wait for an item is cancelled after that many seconds and
-    ``TimeoutError`` is raised.
+    It runs on the process's loop thread, as ``run_async`` does. With ``timeout``, each
+    wait for an item is cancelled after that many seconds and ``TimeoutError`` is raised.
     """
+    if _LOOP.running_here():
+        yield from _iterate_on_a_new_loop(factory, timeout)
+        return
+    iterator = _LOOP.call(_open(factory))
+    try:
+        while True:
+            item = _LOOP.call(_next(iterator, timeout))
+            if item is _END:
+                return
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            _LOOP.call(aclose())
+
+
+def _iterate_on_a_new_loop(
+    factory: Callable[[], AsyncIterator[T] | Awaitable[Any]], timeout: float | None
+) -> Iterator[T]:
     with anyio.from_thread.start_blocking_portal() as portal:
-
-        async def open_() -> Any:
-            return factory()
-
-        iterator = portal.call(open_)
+        iterator = portal.call(_open, factory)
         try:
             while True:
-                try:
-                    if timeout is None:
-                        yield portal.call(iterator.__anext__)
-                    else:
-                        yield portal.call(_bounded, timeout, iterator.__anext__)
-                except StopAsyncIteration:
+                item = portal.call(_next, iterator, timeout)
+                if item is _END:
                     return
+                yield item
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:

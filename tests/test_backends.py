@@ -171,3 +171,24 @@ async def test_disconnect_cancels_the_handler(stream: bool) -> None:
     assert not exchange.body_bytes.endswith(b"data: [DONE]\n\n")
     stats = gateway_app.runtime.metrics.routes["chat_completions"].statuses
     assert stats == {499: 1}
+
+
+class SyncOnly(gateway.CustomLLM):
+    def completion(self, *args: Any, **kwargs: Any) -> Any:
+        return gateway.completion("x", [], mock_response="from a worker thread")
+
+
+async def test_sync_only_handler() -> None:
+    gateway_app = create_app(
+        {
+            "model_list": [{"model_name": "s", "litellm_params": {"model": "s/m"}}],
+            "litellm_settings": {
+                "custom_provider_map": [{"provider": "s", "custom_handler": SyncOnly()}]
+            },
+        }
+    )
+    exchange = Exchange({"model": "s", "messages": [{"role": "user", "content": "hi"}]})
+    await exchange.run(gateway_app)
+    assert exchange.status == 200, exchange.body_bytes
+    content = msgspec.json.decode(exchange.body_bytes)["choices"][0]["message"]["content"]
+    assert content == "from a worker thread"

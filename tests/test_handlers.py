@@ -14,6 +14,13 @@ import pytest
 import gateway
 from gateway.types import ModelResponse
 
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The library runs on either anyio backend."""
+    return request.param
+
+
 USER = [{"role": "user", "content": "hi"}]
 
 

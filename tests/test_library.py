@@ -7,9 +7,19 @@ import time
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from fake_upstream import serve_in_thread
 
 import gateway
+from gateway._threads import run_async
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The library runs on either anyio backend."""
+    return request.param
+
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -285,3 +295,46 @@ def test_handler_may_use_the_sync_api_from_a_worker_thread() -> None:
     resp = anyio.run(gateway.acompletion, "nested/m", USER)
     assert resp.choices[0].message.content == "nested"
     assert seen and seen[0] != threading.main_thread().name
+
+
+# Sync calls of async-only handlers share one long-lived event loop
+
+
+async def _pong(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"pong"})
+
+
+class HoldsAnAsyncClient(gateway.CustomLLM):
+    """Makes an httpx.AsyncClient on first use and keeps it, as handlers do."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: httpx.AsyncClient | None = None
+
+    async def _get(self) -> str:
+        if self.client is None:
+            self.client = httpx.AsyncClient(base_url=self.url)
+        return (await self.client.get("/")).text
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        return gateway.completion("x", USER, mock_response=await self._get())
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        yield await self._get()
+
+
+def test_sync_calls_of_an_async_handler_keep_its_client_working() -> None:
+    with serve_in_thread(_pong, lifespan="off") as server:
+        handler = HoldsAnAsyncClient(server.url)
+        gateway.register_provider("holds", handler)
+        try:
+            for _ in range(3):
+                resp = gateway.completion("holds/m", USER, timeout=10)
+                assert resp.choices[0].message.content == "pong"
+                chunks = list(gateway.completion("holds/m", USER, stream=True))
+                assert chunks[0].choices[0].delta.content == "pong"
+        finally:
+            if handler.client is not None:
+                run_async(handler.client.aclose)

@@ -13,6 +13,13 @@ import pytest
 import gateway
 from gateway.types import GenericStreamingChunk, ModelResponseStream
 
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The library runs on either anyio backend."""
+    return request.param
+
+
 USER = [{"role": "user", "content": "hi"}]
 
 
