@@ -115,11 +115,13 @@ def _fail(message: str) -> int:
 
 
 def _uvicorn_options(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from ._uvicorn import http_protocol
+
     return {
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": http_protocol("httptools"),
         "lifespan": "on",
         "access_log": False,
         "log_level": args.log_level,
