@@ -24,7 +24,7 @@ import msgspec
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ._aio import ClientGone, until_disconnect
+from ._aio import ClientGone, Deadline, until_disconnect
 from ._context import current_runtime
 from ._threads import ThreadPool
 from .errors import (
@@ -33,6 +33,7 @@ from .errors import (
     GatewayError,
     NotFoundError,
     RequestTooLargeError,
+    Timeout,
     as_gateway_error,
 )
 from .http import HTTPClients
@@ -420,6 +421,7 @@ class ChatCompletions(_Endpoint):
                 ),
                 request.messages,
             ),
+            timeout=timeout,
         )
 
 
@@ -434,20 +436,25 @@ async def _stream(
     send: Send,
     call: Callable[[], Awaitable[Routed]],
     write: Callable[[Send, Routed], Awaitable[None]] | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Server-sent events, written as the handler yields them (by ``write``: a front
     door writes its own API's events).
 
     Headers go out once the first chunk exists, so a failure before it is a plain
     HTTP error. A failure after it is an SSE error event. A disconnect cancels the
-    handler's stream; its ``finally`` runs.
+    handler's stream; its ``finally`` runs. The request's own ``timeout`` bounds the
+    whole stream (the router bounds each wait between chunks).
     """
     if write is None:
         write = _write_stream
     opened: list[Routed] = []
+    start = time.monotonic() if timeout is not None else 0.0
 
     async def run() -> None:
         routed = await call()
+        if timeout is not None:
+            routed.result = _Deadlined(routed.result, Deadline(timeout, start))
         opened.append(routed)
         await write(send, routed)
 
@@ -458,6 +465,30 @@ async def _stream(
         if opened:
             with anyio.CancelScope(shield=True):
                 await opened[0].result.aclose()
+
+
+class _Deadlined:
+    """A stream's chunks under the request's deadline: past it, the next chunk is a
+    ``Timeout`` (a gateway error, so every writer ends with its own error event)."""
+
+    __slots__ = ("_chunks", "_deadline")
+
+    def __init__(self, chunks: Any, deadline: Deadline) -> None:
+        self._chunks = chunks
+        self._deadline = deadline
+
+    def __aiter__(self) -> _Deadlined:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._deadline.wait(self._chunks.__anext__())
+        except TimeoutError:
+            raise Timeout(f"Request timed out after {self._deadline.seconds:g} s") from None
+
+    async def aclose(self) -> None:
+        self._deadline.close()
+        await self._chunks.aclose()
 
 
 async def _write_stream(send: Send, routed: Routed) -> None:

@@ -47,9 +47,9 @@ class Handler(gateway.CustomLLM):
 
     async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         content = kwargs["messages"][-1]["content"]
-        gap = 0.05 if content == "paced" else 0.0
+        gap = 0.05 if content in ("paced", "ticking") else 0.0
         try:
-            for i in range(3 if content != "endless" else 10_000):
+            for i in range(3 if content not in ("endless", "ticking") else 10_000):
                 yield f"w{i} "
                 SEEN.started.set()
                 await anyio.sleep(gap if content != "stall" or i < 1 else 30)
@@ -155,6 +155,15 @@ async def test_idle_stream_ends_with_an_error_event() -> None:
     got = events(exchange.body_bytes)
     assert got[0]["choices"][0]["delta"]["content"] == "w0 "
     assert got[-1]["error"]["type"] == "timeout_error"
+    assert SEEN.finally_ran
+
+
+async def test_request_timeout_bounds_the_whole_stream() -> None:
+    exchange = Exchange(chat("ticking", stream=True, timeout=0.4))
+    await exchange.run(app())
+    got = events(exchange.body_bytes)
+    assert got[0]["choices"][0]["delta"]["content"] == "w0 "
+    assert got[-1]["error"]["message"] == "Request timed out after 0.4 s"
     assert SEEN.finally_ran
 
 

@@ -127,6 +127,7 @@ async def _chat(
             chat.messages,
         ),
         write,
+        timeout=timeout,
     )
 
 
