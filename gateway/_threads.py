@@ -9,6 +9,7 @@ import math
 import os
 import queue
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
 from typing import Any, TypeVar
@@ -60,6 +61,17 @@ class _Waiter:
         self.granted = False
 
 
+_POOLS: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
+
+
+def _forget_threads() -> None:
+    for pool in list(_POOLS):
+        pool._reset()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
+
+
 class ThreadPool:
     """Worker threads for sync handlers: a true cap, and a budget per model.
 
@@ -74,9 +86,14 @@ class ThreadPool:
     """
 
     def __init__(self, total: int = DEFAULT_THREAD_LIMIT, per_lane: int | None = None) -> None:
-        self._lock = threading.Lock()
         self.total = total
         self.per_lane = per_lane or max(1, total // 2)
+        self._reset()
+        _POOLS.add(self)
+
+    def _reset(self) -> None:
+        # Also in a forked child, where none of the parent's threads exist.
+        self._lock = threading.Lock()
         self.busy = 0
         self.stuck = 0
         self._lanes: dict[Hashable, int] = {}
@@ -91,11 +108,6 @@ class ThreadPool:
             woken = self._grant_waiting()
         for waiter in woken:
             waiter.wake()
-
-    @property
-    def threads(self) -> int:
-        """Worker threads alive now: busy plus idle ones waiting for work."""
-        return self.busy + len(self._idle)
 
     async def run(self, func: Callable[..., T], *args: Any, lane: Hashable = None) -> T:
         """``func(*args)`` on a worker thread; a cancelled caller leaves it running."""
