@@ -9,6 +9,7 @@ import math
 import os
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
@@ -131,6 +132,38 @@ class ThreadPool:
         except asyncio.CancelledError:
             self._abandon(call)
             raise
+
+    def run_blocking(
+        self, func: Callable[..., T], *args: Any, lane: Hashable = None, timeout: float
+    ) -> T:
+        """``run`` for sync callers: ``TimeoutError`` after ``timeout`` seconds, the
+        thread left running in its slot."""
+        deadline = time.monotonic() + timeout
+        granted = threading.Event()
+        waiter = _Waiter(lane, granted.set)
+        with self._lock:
+            free = self._has_room(lane)
+            if free:
+                self._take(lane)
+            else:
+                self._waiters.append(waiter)
+        if not free and not granted.wait(timeout):
+            with self._lock:
+                if not waiter.granted:
+                    self._waiters.remove(waiter)
+                    raise TimeoutError(f"no worker thread free within {timeout:g} s")
+        call = _Call(func, args, lane)
+        results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        call.deliver = lambda ok, value: results.put((ok, value))
+        self._dispatch(call)
+        try:
+            ok, value = results.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            self._abandon(call)
+            raise TimeoutError(f"no answer within {timeout:g} s") from None
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
 
     async def _run_anyio(self, call: _Call) -> Any:
         if self._limiter is None:

@@ -8,7 +8,6 @@ built from a deployment.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -16,7 +15,7 @@ import anyio
 
 from . import registry
 from ._aio import IdleTimeout, within
-from ._threads import iterate_in_thread, run_async
+from ._threads import current_pool, iterate_in_thread, run_async
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
 from .streaming import StreamState
@@ -311,30 +310,16 @@ async def _run(method: Callable[[Any], Any], call: Any) -> Any:
 
 
 def _run_sync(func: Callable[[Any], T], call: Any) -> T:
-    """A sync provider call; with a timeout it runs on a thread that is abandoned on expiry."""
+    """A sync provider call; with a timeout it runs on a worker thread of the process's
+    pool, left running (in its slot) on expiry."""
     try:
         if call.timeout is None:
             return func(call)
-        result: list[Any] = []
-
-        def target() -> None:
-            try:
-                result.append((True, func(call)))
-            except BaseException as exc:
-                result.append((False, exc))
-
-        thread = threading.Thread(target=target, name="gateway-call", daemon=True)
-        thread.start()
-        thread.join(call.timeout)
-        if not result:
-            raise _timeout_error(call.timeout)
-        ok, value = result[0]
-        if not ok:
-            raise value
-        return value
+        lane = (func, call.model, call.api_base)
+        return current_pool().run_blocking(func, call, lane=lane, timeout=call.timeout)
     except GatewayError:
         raise
-    except TimeoutError as exc:  # the provider's own deadline fired first
+    except TimeoutError as exc:  # ours, or the provider's own deadline fired first
         raise _timeout_error(call.timeout) from exc
     except Exception as exc:
         raise as_gateway_error(exc) from exc

@@ -230,3 +230,19 @@ def test_a_hung_sync_handler_does_not_keep_the_process_alive(tmp_path: Path) -> 
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+def test_library_sync_calls_that_time_out_hold_their_slots(hung: Hung) -> None:
+    gateway.register_provider("hung", hung)
+    gateway.set_thread_limit(4)
+    try:
+        before = threading.active_count()
+        for _ in range(12):
+            with pytest.raises(gateway.Timeout):
+                gateway.completion("hung/m", [{"role": "user", "content": "hi"}], timeout=0.1)
+        assert hung.peak == 2
+        assert threading.active_count() - before <= 2
+    finally:
+        hung.release.set()
+        wait_until(lambda: hung.inside == 0)
+        gateway.set_thread_limit(gateway._threads.DEFAULT_THREAD_LIMIT)
