@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import math
 import os
@@ -50,13 +51,13 @@ class _Call:
         self.lane = lane
         self.done = False
         self.abandoned = False  # the caller gave up (deadline, disconnect): "stuck"
-        self.deliver: Callable[[bool, Any], None] | None = None
+        self.deliver: Callable[[bool, Any], object] | None = None
 
 
 class _Waiter:
     __slots__ = ("granted", "lane", "wake")
 
-    def __init__(self, lane: Hashable, wake: Callable[[], None]) -> None:
+    def __init__(self, lane: Hashable, wake: Callable[[], object]) -> None:
         self.lane = lane
         self.wake = wake
         self.granted = False
@@ -125,7 +126,7 @@ class ThreadPool:
             return await self._run_anyio(call)
         # asyncio: our own daemon workers and a future, set from the worker thread.
         future: asyncio.Future[T] = loop.create_future()
-        call.deliver = functools.partial(loop.call_soon_threadsafe, _settle, future)
+        call.deliver = lambda ok, value: loop.call_soon_threadsafe(_settle, future, ok, value)
         self._dispatch(call)
         try:
             return await future
@@ -227,11 +228,13 @@ class ThreadPool:
         except RuntimeError:
             event = anyio.Event()
             token = anyio.lowlevel.current_token()
-            wake = functools.partial(_set_event, event, token, threading.get_ident())
+            wake: Callable[[], object] = functools.partial(
+                _set_event, event, token, threading.get_ident()
+            )
             waiting = event.wait()
         else:
             future: asyncio.Future[None] = loop.create_future()
-            wake = functools.partial(loop.call_soon_threadsafe, _settle, future, True, None)
+            wake = lambda: loop.call_soon_threadsafe(_settle, future, True, None)  # noqa: E731
             waiting = future
         waiter = _Waiter(lane, wake)
         with self._lock:
