@@ -25,6 +25,8 @@ from ._context import current_runtime
 
 __all__ = [
     "DEFAULT_THREAD_LIMIT",
+    "DONE",
+    "Pull",
     "ThreadPool",
     "current_pool",
     "iterate_async",
@@ -502,46 +504,65 @@ def _iterate_on_a_new_loop(
 
 
 _DONE: Any = object()
+DONE = _DONE  # what Pull.next returns at the end of its iterator
 
 
-def iterate_in_thread(iterator: Iterator[T], timeout: float) -> Iterator[T]:
-    """Items of a blocking iterator, waiting at most ``timeout`` seconds for each.
+def iterate_in_thread(iterator: Iterator[T], timeout: float, lane: Hashable = None) -> Iterator[T]:
+    """Items of a blocking iterator, pulled on the current pool's worker threads one
+    at a time (nothing is read ahead), waiting at most ``timeout`` seconds for each.
 
-    The iterator runs on a helper thread, one item per request, so nothing is read
-    ahead. On expiry ``TimeoutError`` is raised and the thread is abandoned: it closes
-    the iterator once its pending item arrives (Python cannot interrupt it sooner).
+    On expiry ``TimeoutError`` is raised; the thread inside ``next()`` keeps its slot
+    and closes the iterator once its pending item arrives (Python cannot interrupt it
+    sooner).
     """
-    requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
-    results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-
-    def produce() -> None:
-        try:
-            while requests.get():
-                try:
-                    item = next(iterator, _DONE)
-                except BaseException as exc:
-                    results.put((False, exc))
-                    return
-                results.put((True, item))
-                if item is _DONE:
-                    return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    threading.Thread(target=produce, name="gateway-stream", daemon=True).start()
+    pool = current_pool()
+    pull = Pull(iterator)
     try:
         while True:
-            requests.put(True)
-            try:
-                ok, item = results.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no stream item within {timeout:g} s") from None
-            if not ok:
-                raise item
+            item = pool.run_blocking(pull.next, lane=lane, timeout=timeout)
             if item is _DONE:
                 return
             yield item
     finally:
-        requests.put(False)
+        pull.close()
+
+
+class Pull:
+    """A sync iterator pulled from worker threads, closed exactly once.
+
+    A disconnect or timeout abandons the thread inside ``next()``, where the iterator
+    cannot be closed (``ValueError: generator already executing``): that thread closes
+    it as soon as ``next()`` returns, so its ``finally`` runs then, not whenever the
+    garbage collector gets to it. ``next()`` returns ``DONE`` at the end.
+    """
+
+    __slots__ = ("_busy", "_closing", "_iterator", "_lock")
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self._iterator = iterator
+        self._lock = threading.Lock()
+        self._busy = self._closing = False
+
+    def next(self) -> Any:
+        with self._lock:
+            self._busy = True
+        try:
+            return next(self._iterator, _DONE)
+        finally:
+            with self._lock:
+                self._busy = False
+                closing = self._closing
+            if closing:
+                self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._busy:
+                self._closing = True
+                return
+        self._close()
+
+    def _close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()

@@ -331,7 +331,8 @@ def _sync_stream(prepared: _Prepared, model_name: str) -> Iterator[ModelResponse
     iterator = prepared.provider.stream(call)
     if call.timeout is not None:
         # Bounds each wait for an item, as in astream_chunks; a stuck handler is abandoned.
-        iterator = iterate_in_thread(iterator, call.timeout)
+        lane = (prepared.provider, call.model, call.api_base)
+        iterator = iterate_in_thread(iterator, call.timeout, lane)
     try:
         for item in iterator:
             yield from _feed(state, item)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
 import msgspec
 
-from ._threads import iterate_async, run_async, run_in_thread
+from ._threads import DONE, Pull, iterate_async, run_async, run_in_thread
 from .custom_llm import serves
 from .errors import BadGatewayError, NotImplementedByHandlerError
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
@@ -187,61 +186,17 @@ async def _aiter_any(result: Any) -> AsyncIterator[Any]:
             yield item
 
 
-_DONE = object()
-
-
 async def _pull_in_threads(iterator: Iterator[Any], lane: Hashable) -> AsyncIterator[Any]:
     """Pull a sync iterator on worker threads, one item per hop, and close it at the end."""
-    pull = _Pull(iterator)
+    pull = Pull(iterator)
     try:
         while True:
             item = await run_in_thread(pull.next, lane=lane)
-            if item is _DONE:
+            if item is DONE:
                 return
             yield item
     finally:
         pull.close()
-
-
-class _Pull:
-    """A sync iterator pulled from worker threads, closed exactly once.
-
-    A disconnect or timeout abandons the thread inside ``next()``, where the iterator
-    cannot be closed (``ValueError: generator already executing``): that thread
-    closes it as soon as ``next()`` returns, so its ``finally`` runs then, not
-    whenever the garbage collector gets to it.
-    """
-
-    __slots__ = ("_busy", "_closing", "_iterator", "_lock")
-
-    def __init__(self, iterator: Iterator[Any]) -> None:
-        self._iterator = iterator
-        self._lock = threading.Lock()
-        self._busy = self._closing = False
-
-    def next(self) -> Any:
-        with self._lock:
-            self._busy = True
-        try:
-            return next(self._iterator, _DONE)
-        finally:
-            with self._lock:
-                self._busy = False
-                closing = self._closing
-            if closing:
-                self._close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._busy:
-                self._closing = True
-                return
-        self._close()
-
-    def _close(self) -> None:
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
 
 
 def _iter_any(result: Any, timeout: float | None) -> Iterator[Any]:

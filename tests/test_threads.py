@@ -246,3 +246,26 @@ def test_library_sync_calls_that_time_out_hold_their_slots(hung: Hung) -> None:
         hung.release.set()
         wait_until(lambda: hung.inside == 0)
         gateway.set_thread_limit(gateway._threads.DEFAULT_THREAD_LIMIT)
+
+
+def test_library_sync_streams_that_stall_hold_their_slots(hung: Hung) -> None:
+    class StallingStream(gateway.CustomLLM):
+        def streaming(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+            yield "first "
+            hung.completion()  # hangs until released
+
+    gateway.register_provider("stalls", StallingStream())
+    gateway.set_thread_limit(4)
+    try:
+        before = threading.active_count()
+        for _ in range(12):
+            chunks = gateway.completion("stalls/m", [], stream=True, timeout=0.2)
+            with pytest.raises(gateway.Timeout):
+                for _chunk in chunks:
+                    pass
+        assert hung.peak == 2
+        assert threading.active_count() - before <= 2
+    finally:
+        hung.release.set()
+        wait_until(lambda: hung.inside == 0)
+        gateway.set_thread_limit(gateway._threads.DEFAULT_THREAD_LIMIT)
