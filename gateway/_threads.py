@@ -45,14 +45,15 @@ _IDLE_SECONDS = 10.0  # an idle worker thread ends after this long
 class _Call:
     """One function run on a worker thread, and what became of its caller."""
 
-    __slots__ = ("abandoned", "args", "deliver", "done", "func", "lane")
+    __slots__ = ("abandoned", "args", "deliver", "done", "func", "lane", "started")
 
     def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], lane: Hashable) -> None:
         self.func = func
         self.args = args
         self.lane = lane
+        self.started = False
         self.done = False
-        self.abandoned = False  # the caller gave up (deadline, disconnect): "stuck"
+        self.abandoned = False  # the caller gave up while it ran: "stuck"
         self.deliver: Callable[[bool, Any], object] | None = None
 
 
@@ -182,16 +183,33 @@ class ThreadPool:
             raise
 
     def _execute(self, call: _Call) -> Any:
+        if not self._begin(call):
+            return None
         try:
             return call.func(*call.args)
         finally:
             self._finished(call)
 
-    def _abandon(self, call: _Call) -> None:
+    def _begin(self, call: _Call) -> bool:
         with self._lock:
-            if not call.done:
+            if call.done:
+                return False  # its caller gave up before it started: never run it
+            call.started = True
+            return True
+
+    def _abandon(self, call: _Call) -> None:
+        woken: list[_Waiter] = []
+        with self._lock:
+            if call.done:
+                return
+            if call.started:
                 call.abandoned = True
                 self.stuck += 1
+            else:  # not started yet (trio cancels before starting the thread): free now
+                call.done = True
+                woken = self._give_back(call.lane)
+        for waiter in woken:
+            waiter.wake()
 
     # slots
 
@@ -270,17 +288,19 @@ class ThreadPool:
 
     def _work(self, call: _Call | None, inbox: queue.SimpleQueue[_Call | None]) -> None:
         while call is not None:
-            try:
-                ok, value = True, call.func(*call.args)
-            except BaseException as exc:
-                ok, value = False, exc
-            self._finished(call)
-            assert call.deliver is not None
-            try:
-                call.deliver(ok, value)
-            except RuntimeError:
-                pass  # the caller's loop is closed: nobody is waiting
-            del call, value
+            if self._begin(call):
+                try:
+                    ok, value = True, call.func(*call.args)
+                except BaseException as exc:
+                    ok, value = False, exc
+                self._finished(call)
+                assert call.deliver is not None
+                try:
+                    call.deliver(ok, value)
+                except RuntimeError:
+                    pass  # the caller's loop is closed: nobody is waiting
+                del value
+            del call
             with self._lock:
                 self._idle.append(inbox)
             try:

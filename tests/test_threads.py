@@ -269,3 +269,19 @@ def test_library_sync_streams_that_stall_hold_their_slots(hung: Hung) -> None:
         hung.release.set()
         wait_until(lambda: hung.inside == 0)
         gateway.set_thread_limit(gateway._threads.DEFAULT_THREAD_LIMIT)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_calls_given_up_before_they_start_give_their_slot_back() -> None:
+    from gateway._threads import ThreadPool
+
+    pool = ThreadPool(2, 2)
+    ran: list[int] = []
+    for i in range(20):  # cancelled at once: on trio before the thread starts
+        with anyio.move_on_after(0):
+            await pool.run(ran.append, i)
+    with anyio.fail_after(5):
+        while pool.busy:
+            await anyio.sleep(0.01)
+    assert pool.stuck == 0
+    assert await pool.run(len, "ok") == 2  # every slot came back
