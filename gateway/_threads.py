@@ -166,7 +166,7 @@ class ThreadPool:
             self._abandon(call)
             raise TimeoutError(f"no answer within {timeout:g} s") from None
         if ok:
-            return value  # type: ignore[no-any-return]
+            return value
         raise value
 
     async def _run_anyio(self, call: _Call) -> Any:
