@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fake_upstream import serve_in_thread
 
 import gateway
 from gateway._threads import run_async
+from tests.fake_upstream import serve_in_thread
 
 
 @pytest.fixture(params=["asyncio", "trio"])

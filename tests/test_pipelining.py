@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_upstream import serve_in_thread
 from test_cli import Server
 
 import gateway
 from gateway._uvicorn import http_protocol
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 
 class Seen:

@@ -21,11 +21,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fake_upstream import serve_in_thread
 from test_cli import Server
 
 import gateway
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 
 class Hung(gateway.CustomLLM):
