@@ -189,3 +189,29 @@ def test_disconnect_mid_stream_stops_the_handler(
         next(events)
     stream.close()
     assert SLOW.stopped.wait(5)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_request_timeout_bounds_the_whole_stream(door: str, server: ServerHandle) -> None:
+    # The slow handler ticks every 50 ms for 15 s: no wait between chunks is long, the
+    # request's 0.5 s bounds the whole stream, which ends with the API's error event.
+    SLOW.stopped.clear()
+    path, body = {
+        "responses": ("/v1/responses", {"model": "slow", "input": "x"}),
+        "messages": (
+            "/v1/messages",
+            {"model": "slow", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        "completions": ("/v1/completions", {"model": "slow", "prompt": "x"}),
+    }[door]
+    r = httpx.post(
+        f"{server.url}{path}",
+        headers={"x-api-key": MASTER_KEY, "x-gateway-timeout": "0.5"},
+        json={**body, "stream": True},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert "tick 0" in r.text
+    assert "Request timed out after 0.5 s" in r.text  # in each API's own error event
+    assert "tick 299" not in r.text
+    assert SLOW.stopped.wait(5)
