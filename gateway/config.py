@@ -10,17 +10,16 @@ warnings, not errors, since LiteLLM configs carry many.
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+from . import _litellm_keys as litellm_keys
+from ._handler_modules import ImportFailure, import_handler_module
 from .provider import DEFAULT_TIMEOUT
 
 __all__ = [
@@ -170,7 +169,7 @@ def parse_router_settings(
         if key == "retry_after":  # LiteLLM's name for the least wait before a retry
             data.setdefault("retry_backoff", value)
             continue
-        if key in _LITELLM_ROUTER:
+        if key in litellm_keys.ROUTER_SETTINGS:
             ignored(key)
             continue
         if key not in known:
@@ -269,133 +268,6 @@ class _File(msgspec.Struct):
 
 def _fields(cls: type[msgspec.Struct]) -> tuple[str, ...]:
     return cls.__struct_fields__
-
-
-# LiteLLM settings this gateway does not implement: reported as ignored, not as typos.
-_LITELLM_TOP = frozenset(
-    {
-        "assistant_settings",
-        "callback_settings",
-        "credential_list",
-        "files_settings",
-        "finetune_settings",
-        "guardrails",
-        "include",
-        "mcp_servers",
-        "prompts",
-        "search_tools",
-        "vector_store_registry",
-    }
-)
-_LITELLM_SETTINGS = frozenset(
-    {
-        "allowed_fails",
-        "budget_duration",
-        "cache",
-        "cache_params",
-        "callbacks",
-        "content_policy_fallbacks",
-        "context_window_fallbacks",
-        "cooldown_time",
-        "default_fallbacks",
-        "default_internal_user_params",
-        "default_team_settings",
-        "disable_end_user_cost_tracking",
-        "drop_params",
-        "enable_json_schema_validation",
-        "enable_preview_features",
-        "failure_callback",
-        "fallbacks",
-        "force_ipv4",
-        "json_logs",
-        "key_generation_settings",
-        "max_budget",
-        "modify_params",
-        "num_retries",
-        "redact_user_api_key_info",
-        "return_response_headers",
-        "service_callback",
-        "set_verbose",
-        "ssl_verify",
-        "success_callback",
-        "telemetry",
-        "turn_off_message_logging",
-        "upperbound_key_generate_params",
-    }
-)
-_LITELLM_ROUTER = frozenset(
-    {
-        "alerting_config",
-        "allowed_fails_policy",
-        "assistants_config",
-        "cache_kwargs",
-        "cache_responses",
-        "caching_groups",
-        "client_ttl",
-        "content_policy_fallbacks",
-        "debug_level",
-        "enable_pre_call_checks",
-        "enable_tag_filtering",
-        "ignore_invalid_deployments",
-        "max_fallbacks",
-        "model_group_alias",
-        "model_group_retry_policy",
-        "optional_pre_call_checks",
-        "polling_interval",
-        "provider_budget_config",
-        "redis_host",
-        "redis_password",
-        "redis_port",
-        "redis_url",
-        "retry_policy",
-        "router_general_settings",
-        "set_verbose",
-    }
-)
-_LITELLM_GENERAL = frozenset(
-    {
-        "admin_only_routes",
-        "alert_to_webhook_url",
-        "alert_types",
-        "alerting",
-        "alerting_threshold",
-        "allow_user_auth",
-        "allowed_routes",
-        "background_health_checks",
-        "custom_auth",
-        "custom_key_generate",
-        "database_connection_pool_limit",
-        "database_connection_timeout",
-        "disable_master_key_return",
-        "disable_prisma_schema_update",
-        "disable_reset_budget",
-        "disable_spend_logs",
-        "enforce_user_param",
-        "forward_client_headers_to_llm_api",
-        "forward_openai_org_id",
-        "global_max_parallel_requests",
-        "health_check_details",
-        "health_check_interval",
-        "infer_model_from_keys",
-        "key_management_settings",
-        "key_management_system",
-        "litellm_key_header_name",
-        "max_parallel_requests",
-        "maximum_spend_logs_retention_period",
-        "otel",
-        "pass_through_endpoints",
-        "proxy_batch_write_at",
-        "proxy_budget_rescheduler_max_time",
-        "proxy_budget_rescheduler_min_time",
-        "public_routes",
-        "store_model_in_db",
-        "store_prompts_in_spend_logs",
-        "ui_access_mode",
-        "use_redis_transaction_buffer",
-        "use_x_forwarded_for",
-        "user_header_name",
-    }
-)
 
 
 def _join(path: str, key: Any) -> str:
@@ -566,19 +438,23 @@ class _Parser:
                 self._strict(value, where, UpstreamSettings)
 
     def check_keys(self, raw: dict[Any, Any]) -> None:
-        self._unknown(raw, "", _fields(_File), _LITELLM_TOP)
+        self._unknown(raw, "", _fields(_File), litellm_keys.TOP)
         models = raw.get("model_list")
         if isinstance(models, list):
             for i, entry in enumerate(models):
                 self._unknown(entry, _join("model_list", i), _fields(_Entry))
         settings = raw.get("litellm_settings")
-        self._unknown(settings, "litellm_settings", _fields(_LiteLLMSettings), _LITELLM_SETTINGS)
+        self._unknown(
+            settings, "litellm_settings", _fields(_LiteLLMSettings), litellm_keys.LITELLM_SETTINGS
+        )
         if isinstance(settings, dict) and isinstance(settings.get("custom_provider_map"), list):
             for i, entry in enumerate(settings["custom_provider_map"]):
                 path = _join("litellm_settings.custom_provider_map", i)
                 self._unknown(entry, path, _fields(_ProviderEntry))
         general = raw.get("general_settings")
-        self._unknown(general, "general_settings", _fields(_GeneralSettings), _LITELLM_GENERAL)
+        self._unknown(
+            general, "general_settings", _fields(_GeneralSettings), litellm_keys.GENERAL_SETTINGS
+        )
         self._strict(raw.get("gateway_settings"), "gateway_settings", GatewaySettings)
 
     # -- types ------------------------------------------------------------------------
@@ -602,8 +478,8 @@ class _Parser:
         if not dot or not module_name or not attr or "" in module_name.split("."):
             raise self.error(path, f"expected 'module.attribute', got {target!r}")
         try:
-            module = _import_handler_module(module_name, self.base_dir)
-        except _ImportFailure as exc:
+            module = import_handler_module(module_name, self.base_dir)
+        except ImportFailure as exc:
             raise self.error(path, str(exc)) from None
         try:
             handler = getattr(module, attr)
@@ -728,116 +604,6 @@ class _Parser:
             path=path,
             warnings=tuple(self.warnings),
         )
-
-
-# -- handler modules ------------------------------------------------------------------
-
-
-class _ImportFailure(Exception):
-    pass
-
-
-# Top-level module name -> the config folder we loaded it from, so a config in another
-# folder with a module of the same name (custom_handler.py) replaces ours, never a
-# module someone else imported.
-_loaded_from: dict[str, str] = {}
-
-
-def _local_file(module_name: str, base_dir: str) -> str | None:
-    parts = module_name.split(".")
-    for candidate in (
-        os.path.join(base_dir, *parts) + ".py",
-        os.path.join(base_dir, *parts, "__init__.py"),
-    ):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _is_under(module: Any, folder: str) -> bool:
-    locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or ())]
-    folder = os.path.realpath(folder)
-    for location in locations:
-        if location and os.path.realpath(location).startswith(folder + os.sep):
-            return True
-    return False
-
-
-@contextmanager
-def _path_first(folder: str) -> Iterator[None]:
-    # Like running a script from that folder: its siblings import first. Only for
-    # the import itself; afterwards sys.path is as it was.
-    sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        try:
-            sys.path.remove(folder)
-        except ValueError:
-            pass
-
-
-def _where(exc: BaseException, folder: str | None) -> str:
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f" ({os.path.basename(exc.filename)} line {exc.lineno})"
-    tb, found = exc.__traceback__, ""
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if folder is None or os.path.realpath(filename).startswith(os.path.realpath(folder)):
-            if "importlib" not in filename:
-                found = f" ({os.path.basename(filename)} line {tb.tb_lineno})"
-        tb = tb.tb_next
-    return found
-
-
-def _import_handler_module(module_name: str, base_dir: str | None) -> Any:
-    local = _local_file(module_name, base_dir) if base_dir else None
-    top = module_name.partition(".")[0]
-    if local is not None and base_dir is not None:
-        existing = sys.modules.get(top)
-        if existing is not None and not _is_under(existing, base_dir):
-            if top not in _loaded_from:
-                raise _ImportFailure(
-                    f"handler module {local} is named like the already imported module "
-                    f"{top!r} ({getattr(existing, '__file__', None) or 'built-in'}); rename it"
-                )
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
-        try:
-            with _path_first(base_dir):
-                importlib.invalidate_caches()
-                module = importlib.import_module(module_name)
-        except Exception as exc:
-            logger.debug("importing handler module %s failed", local, exc_info=True)
-            raise _ImportFailure(
-                f"importing handler module {local} failed: "
-                f"{type(exc).__name__}: {exc}{_where(exc, base_dir)}"
-            ) from None
-        if not _is_under(module, base_dir):
-            raise _ImportFailure(
-                f"handler module {module_name!r} resolved to "
-                f"{getattr(module, '__file__', None)}, not {local}"
-            )
-        _loaded_from[top] = base_dir
-        return module
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        parts = module_name.split(".")
-        if exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}:
-            looked = f"no {os.path.join(*parts)}.py in {base_dir}, and " if base_dir else ""
-            raise _ImportFailure(
-                f"handler module {module_name!r} not found ({looked}not importable)"
-            ) from None
-        raise _ImportFailure(
-            f"importing handler module {module_name!r} failed: ModuleNotFoundError: {exc}"
-        ) from None
-    except Exception as exc:
-        logger.debug("importing handler module %s failed", module_name, exc_info=True)
-        raise _ImportFailure(
-            f"importing handler module {module_name!r} failed: "
-            f"{type(exc).__name__}: {exc}{_where(exc, None)}"
-        ) from None
 
 
 # -- public entry points --------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway import config as config_module
+from gateway import _handler_modules as handler_modules
 from gateway.config import (
     Config,
     ConfigError,
@@ -46,9 +46,9 @@ def _forget_handler_modules(tmp_path: Path) -> Iterator[None]:
     for name, module in list(sys.modules.items()):
         if (getattr(module, "__file__", None) or "").startswith(root):
             del sys.modules[name]
-    for name, folder in list(config_module._loaded_from.items()):
+    for name, folder in list(handler_modules.loaded_from.items()):
         if folder.startswith(root):
-            del config_module._loaded_from[name]
+            del handler_modules.loaded_from[name]
 
 
 def write(folder: Path, name: str, text: str) -> Path:
