@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -359,17 +360,20 @@ class Router:
         """Sync ``acompletion``; with ``stream=True`` an iterator of chunks."""
         if stream:
             return sync_stream(
-                lambda: self.acompletion(
-                    model, messages, stream=True, timeout=timeout, headers=headers, **kwargs
+                partial(
+                    self.acompletion,
+                    model,
+                    messages,
+                    stream=True,
+                    timeout=timeout,
+                    headers=headers,
+                    **kwargs,
                 )
             )
 
-        async def run() -> Any:
-            return await self.acompletion(
-                model, messages, timeout=timeout, headers=headers, **kwargs
-            )
-
-        return run_async(run)
+        return run_async(
+            partial(self.acompletion, model, messages, timeout=timeout, headers=headers, **kwargs)
+        )
 
     async def aembedding(
         self,
@@ -394,10 +398,9 @@ class Router:
         headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        async def run() -> Any:
-            return await self.aembedding(model, input, timeout=timeout, headers=headers, **kwargs)
-
-        return run_async(run)
+        return run_async(
+            partial(self.aembedding, model, input, timeout=timeout, headers=headers, **kwargs)
+        )
 
     async def aimage_generation(
         self,
@@ -424,12 +427,11 @@ class Router:
         headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        async def run() -> Any:
-            return await self.aimage_generation(
-                prompt, model, timeout=timeout, headers=headers, **kwargs
+        return run_async(
+            partial(
+                self.aimage_generation, prompt, model, timeout=timeout, headers=headers, **kwargs
             )
-
-        return run_async(run)
+        )
 
 
 def _settings(
