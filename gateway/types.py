@@ -303,11 +303,11 @@ class ImageResponse(_Compat, omit_defaults=True):
     created: int = field(default_factory=_now)
     data: list[ImageObject] = field(default_factory=list)
     usage: Any = None
-    # Sent by OpenAI's gpt-image models; absent (and left out) otherwise.
-    background: Any = UNSET
-    output_format: Any = UNSET
-    quality: Any = UNSET
-    size: Any = UNSET
+    # Sent by OpenAI's gpt-image models; None (and left out of the JSON) otherwise.
+    background: Any = None
+    output_format: Any = None
+    quality: Any = None
+    size: Any = None
 
     if TYPE_CHECKING:
 

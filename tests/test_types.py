@@ -191,3 +191,11 @@ class _Streams(gateway.CustomLLM):
 
     def streaming(self, *args: Any, **kwargs: Any) -> Any:
         return iter(self.items)
+
+
+def test_image_fields_an_answer_lacks_read_as_none_and_stay_out_of_the_json() -> None:
+    resp = gateway.ImageResponse(data=[{"url": "https://example.com/i.png"}])
+    assert (resp.background, resp.output_format, resp.quality, resp.size) == (None,) * 4
+    assert set(msgspec.json.decode(msgspec.json.encode(resp))) == {"created", "data"}
+    sized = gateway.ImageResponse(size="1024x1024")
+    assert msgspec.json.decode(msgspec.json.encode(sized))["size"] == "1024x1024"
