@@ -41,10 +41,19 @@ class SyncOnly(gateway.CustomLLM):
         super().__init__()
         self.delay = delay
         self.threads: list[int] = []
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         self.threads.append(threading.get_ident())
-        time.sleep(self.delay)
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(self.delay)
+        finally:
+            with self.lock:
+                self.running -= 1
         return "sync"
 
 
@@ -61,13 +70,12 @@ class AsyncOnly(gateway.CustomLLM):
 
 async def test_sync_only_handler_runs_on_worker_threads_concurrently() -> None:
     handler = register("slow", SyncOnly(delay=0.2))
-    ticks = 0
+    seen_running: list[int] = []  # handler calls in progress, as the event loop saw them
     done = anyio.Event()
 
     async def ticker() -> None:
-        nonlocal ticks
         while not done.is_set():
-            ticks += 1
+            seen_running.append(handler.running)
             await anyio.sleep(0.01)
 
     results: list[Any] = [None] * 20
@@ -75,19 +83,18 @@ async def test_sync_only_handler_runs_on_worker_threads_concurrently() -> None:
     async def one(i: int) -> None:
         results[i] = await gateway.acompletion("slow/m", USER)
 
-    start = time.monotonic()
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
         async with anyio.create_task_group() as calls:
             for i in range(20):
                 calls.start_soon(one, i)
         done.set()
-    elapsed = time.monotonic() - start
 
     assert [text(r) for r in results] == ["sync"] * 20
-    assert elapsed < 4.0  # 20 x 0.2 s one after another would be 4 s
-    # The event loop was free while the handler slept: the ticker kept going.
-    assert ticks >= 5
+    # Side by side on worker threads, not one after another (how fast is for benchmarks/).
+    assert handler.peak >= 5, handler.peak
+    # The event loop ran while handlers slept in their threads: it was never blocked.
+    assert max(seen_running) > 0, seen_running
     assert threading.get_ident() not in handler.threads
     assert len(handler.threads) == 20
 
