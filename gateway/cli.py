@@ -1,6 +1,6 @@
 """The ``gateway`` command: serve a config.yaml with uvicorn.
 
-    gateway --config config.yaml [--host 0.0.0.0] [--port 4000] [--workers N] [--log-level info]
+    gateway --config config.yaml [--host 127.0.0.1] [--port 4000] [--workers N] [--log-level info]
 
 A broken config prints one line, ``gateway: error: <file>: <key.path>: <problem>``, and
 exits with status 2, like a bad command-line argument. Imports are lazy so start-up
@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(CONFIG_ENV),
         help=f"path to config.yaml (default: ${CONFIG_ENV})",
     )
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; another needs a master_key)",
+    )
     parser.add_argument(
         "--port", type=_port, default=4000, help="port to bind, 0 for any free one (default: 4000)"
     )
@@ -107,6 +111,34 @@ def _banner(config: Config) -> None:
         _say(f"serving {len(names)} model{'s' * (len(names) != 1)}: {', '.join(names)}")
     else:
         _say("serving no models (model_list is empty)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _check_exposure(config: Config, host: str, source: str) -> str | None:
+    """Why the gateway must not start keyless on ``host``, or None."""
+    if config.master_key is not None or _is_loopback(host):
+        return None
+    if config.allow_unauthenticated:
+        _say(
+            f"warning: no master_key and listening on {host}: anyone who can reach it "
+            "can spend your backends (general_settings.allow_unauthenticated is true)"
+        )
+        return None
+    return (
+        f"{source}: general_settings.master_key: required to listen on {host}, which is not "
+        "a loopback address (set a master_key, listen on 127.0.0.1, or set "
+        "general_settings.allow_unauthenticated: true)"
+    )
 
 
 def _fail(message: str) -> int:
@@ -200,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(check_database(config))
         except StoreError as exc:
             return _fail(f"general_settings.database_url: {exc}")
+    exposed = _check_exposure(config, args.host, args.config)
+    if exposed is not None:
+        return _fail(exposed)
     _banner(config)
     options = _uvicorn_options(args, config)
     if args.workers > 1:

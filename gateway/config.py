@@ -212,6 +212,8 @@ class Config(msgspec.Struct, frozen=True):
     master_key: str | None = None
     # Virtual keys and spend live here (sqlite:///path.db or postgresql://...); off if None.
     database_url: str | None = None
+    # No master_key on a non-loopback address: the CLI refuses to start unless this is set.
+    allow_unauthenticated: bool = False
     settings: GatewaySettings = GatewaySettings()
     router_settings: RouterSettings = RouterSettings()
     path: str | None = None
@@ -255,6 +257,7 @@ class _LiteLLMSettings(msgspec.Struct):
 class _GeneralSettings(msgspec.Struct):
     master_key: str | None = None
     database_url: str | None = None
+    allow_unauthenticated: bool = False
 
 
 class _File(msgspec.Struct):
@@ -510,6 +513,8 @@ class _Parser:
             raise self.error("top level", f"expected a mapping, got {_yaml_type(raw)}")
         # An empty section (`litellm_settings:` with nothing under it) is an absent one.
         raw = {k: v for k, v in raw.items() if v is not None}
+        raw_general = raw.get("general_settings")
+        raw_general = raw_general if isinstance(raw_general, dict) else None
         self.apply_environment_variables(raw)
         raw = {
             k: v if k == "environment_variables" else self.resolve_env(v, _join("", k))
@@ -582,8 +587,18 @@ class _Parser:
                 "LiteLLM setting not supported by this gateway, ignored",
             ),
         )
-
         general = file.general_settings or _GeneralSettings()
+        if general.master_key is not None and not general.master_key.strip():
+            # An empty key would switch auth off without a word: never what was meant.
+            raw_key = (raw_general or {}).get("master_key")
+            named = raw_key.startswith(ENV_PREFIX) if isinstance(raw_key, str) else False
+            problem = (
+                f"environment variable {raw_key[len(ENV_PREFIX) :]} is empty"
+                if named
+                else "must not be empty (remove it to run without a key)"
+            )
+            raise self.error("general_settings.master_key", problem)
+
         if general.database_url is not None:
             if not general.database_url.strip():
                 raise self.error("general_settings.database_url", "must not be empty")
@@ -599,6 +614,7 @@ class _Parser:
             custom_providers=tuple(providers),
             master_key=general.master_key,
             database_url=general.database_url,
+            allow_unauthenticated=general.allow_unauthenticated,
             settings=settings,
             router_settings=router_settings,
             path=path,

@@ -360,3 +360,86 @@ def test_two_workers_share_the_port(start) -> None:
         assert len(_spawned_children(server.process.pid)) == 2
     assert server.stop() == 0
     assert "Traceback" not in "".join(server.stderr)
+
+
+# -- the master key ------------------------------------------------------------------
+
+
+def test_empty_master_key_is_a_config_error(tmp_path: Path) -> None:
+    write_config(tmp_path, 'general_settings:\n  master_key: ""\n')
+    result = run_cli("--config", "config.yaml", cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        "config.yaml: general_settings.master_key: must not be empty (remove it to run "
+        "without a key)",
+    )
+    write_config(tmp_path, "general_settings:\n  master_key: os.environ/GW_CLI_EMPTY_KEY\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", "config.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "GW_CLI_EMPTY_KEY": ""},
+    )
+    assert_one_line_error(
+        result,
+        "config.yaml: general_settings.master_key: environment variable GW_CLI_EMPTY_KEY is empty",
+    )
+
+
+def test_no_key_refused_off_loopback(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        """
+        model_list:
+          - model_name: canned
+            litellm_params: {model: mock/x, mock_response: "hi"}
+        """,
+    )
+    # Port 1: refused before any bind, so nothing is ever exposed (and no privilege needed).
+    for host in ("0.0.0.0", "::", "gateway.example"):
+        result = run_cli("--config", "config.yaml", "--host", host, "--port", "1", cwd=tmp_path)
+        assert_one_line_error(
+            result,
+            f"config.yaml: general_settings.master_key: required to listen on {host}, which "
+            "is not a loopback address (set a master_key, listen on 127.0.0.1, or set "
+            "general_settings.allow_unauthenticated: true)",
+        )
+
+
+def test_allow_unauthenticated_warns(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        """
+        model_list:
+          - model_name: canned
+            litellm_params: {model: mock/x, mock_response: "hi"}
+        general_settings:
+          allow_unauthenticated: true
+        """,
+    )
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the start is allowed and
+    # warned about, then the bind fails, so nothing is ever exposed beyond loopback.
+    result = run_cli("--config", "config.yaml", "--host", "192.0.2.1", "--port", "0", cwd=tmp_path)
+    assert result.stdout.splitlines()[0] == (
+        "gateway: warning: no master_key and listening on 192.0.2.1: anyone who can reach it "
+        "can spend your backends (general_settings.allow_unauthenticated is true)"
+    )
+    assert result.returncode == 3, result.stderr
+
+
+def test_no_key_on_loopback_by_default(start, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        """
+        model_list:
+          - model_name: canned
+            litellm_params: {model: mock/x, mock_response: "hi"}
+        """,
+    )
+    server = start("--config", str(config), "--port", "0")
+    listening = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")
+    server.wait_until_live(f"http://127.0.0.1:{listening[1]}")
+    assert "warning" not in "".join(server.stdout)
+    assert server.stop() == 0
