@@ -134,6 +134,10 @@ def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
         data = _decode(body)
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per nesting level; deeper than Python's limit is never a real
+        # request (100,000 levels of [ fit in 200 KB).
+        raise BadRequestError("Request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequestError("Request body must be a JSON object")
     try:
