@@ -7,8 +7,10 @@ on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -33,11 +35,12 @@ from .errors import (
     GatewayError,
     NotFoundError,
     RequestTooLargeError,
+    ServiceUnavailableError,
     Timeout,
-    as_gateway_error,
 )
 from .http import HTTPClients
 from .metrics import Metrics
+from .request_id import request_id
 from .router import Routed
 from .router import Router as ModelRouter
 
@@ -161,6 +164,49 @@ def _error_headers(exc: GatewayError) -> list[tuple[bytes, bytes]]:
 
 async def _send_error(send: Send, exc: GatewayError) -> None:
     await _send_json(send, exc.status_code, _encode(exc.to_dict()), _error_headers(exc))
+
+
+# Errors as a client may see them. Only the error path pays for any of this.
+
+
+def _unexpected(scope: Scope, exc: BaseException) -> GatewayError:
+    """A generic 500 for an exception nobody meant a client to read; its text and
+    traceback go to the log under a request id that the client also gets."""
+    rid = request_id(scope)
+    logger.error(
+        "unexpected error on %s %s [request id %s]",
+        scope.get("method"),
+        scope.get("path"),
+        rid,
+        exc_info=exc,
+    )
+    return GatewayError(f"Internal server error (request id {rid})", headers={"x-request-id": rid})
+
+
+def _public(scope: Scope, exc: GatewayError) -> GatewayError:
+    """``exc`` as the client may see it: an error status, no unexpected exception's text."""
+    if exc.internal:
+        return _unexpected(scope, exc.__cause__ or exc)
+    if not 400 <= exc.status_code <= 599:
+        # Set on an error after it was made (CustomLLMError checks its own): never a 2xx.
+        return GatewayError(exc.message, param=exc.param, code=exc.code, headers=exc.headers)
+    return exc
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """A real cancellation, not a handler raising ``CancelledError`` itself."""
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not asyncio: its own cancellation is another class
+            return False
+        return task is None or task.cancelling() > 0
+    return isinstance(exc, anyio.get_cancelled_exc_class())
+
+
+_CUT = ServiceUnavailableError(
+    "The stream was cut short: the gateway is shutting down", code="stream_cut"
+)
 
 
 def _sse_error(exc: GatewayError) -> bytes:
@@ -341,23 +387,29 @@ class _Endpoint:
                 presented = self.runtime.check_auth(scope)
                 if self.runtime.keys is not None:
                     grant = scope["gateway.key"] = await self.runtime.keys.authenticate(presented)
-            await self.handle(scope, receive, send)
+            status = await self.handle(scope, receive, send) or 200
         except ClientGone:
             status = 499
         except GatewayError as exc:
+            exc = _public(scope, exc)
             status = exc.status_code
             await self._send_error(send, exc)
-        except Exception as exc:
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt or CancelledError from a handler too: a 500,
+            # and the server stays up. A real cancellation goes on.
+            if _is_cancellation(exc):
+                status = 503
+                raise
             status = 500
-            logger.exception("unhandled error on %s", scope.get("path"))
-            await self._send_error(send, as_gateway_error(exc))
+            await self._send_error(send, _unexpected(scope, exc))
         finally:
             metrics.in_flight -= 1
             self._stats.observe(status, perf_counter() - started)
             if grant is not None:
                 grant.finish(status)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+        """Answer the request; the status if not 200 (a stream that ended in an error)."""
         raise NotImplementedError
 
     def render_error(self, exc: GatewayError) -> bytes:
@@ -389,7 +441,7 @@ async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Rou
 class ChatCompletions(_Endpoint):
     route = "chat_completions"
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         request, data, timeout = await self.read(scope, receive, ChatRequest)
         for i, message in enumerate(request.messages):
             if not isinstance(message.get("role"), str):
@@ -410,8 +462,9 @@ class ChatCompletions(_Endpoint):
                     lambda: router.chat(request.model, request.messages, optional, timeout=timeout),
                 ),
             )
-            return
-        await _stream(
+            return None
+        return await _stream(
+            scope,
             receive,
             send,
             _tapped(
@@ -436,14 +489,15 @@ def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = N
 
 
 async def _stream(
+    scope: Scope,
     receive: Receive,
     send: Send,
     call: Callable[[], Awaitable[Routed]],
-    write: Callable[[Send, Routed], Awaitable[None]] | None = None,
+    write: Callable[[Send, Routed], Awaitable[int]] | None = None,
     timeout: float | None = None,
-) -> None:
+) -> int:
     """Server-sent events, written as the handler yields them (by ``write``: a front
-    door writes its own API's events).
+    door writes its own API's events); the status to count.
 
     Headers go out once the first chunk exists, so a failure before it is a plain
     HTTP error. A failure after it is an SSE error event. A disconnect cancels the
@@ -451,19 +505,19 @@ async def _stream(
     whole stream (the router bounds each wait between chunks).
     """
     if write is None:
-        write = _write_stream
+        write = functools.partial(_write_stream, scope)
     opened: list[Routed] = []
     start = time.monotonic() if timeout is not None else 0.0
 
-    async def run() -> None:
+    async def run() -> int:
         routed = await call()
         if timeout is not None:
             routed.result = _Deadlined(routed.result, Deadline(timeout, start))
         opened.append(routed)
-        await write(send, routed)
+        return await write(send, routed)
 
     try:
-        await until_disconnect(receive, run)
+        return await until_disconnect(receive, run)
     finally:
         # Closed once the watch has stopped, so no disconnect can cut the close short.
         if opened:
@@ -495,7 +549,8 @@ class _Deadlined:
         await self._chunks.aclose()
 
 
-async def _write_stream(send: Send, routed: Routed) -> None:
+async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
+    status = 200
     await send(
         {
             "type": "http.response.start",
@@ -514,16 +569,25 @@ async def _write_stream(send: Send, routed: Routed) -> None:
             )
         tail = _DONE
     except GatewayError as exc:
+        exc = _public(scope, exc)
+        status = exc.status_code
         tail = _sse_error(exc)
     except OSError:
         raise ClientGone from None  # the server saw the client go while we wrote
-    except Exception as exc:
-        logger.exception("stream failed after it started")
-        tail = _sse_error(as_gateway_error(exc))
+    except BaseException as exc:
+        if _is_cancellation(exc):
+            # The server cut the stream (its graceful_timeout ran out on shutdown): say
+            # so rather than just stop. After a client left, this send is a no-op.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": _sse_error(_CUT)})
+            raise
+        status = 500
+        tail = _sse_error(_unexpected(scope, exc))
     try:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise ClientGone from None
+    return status
 
 
 def _other_optional(data: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class GatewayError(Exception):
     status_code: int = 500
     type: str = "internal_server_error"
     retryable: bool = False
+    # The message is an unexpected exception's text: for the server's log, never a client.
+    internal: bool = False
 
     def __init__(
         self,
@@ -166,16 +168,20 @@ class GatewayTimeoutError(GatewayError):
 class CustomLLMError(GatewayError):
     """The error a handler raises; it keeps the status code it was given.
 
-    Same signature as LiteLLM's ``CustomLLMError(status_code, message)``.
+    Same signature as LiteLLM's ``CustomLLMError(status_code, message)``. A status that
+    is not an error (outside 400-599) becomes 500: an error never answers 200.
     """
 
     def __init__(self, status_code: int, message: str, **kwargs: Any) -> None:
+        status_code = int(status_code)
+        if not 400 <= status_code <= 599:
+            status_code = 500
         base = _BY_STATUS.get(status_code) or (
             InternalServerError if status_code >= 500 else BadRequestError
         )
         kwargs.setdefault("type", base.type)
         kwargs.setdefault("retryable", base.retryable)
-        super().__init__(str(message), status_code=int(status_code), **kwargs)
+        super().__init__(str(message), status_code=status_code, **kwargs)
 
 
 _BY_STATUS: dict[int, type[GatewayError]] = {
@@ -207,7 +213,9 @@ def error_for_status(status_code: int, message: str, **kwargs: Any) -> GatewayEr
 def as_gateway_error(exc: BaseException) -> GatewayError:
     """Map any exception raised by a handler or provider onto the hierarchy.
 
-    Duck-typed: LiteLLM's exceptions and others carry an integer ``status_code``.
+    Duck-typed: LiteLLM's exceptions and others carry an integer ``status_code``. Any
+    other exception is unexpected: a 500 marked ``internal``, so the HTTP edge logs its
+    text and answers a generic message.
     """
     if isinstance(exc, GatewayError):
         return exc
@@ -217,4 +225,6 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     if isinstance(status, int) and 400 <= status < 600:
         return error_for_status(status, str(message))
-    return InternalServerError(str(message))
+    error = InternalServerError(str(message))
+    error.internal = True
+    return error

@@ -146,10 +146,16 @@ def _as(cls: type[Any], result: Any, fallback: Any, what: str) -> Any:
     raise BadGatewayError(f"handler returned {type(result).__name__}, expected a {what}")
 
 
-def _to_model_response(result: Any, fallback: ModelResponse) -> ModelResponse:
+def _to_model_response(result: Any, provider: CustomProvider, method: str) -> ModelResponse:
     if isinstance(result, str):
         return ModelResponse(choices=[Choices(message=Message(content=result))])
-    return _as(ModelResponse, result, fallback, "chat completion")
+    if result is None:
+        # Not an empty answer (a 200 with null content): the handler forgot to return.
+        raise BadGatewayError(
+            f"handler {type(provider.handler).__name__}.{method} of provider "
+            f"{provider.name!r} returned None, expected a chat completion"
+        )
+    return _as(ModelResponse, result, None, "chat completion")
 
 
 def _to_embedding(result: Any, fallback: EmbeddingResponse) -> EmbeddingResponse:
@@ -237,9 +243,11 @@ class CustomProvider(Provider):
 
     async def acompletion(self, call: ChatCall) -> ModelResponse:
         kwargs = _chat_kwargs(call, is_async=True)
+        used = "acompletion"
         if self._acompletion.served:
             result = await self._acompletion(kwargs)
         elif self._completion.served:
+            used = "completion"
             kwargs["acompletion"] = False
             result = await run_in_thread(self._completion, kwargs, lane=self._lane(call))
         elif self._astreaming.served or self._streaming.served:
@@ -249,7 +257,7 @@ class CustomProvider(Provider):
             return stream_chunk_builder(chunks + state.close())
         else:
             raise self._missing("completion")
-        return _to_model_response(result, kwargs["model_response"])
+        return _to_model_response(result, self, used)
 
     def astream(self, call: ChatCall) -> AsyncIterator[Any]:
         if self._astreaming.served:
@@ -288,9 +296,11 @@ class CustomProvider(Provider):
 
     def completion(self, call: ChatCall) -> ModelResponse:
         kwargs = _chat_kwargs(call, is_async=False)
+        used = "completion"
         if self._completion.served:
             result = self._completion(kwargs)
         elif self._acompletion.served:
+            used = "acompletion"
             kwargs["acompletion"] = True
             result = run_async(_awaited, self._acompletion, kwargs, timeout=call.timeout)
         elif self._streaming.served or self._astreaming.served:
@@ -299,7 +309,7 @@ class CustomProvider(Provider):
             return stream_chunk_builder(chunks + state.close())
         else:
             raise self._missing("completion")
-        return _to_model_response(result, kwargs["model_response"])
+        return _to_model_response(result, self, used)
 
     def stream(self, call: ChatCall) -> Iterator[Any]:
         if self._streaming.served:

@@ -3,14 +3,20 @@ errors are right (status, OpenAI shape) and seen (logged with a request id)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fake_upstream import serve_in_thread
 
-from gateway import CustomLLM
+from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
 
 
@@ -19,7 +25,90 @@ class EchoLLM(CustomLLM):
         return {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}
 
 
-HANDLERS: dict[str, Any] = {"echo": EchoLLM()}
+SECRET = "password=hunter2"
+
+
+class LeakyLLM(CustomLLM):
+    """Fails with text nobody meant a client to read."""
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"connect to db failed: {SECRET}")
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        yield "partial "
+        raise ValueError(f"stream died: {SECRET}")
+
+
+class LeakySyncLLM(CustomLLM):
+    def completion(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"sync failure: {SECRET}")
+
+
+class ChosenLLM(CustomLLM):
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        raise CustomLLMError(status_code=418, message="the handler chose this text")
+
+
+class StatusLLM(CustomLLM):
+    """Raises CustomLLMError with the status given as the message's content."""
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        status = int(kwargs["messages"][-1]["content"])
+        raise CustomLLMError(status_code=status, message=f"status {status}")
+
+
+BASE_EXCEPTIONS = {
+    "exit": SystemExit,
+    "interrupt": KeyboardInterrupt,
+    "cancelled": asyncio.CancelledError,
+}
+
+
+class EscapingLLM(CustomLLM):
+    """Raises a BaseException (not an Exception) named by the message's content."""
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        raise BASE_EXCEPTIONS[kwargs["messages"][-1]["content"]]()
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        yield "partial "
+        raise BASE_EXCEPTIONS[kwargs["messages"][-1]["content"]]()
+
+
+class EscapingSyncLLM(CustomLLM):
+    def completion(self, *args: Any, **kwargs: Any) -> Any:
+        raise BASE_EXCEPTIONS[kwargs["messages"][-1]["content"]]()
+
+
+class NoneLLM(CustomLLM):
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["model_response"].choices[0].message.content = "filled in, not returned"
+
+
+class NoneSyncLLM(CustomLLM):
+    def completion(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+
+class EndlessLLM(CustomLLM):
+    async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
+        yield "first "
+        await asyncio.sleep(60)
+        yield "never"
+
+
+HANDLERS: dict[str, Any] = {
+    "echo": EchoLLM(),
+    "leaky": LeakyLLM(),
+    "leakysync": LeakySyncLLM(),
+    "chosen": ChosenLLM(),
+    "status": StatusLLM(),
+    "escaping": EscapingLLM(),
+    "escapingsync": EscapingSyncLLM(),
+    "none": NoneLLM(),
+    "nonesync": NoneSyncLLM(),
+    "endless": EndlessLLM(),
+}
 
 
 def config(**settings: Any) -> dict[str, Any]:
@@ -71,3 +160,157 @@ def test_deeply_nested_json_is_400(server: str, open_: bytes, close: bytes) -> N
         json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert ok.status_code == 200
+
+
+def chat(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def sse_events(text: str) -> list[Any]:
+    events = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            events.append(data if data == "[DONE]" else msgspec.json.decode(data))
+    return events
+
+
+def metric(server: str, status: int) -> int:
+    text = httpx.get(f"{server}/metrics").text
+    found = re.search(
+        rf'^gateway_requests_total{{route="chat_completions",status="{status}"}} (\S+)$',
+        text,
+        re.M,
+    )
+    return int(float(found[1])) if found else 0
+
+
+# -- unexpected exceptions: logged with a request id, never shown -----------------------
+
+GENERIC = re.compile(r"Internal server error \(request id ([0-9a-f]{32})\)")
+
+
+@pytest.mark.parametrize("model", ["leaky", "leakysync"])
+def test_unexpected_error_is_generic_500_with_logged_request_id(
+    server: str, model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gateway.app"):
+        r = httpx.post(f"{server}/v1/chat/completions", json=chat(model))
+    error = error_of(r, 500)
+    assert SECRET not in r.text
+    assert error["type"] == "internal_server_error"
+    found = GENERIC.fullmatch(error["message"])
+    assert found, error
+    rid = found[1]
+    assert r.headers["x-request-id"] == rid
+    logged = [rec for rec in caplog.records if rid in rec.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert SECRET in str(logged[0].exc_info[1])
+
+
+def test_safe_incoming_request_id_is_kept_unsafe_replaced(server: str) -> None:
+    url = f"{server}/v1/chat/completions"
+    r = httpx.post(url, json=chat("leaky"), headers={"x-request-id": "req-42.a:b"})
+    assert r.headers["x-request-id"] == "req-42.a:b"
+    assert error_of(r, 500)["message"] == "Internal server error (request id req-42.a:b)"
+    for unsafe in ("with space", "x" * 129, 'quote"d', ""):
+        r = httpx.post(url, json=chat("leaky"), headers={"x-request-id": unsafe})
+        assert GENERIC.fullmatch(error_of(r, 500)["message"]), unsafe
+        assert r.headers["x-request-id"] != unsafe
+
+
+def test_unexpected_error_mid_stream_is_generic(server: str) -> None:
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat("leaky", stream=True))
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert events[0]["choices"][0]["delta"]["content"] == "partial "
+    assert GENERIC.fullmatch(events[-1]["error"]["message"])
+    assert SECRET not in r.text
+
+
+def test_custom_llm_error_text_passes_through(server: str) -> None:
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat("chosen"))
+    assert error_of(r, 418)["message"] == "the handler chose this text"
+
+
+# -- never a 2xx error; BaseExceptions are 500s ------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 204, 302, 399, 600, 0])
+def test_custom_llm_error_with_a_non_error_status_is_500(server: str, status: int) -> None:
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat("status", str(status)))
+    error = error_of(r, 500)
+    assert error["message"] == f"status {status}"
+    assert error["type"] == "internal_server_error"
+
+
+@pytest.mark.parametrize("name", sorted(BASE_EXCEPTIONS))
+@pytest.mark.parametrize("model", ["escaping", "escapingsync"])
+def test_base_exception_from_handler_is_500(server: str, name: str, model: str) -> None:
+    before = metric(server, 500)
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat(model, name))
+    error = error_of(r, 500)
+    assert GENERIC.fullmatch(error["message"])
+    assert metric(server, 500) == before + 1
+    # The server is still up.
+    assert httpx.post(f"{server}/v1/chat/completions", json=chat("echo")).status_code == 200
+
+
+@pytest.mark.parametrize("name", sorted(BASE_EXCEPTIONS))
+def test_base_exception_mid_stream_is_an_sse_error_counted_500(server: str, name: str) -> None:
+    before = metric(server, 500)
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat("escaping", name, stream=True))
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert events[0]["choices"][0]["delta"]["content"] == "partial "
+    assert GENERIC.fullmatch(events[-1]["error"]["message"])
+    assert "[DONE]" not in events
+    assert metric(server, 500) == before + 1
+    assert httpx.post(f"{server}/v1/chat/completions", json=chat("echo")).status_code == 200
+
+
+# -- a handler that returns nothing; a stream cut on shutdown ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "method", "cls"),
+    [("none", "acompletion", "NoneLLM"), ("nonesync", "completion", "NoneSyncLLM")],
+)
+def test_handler_returning_none_is_502_naming_it(
+    server: str, model: str, method: str, cls: str
+) -> None:
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat(model))
+    error = error_of(r, 502)
+    assert error["message"] == (
+        f"handler {cls}.{method} of provider {model!r} returned None, expected a chat completion"
+    )
+
+
+def test_stream_cut_by_graceful_timeout_ends_with_an_sse_error() -> None:
+    app = create_app(config())
+    received: list[bytes] = []
+    first = threading.Event()
+    done = threading.Event()
+
+    with serve_in_thread(app, timeout_graceful_shutdown=0.5) as handle:
+
+        def read() -> None:
+            body = chat("endless", stream=True)
+            with httpx.stream("POST", f"{handle.url}/v1/chat/completions", json=body) as r:
+                for part in r.iter_raw():
+                    received.append(part)
+                    first.set()
+            done.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert first.wait(10)
+        started = time.monotonic()
+    # The block's end shut the server down; the stream was cut after 0.5 s.
+    assert done.wait(10)
+    assert time.monotonic() - started < 10
+    events = sse_events(b"".join(received).decode())
+    assert events[0]["choices"][0]["delta"]["content"] == "first "
+    assert events[-1]["error"]["code"] == "stream_cut"
+    assert events[-1]["error"]["type"] == "service_unavailable_error"

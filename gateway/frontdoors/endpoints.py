@@ -3,6 +3,7 @@ watch and error edge (``gateway.app``), with each API's translation around the c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +13,20 @@ from starlette.types import Receive, Scope, Send
 
 from .._aio import ClientGone
 from ..app import (
+    _CUT,
     _SSE_HEADERS,
     Runtime,
     _answer,
     _Endpoint,
+    _is_cancellation,
+    _public,
     _routed_headers,
     _send_json,
     _stream,
     _tapped,
-    logger,
+    _unexpected,
 )
-from ..errors import BadRequestError, GatewayError, NotFoundError, as_gateway_error
+from ..errors import BadRequestError, GatewayError, NotFoundError
 from ..router import Routed
 from . import completions, messages, responses
 from ._chat import ChatIn, EventWriter
@@ -34,13 +38,15 @@ _encode = msgspec.json.Encoder().encode
 
 
 async def _write_events(
-    send: Send, routed: Routed, events: EventWriter, done: Callable[[], None]
-) -> None:
-    """An API's event stream from a routed chat stream (the first chunk is in already).
+    scope: Scope, send: Send, routed: Routed, events: EventWriter, done: Callable[[], None]
+) -> int:
+    """An API's event stream from a routed chat stream (the first chunk is in already);
+    the status to count.
 
     ``events`` is the API's translator (``start``/``feed``/``close``/``fail``); a failure
     after the headers went out is the API's own error event, as in the chat stream.
     """
+    status = 200
     await send(
         {
             "type": "http.response.start",
@@ -62,16 +68,23 @@ async def _write_events(
         tail = b"".join(pending + events.close())
         done()
     except GatewayError as exc:
+        exc = _public(scope, exc)
+        status = exc.status_code
         tail = events.fail(exc)
     except OSError:
         raise ClientGone from None  # the server saw the client go while we wrote
-    except Exception as exc:
-        logger.exception("stream failed after it started")
-        tail = events.fail(as_gateway_error(exc))
+    except BaseException as exc:
+        if _is_cancellation(exc):  # as in the chat stream: cut on shutdown, said so
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": events.fail(_CUT)})
+            raise
+        status = 500
+        tail = events.fail(_unexpected(scope, exc))
     try:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise ClientGone from None
+    return status
 
 
 def _nothing() -> None:
@@ -88,7 +101,7 @@ async def _chat(
     answer: Callable[[Any], Any],
     events: EventWriter | None = None,
     done: Callable[[], None] = _nothing,
-) -> None:
+) -> int | None:
     """One chat call through the router, exactly as the chat endpoint makes it; the
     answer goes through ``answer``, a stream's chunks through ``events``."""
     router = endpoint.runtime.router
@@ -105,14 +118,15 @@ async def _chat(
             return routed
 
         await _answer(receive, send, call)
-        return
+        return None
 
     assert events is not None, "a stream needs its API's event writer"
 
     def write(send: Send, routed: Routed) -> Any:
-        return _write_events(send, routed, events, done)
+        return _write_events(scope, send, routed, events, done)
 
-    await _stream(
+    return await _stream(
+        scope,
         receive,
         send,
         _tapped(
@@ -141,7 +155,7 @@ class Responses(_Endpoint):
         super().__init__(runtime)
         self.store = store
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         request, data, timeout = await self.read(scope, receive, responses.ResponsesRequest)
         caller = owner(scope)
         history = None
@@ -174,7 +188,7 @@ class Responses(_Endpoint):
                 conversation = asked + responses.conversation(events.response)
                 store.put(events.response, conversation, caller)
 
-        await _chat(self, scope, receive, send, chat, timeout, answer, events, done)
+        return await _chat(self, scope, receive, send, chat, timeout, answer, events, done)
 
 
 class ResponseById(_Endpoint):
@@ -219,11 +233,11 @@ class _Anthropic(_Endpoint):
 class Messages(_Anthropic):
     route = "messages"
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         request, data, timeout = await self.read(scope, receive, messages.MessagesRequest)
         chat = messages.to_chat(request, data)
         events = messages.MessageEvents(request.model) if chat.stream else None
-        await _chat(
+        return await _chat(
             self,
             scope,
             receive,
@@ -252,13 +266,13 @@ class CountTokens(_Anthropic):
 class Completions(_Endpoint):
     route = "completions"
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         request, data, timeout = await self.read(scope, receive, completions.CompletionRequest)
         calls = completions.to_chat(request, data)
         if len(calls) == 1:
             chat = calls[0]
             events = completions.CompletionChunks(request) if chat.stream else None
-            await _chat(
+            return await _chat(
                 self,
                 scope,
                 receive,
@@ -268,7 +282,6 @@ class Completions(_Endpoint):
                 lambda result: completions.to_completion([result], request),
                 events,
             )
-            return
         router = self.runtime.router
 
         async def call() -> Routed:
@@ -289,6 +302,7 @@ class Completions(_Endpoint):
             return Routed(answer, routed[0].deployment, max(r.attempts for r in routed))
 
         await _answer(receive, send, _tapped(scope, call))
+        return None
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
