@@ -223,6 +223,7 @@ class Runtime:
         self.master_key = config.master_key.encode() if config.master_key else None
         self.body_limit = settings.max_request_body_bytes
         self.router = ModelRouter.from_config(config)
+        self.unavailable = self.router.unavailable()
         self.started = int(time.time())
         # This app's own threads for sync handlers: two apps in a process share none.
         self.threads = ThreadPool(
@@ -695,9 +696,16 @@ class Readiness(_Endpoint):
     methods = ("GET", "HEAD")
     auth = False
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        payload = _encode({"status": "healthy", "models": self.runtime.router.model_names()})
-        await _send_json(send, 200, payload)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+        runtime = self.runtime
+        models = runtime.router.model_names()
+        if runtime.unavailable:
+            broken = [{"deployment": d, "error": why} for d, why in runtime.unavailable]
+            payload = {"status": "unhealthy", "models": models, "unavailable": broken}
+            await _send_json(send, 503, _encode(payload))
+            return 503
+        await _send_json(send, 200, _encode({"status": "healthy", "models": models}))
+        return None
 
 
 class MetricsEndpoint(_Endpoint):

@@ -346,6 +346,7 @@ class _Parser:
         self.source = source
         self.base_dir = base_dir
         self.warnings: list[str] = []
+        self.unknown_top: list[Any] = []
 
     def error(self, path: str | None, problem: str) -> ConfigError:
         return ConfigError(self.source, path or None, problem)
@@ -441,7 +442,9 @@ class _Parser:
                 self._strict(value, where, UpstreamSettings)
 
     def check_keys(self, raw: dict[Any, Any]) -> None:
-        self._unknown(raw, "", _fields(_File), litellm_keys.TOP)
+        known = _fields(_File)
+        self.unknown_top = [k for k in raw if k not in known and k not in litellm_keys.TOP]
+        self._unknown(raw, "", known, litellm_keys.TOP)
         models = raw.get("model_list")
         if isinstance(models, list):
             for i, entry in enumerate(models):
@@ -569,6 +572,14 @@ class _Parser:
                 )
             )
         if not deployments:
+            if self.unknown_top:
+                # `model_lst:` and nothing served: a typo, not a deliberately empty gateway.
+                key = self.unknown_top[0]
+                raise self.error(
+                    _join("", key),
+                    f"unknown key{_suggest(key, _fields(_File))}, and no model_list: "
+                    "the gateway would serve no models",
+                )
             self.warn("model_list", "no models configured")
 
         settings = file.gateway_settings or GatewaySettings()

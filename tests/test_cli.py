@@ -443,3 +443,45 @@ def test_no_key_on_loopback_by_default(start, tmp_path: Path) -> None:
     server.wait_until_live(f"http://127.0.0.1:{listening[1]}")
     assert "warning" not in "".join(server.stdout)
     assert server.stop() == 0
+
+
+# -- mistakes that would otherwise fail every request ----------------------------------
+
+
+def test_unregistered_provider_exits_2(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        """
+        model_list:
+          - model_name: ok
+            litellm_params: {model: mock/x, mock_response: "hi"}
+          - model_name: broken
+            litellm_params: {model: no-such-provider/x}
+        """,
+    )
+    result = run_cli("--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "gateway: error: config.yaml: model_list: deployment broken/1: Model `broken` cannot "
+        "be served: Unknown provider 'no-such-provider'. Registered providers: "
+    )
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_misspelt_model_list_exits_2(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        """
+        model_lst:
+          - model_name: canned
+            litellm_params: {model: mock/x, mock_response: "hi"}
+        """,
+    )
+    result = run_cli("--config", "config.yaml", cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        "config.yaml: model_lst: unknown key (did you mean 'model_list'?), and no model_list: "
+        "the gateway would serve no models",
+    )

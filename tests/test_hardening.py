@@ -314,3 +314,31 @@ def test_stream_cut_by_graceful_timeout_ends_with_an_sse_error() -> None:
     assert events[0]["choices"][0]["delta"]["content"] == "first "
     assert events[-1]["error"]["code"] == "stream_cut"
     assert events[-1]["error"]["type"] == "service_unavailable_error"
+
+
+# -- readiness ---------------------------------------------------------------------------
+
+
+def test_readiness_is_503_while_a_deployment_cannot_be_built() -> None:
+    data = config()
+    data["model_list"].append(
+        {"model_name": "broken", "litellm_params": {"model": "no-such-provider/x"}}
+    )
+    with serve_in_thread(create_app(data)) as handle:
+        r = httpx.get(f"{handle.url}/health/readiness")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "unhealthy"
+        [broken] = body["unavailable"]
+        assert broken["deployment"] == f"broken/{len(HANDLERS)}"
+        assert "Unknown provider 'no-such-provider'" in broken["error"]
+        # The rest serves; liveness is unaffected.
+        assert httpx.get(f"{handle.url}/health/liveliness").status_code == 200
+        ok = httpx.post(f"{handle.url}/v1/chat/completions", json=chat("echo"))
+        assert ok.status_code == 200
+
+
+def test_readiness_is_200_when_every_deployment_is_built(server: str) -> None:
+    r = httpx.get(f"{server}/health/readiness")
+    assert r.status_code == 200
+    assert r.json()["status"] == "healthy"

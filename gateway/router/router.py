@@ -113,6 +113,16 @@ class Router:
                     seen[id(d.provider)] = d.provider
         return list(seen.values())
 
+    def unavailable(self) -> list[tuple[str, str]]:
+        """``(deployment id, why)`` for each deployment that could not be built (an
+        unknown provider...); the others serve."""
+        return [
+            (d.id, d.error.message)
+            for group in self._groups.values()
+            for d in group.deployments
+            if d.error is not None
+        ]
+
     def has_model(self, model_name: str) -> bool:
         return model_name in self._groups
 
