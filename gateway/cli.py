@@ -146,19 +146,78 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _uvicorn_options(args: argparse.Namespace, config: Config) -> dict[str, Any]:
-    from ._uvicorn import http_protocol
+def _note(line: str) -> None:
+    print(f"gateway: note: {line}", file=sys.stderr, flush=True)
 
+
+def _implementations() -> tuple[str, str]:
+    """uvloop and httptools when installed (both are optional speed-ups), else asyncio's
+    own loop and h11, with a note."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        loop = "asyncio"
+        _note("uvloop is not installed: using asyncio's event loop (slower)")
+    else:
+        loop = "uvloop"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        http = "h11"
+        _note("httptools is not installed: parsing HTTP with h11 (slower)")
+    else:
+        http = "httptools"
+    return loop, http
+
+
+def _file_limit(config: Config) -> None:
+    """Raise the open-files limit to what the connection caps need, as far as allowed."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    from ._server import RESERVE
+
+    settings = config.settings
+    need = settings.max_connections + RESERVE + settings.upstream.max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < need:
+            _say(
+                f"warning: the open-files limit ({soft}) is below what max_connections and "
+                f"upstream.max_connections need ({need}); lower them or raise the limit"
+            )
+
+
+def _uvicorn_options(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from ._server import Limits, protocol_factory
+
+    settings = config.settings
+    loop, http = _implementations()
+    limits = Limits(
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
     return {
         "host": args.host,
         "port": args.port,
-        "loop": "uvloop",
-        "http": http_protocol("httptools"),
+        "loop": loop,
+        "http": protocol_factory(http, limits),
+        "timeout_keep_alive": settings.keepalive_timeout,
         "lifespan": "on",
         "access_log": False,
         "log_level": args.log_level,
         "log_config": _log_config(args.log_level),
-        "timeout_graceful_shutdown": config.settings.graceful_timeout,
+        "timeout_graceful_shutdown": settings.graceful_timeout,
     }
 
 
@@ -239,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if exposed is not None:
         return _fail(exposed)
     _banner(config)
+    _file_limit(config)
     options = _uvicorn_options(args, config)
     if args.workers > 1:
         return _serve_many(config.path or os.path.abspath(args.config), options, args.workers)

@@ -95,6 +95,13 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_request_body_bytes: _PositiveInt = 16 * 1024 * 1024
     default_timeout: _Positive = DEFAULT_TIMEOUT
     graceful_timeout: _NonNegative = 30.0
+    # The server's own limits (the gateway command; see gateway/_server.py).
+    max_url_bytes: _PositiveInt = 16 * 1024
+    max_header_bytes: _PositiveInt = 64 * 1024
+    header_timeout: _Positive = 10.0
+    body_timeout: _Positive = 60.0
+    keepalive_timeout: _Positive = 5.0
+    max_connections: _PositiveInt = 2048
     upstream: UpstreamSettings = UpstreamSettings()
     # The Responses API's store (previous_response_id, GET /v1/responses/{id}): oldest
     # dropped first past either bound.

@@ -1,0 +1,399 @@
+"""uvicorn's HTTP/1.1 protocols with the limits a gateway on a network needs.
+
+uvicorn bounds none of these with httptools, and only the size of a request's head with
+h11: how long a client may take to send its headers or its body, how large its URL and
+headers may be, and how many connections may be open. A client could hold sockets,
+memory and file descriptors for as long and as much as it liked. The same limits apply
+to both implementations, as the ``gateway`` command's ``--http`` fallback needs:
+
+- a request's head: at most ``max_url_bytes`` of URL (else 414) and ``max_header_bytes``
+  of headers (else 431), counted as they arrive, so memory stays bounded;
+- ``header_timeout``: a new connection, or a request's first byte, to the end of its
+  headers; ``body_timeout``: the end of its headers to the end of its body. Either way a
+  408, and the connection is closed. Idle keep-alive connections close after
+  ``keepalive_timeout`` (uvicorn's own timer);
+- ``max_connections``: past it, a connection may ask only for health and metrics (others
+  get 503 with ``Retry-After``); past it by ``RESERVE`` more, a new connection gets 503
+  at once and is closed.
+
+Timeouts are checked by one sweep per server every ``tick`` seconds (at most 1 s) over
+its connections, not by a timer per request: a request pays only a few attribute stores
+(its phase and a coarse clock reading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+import h11
+import msgspec
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["RESERVE", "Limits", "protocol_factory"]
+
+# Connections past max_connections that may still ask for health and metrics.
+RESERVE = 64
+HEALTH_PATHS = frozenset(
+    {"/health/liveliness", "/health/liveness", "/health/readiness", "/metrics"}
+)
+# A request line's own bytes (method, version, spaces) beyond its URL.
+_LINE_SLACK = 64
+
+# Phases of a connection.
+_HEAD = 0  # waiting for a request's headers (from the connection or the first byte)
+_BODY = 1  # headers read; while the cycle says more_body, the body is still coming
+
+
+class Limits(msgspec.Struct, frozen=True):
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 2048
+
+    @property
+    def head_bytes(self) -> int:
+        return self.max_url_bytes + self.max_header_bytes + _LINE_SLACK
+
+
+def _reply(status: int, reason: bytes, message: str, code: str, extra: bytes = b"") -> bytes:
+    body = msgspec.json.encode(
+        {
+            "error": {
+                "message": message,
+                "type": "service_unavailable_error" if status == 503 else "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    )
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"%sconnection: close\r\n\r\n%s" % (status, reason, len(body), extra, body)
+    )
+
+
+def _replies(limits: Limits) -> dict[str, bytes]:
+    busy = b"retry-after: 1\r\n"
+    return {
+        "url": _reply(
+            414,
+            b"URI Too Long",
+            f"The URL is longer than {limits.max_url_bytes} bytes",
+            "url_too_long",
+        ),
+        "headers": _reply(
+            431,
+            b"Request Header Fields Too Large",
+            f"The request's headers are larger than {limits.max_header_bytes} bytes",
+            "headers_too_large",
+        ),
+        "header_timeout": _reply(
+            408,
+            b"Request Timeout",
+            f"The request's headers did not arrive within {limits.header_timeout:g} s",
+            "header_timeout",
+        ),
+        "body_timeout": _reply(
+            408,
+            b"Request Timeout",
+            f"The request's body did not arrive within {limits.body_timeout:g} s",
+            "body_timeout",
+        ),
+        "full": _reply(
+            503,
+            b"Service Unavailable",
+            "Too many open connections; try again shortly",
+            "too_many_connections",
+            busy,
+        ),
+    }
+
+
+async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """The app a connection past ``max_connections`` gets for anything but health."""
+    body = msgspec.json.encode(
+        {
+            "error": {
+                "message": "Too many open connections; try again shortly",
+                "type": "service_unavailable_error",
+                "param": None,
+                "code": "too_many_connections",
+            }
+        }
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Sweeper:
+    """One per server: a coarse clock, and a sweep that closes connections past a deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any], tick: float):
+        self.loop = loop
+        self.connections = connections
+        self.tick = tick
+        self.now = loop.time()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def ensure(self) -> None:
+        if self.handle is None:
+            self.now = self.loop.time()
+            self.handle = self.loop.call_later(self.tick, self.sweep)
+
+    def sweep(self) -> None:
+        self.now = now = self.loop.time()
+        for connection in list(self.connections):
+            check = getattr(connection, "_gateway_check", None)
+            if check is not None:
+                check(now)
+        self.handle = self.loop.call_later(self.tick, self.sweep) if self.connections else None
+
+
+_sweepers: weakref.WeakKeyDictionary[Any, _Sweeper] = weakref.WeakKeyDictionary()
+
+
+class _Guard:
+    """What both protocols share: phases, deadlines, refusals."""
+
+    # Set by the protocol classes below.
+    transport: asyncio.Transport
+    connections: set[Any]
+    server_state: Any
+    cycle: Any
+    app: Any
+    loop: asyncio.AbstractEventLoop
+
+    def _guard_init(self, limits: Limits) -> None:
+        self._limits = limits
+        self._replies = _replies(limits)
+        self._real_app = self.app
+        self._over_cap = False
+        self._phase = _HEAD
+        self._since = 0.0
+        sweeper = _sweepers.get(self.server_state)
+        if sweeper is None:
+            tick = min(1.0, max(0.05, min(limits.header_timeout, limits.body_timeout) / 4))
+            sweeper = _sweepers[self.server_state] = _Sweeper(self.loop, self.connections, tick)
+        self._sweeper = sweeper
+
+    def _admit(self) -> bool:
+        """At connection_made (the connection already counted): False if refused."""
+        open_ = len(self.connections)
+        limit = self._limits.max_connections
+        self._sweeper.ensure()
+        self._since = self._sweeper.now
+        if open_ > limit + RESERVE:
+            self._refuse("full")
+            return False
+        self._over_cap = open_ > limit
+        return True
+
+    def _refuse(self, what: str) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # No reply in the middle of the app's own; the app sees a disconnect.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        self._phase = _BODY  # nothing more to time
+        if not self.transport.is_closing():
+            self.transport.write(self._replies[what])
+            self.transport.close()
+
+    def _next_head(self) -> None:
+        """At data_received: bytes after a whole request start the next one's head."""
+        cycle = self.cycle
+        if self._phase != _HEAD and (cycle is None or not cycle.more_body):
+            self._phase = _HEAD
+            self._since = self._sweeper.now
+
+    def _gateway_check(self, now: float) -> None:
+        cycle = self.cycle
+        if self._phase == _HEAD:
+            if now - self._since > self._limits.header_timeout:
+                if cycle is None or cycle.response_complete:
+                    self._refuse("header_timeout")
+                # else: a pipelined request's head waits behind an answer still being sent.
+        elif (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and now - self._since > self._limits.body_timeout
+        ):
+            self._refuse("body_timeout")
+
+    def _app_for(self, path: bytes | str) -> Any:
+        if not self._over_cap:
+            return self._real_app
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
+        return self._real_app if path in HEALTH_PATHS else _over_capacity
+
+
+# -- h11 --------------------------------------------------------------------------------
+
+
+class _CheckedConnection(h11.Connection):
+    """h11's connection, checking each request's head as it is parsed."""
+
+    guard: GatewayH11Protocol
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if type(event) is h11.Request:
+            self.guard._head_done(event)
+        return event
+
+
+class GatewayH11Protocol(_Guard, H11Protocol):
+    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # h11 buffers a head until it is whole: its own cap bounds the memory.
+        self.conn = _CheckedConnection(h11.SERVER, max_incomplete_event_size=limits.head_bytes)
+        self.conn.guard = self
+        self._refusal: str | None = None
+        self._guard_init(limits)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._admit()
+
+    def data_received(self, data: bytes) -> None:
+        self._next_head()
+        super().data_received(data)
+
+    def _head_done(self, event: h11.Request) -> None:
+        limits = self._limits
+        target = event.target
+        if len(target) > limits.max_url_bytes:
+            self._refusal = "url"
+            raise h11.RemoteProtocolError("URL too long")  # uvicorn: send_400_response
+        size = 0
+        for name, value in event.headers:
+            size += len(name) + len(value) + 4
+        if size > limits.max_header_bytes:
+            self._refusal = "headers"
+            raise h11.RemoteProtocolError("headers too large")
+        self._phase = _BODY
+        self._since = self._sweeper.now
+        self.app = self._app_for(target.partition(b"?")[0])
+
+    def send_400_response(self, msg: str) -> None:
+        refusal = self._refusal
+        if refusal is None and len(self.conn.trailing_data[0]) > self._limits.head_bytes:
+            refusal = "headers"  # h11's buffer overflowed before the head ended
+        if refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(refusal)
+
+
+# -- httptools (absent: the gateway command falls back to h11) -------------------------
+
+try:
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:
+    httptools = None
+    HttpToolsProtocol = None
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
+
+
+if HttpToolsProtocol is not None:
+
+    class GatewayHttpToolsProtocol(_Guard, HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._refusal: str | None = None
+            self._heads = 0
+            self._head_room = limits.head_bytes
+            self._guard_init(limits)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._admit()
+
+        def data_received(self, data: bytes) -> None:
+            # uvicorn's, plus: in a head, never feed the parser more than a head's limit.
+            # httptools buffers each header until it ends, so a check per header would
+            # come after the memory is spent.
+            self._unset_keepalive_if_required()
+            self._next_head()
+            try:
+                if self._phase == _HEAD:
+                    room = self._head_room
+                    if len(data) > room:
+                        heads = self._heads
+                        self.parser.feed_data(memoryview(data)[:room])
+                        if self._heads == heads:  # no head ended within its limit
+                            self._refuse("headers")  # (a long URL was refused in on_url)
+                            return
+                        self.data_received(data[room:])
+                        return
+                    self._head_room = room - len(data)
+                self.parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                if self._refusal is None:
+                    raise
+                self._refuse(self._refusal)
+            except httptools.HttpParserError:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+            if len(self.url) > self._limits.max_url_bytes:
+                self._refusal = "url"
+                raise _Refused
+
+        def on_headers_complete(self) -> None:
+            limits = self._limits
+            # Counted exactly only when the head may be large: the bytes fed since it
+            # began bound its size from above.
+            if limits.head_bytes - self._head_room > limits.max_header_bytes:
+                size = 0
+                for name, value in self.headers:
+                    size += len(name) + len(value) + 4
+                if size > limits.max_header_bytes:
+                    self._refusal = "headers"
+                    raise _Refused
+            self._heads += 1
+            self._phase = _BODY
+            self._since = self._sweeper.now
+            self._head_room = limits.head_bytes
+            if self._over_cap:
+                self.app = self._app_for(httptools.parse_url(self.url).path)
+            super().on_headers_complete()
+
+
+def protocol_factory(http: str, limits: Limits) -> Any:
+    """What uvicorn's ``http=`` takes: the ``"httptools"`` or ``"h11"`` protocol with
+    ``limits``. A module-level class and a frozen Struct in a ``functools.partial`` are
+    picklable, so ``--workers`` (spawned processes) get the same limits."""
+    import functools
+
+    if http == "httptools":
+        if HttpToolsProtocol is None:
+            raise RuntimeError("httptools is not installed")
+        return functools.partial(GatewayHttpToolsProtocol, limits=limits)
+    return functools.partial(GatewayH11Protocol, limits=limits)

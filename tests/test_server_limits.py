@@ -1,0 +1,391 @@
+"""The server's own limits (gateway/_server.py), with raw sockets against a real uvicorn on
+loopback, for httptools and h11 alike: head sizes, slow clients, idle connections and the
+connection cap."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from fake_upstream import serve_in_thread
+from test_cli import Server, write_config
+
+from gateway._server import RESERVE, Limits, protocol_factory
+from gateway.app import create_app
+
+CONFIG = {
+    "model_list": [
+        {"model_name": "canned", "litellm_params": {"model": "mock/x", "mock_response": "hi"}}
+    ]
+}
+CHAT = b'{"model": "canned", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def limits(**overrides: Any) -> Limits:
+    values: dict[str, Any] = {"header_timeout": 0.5, "body_timeout": 0.5, **overrides}
+    return Limits(**values)
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def impl(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def serve(impl: str, **overrides: Any) -> Any:
+    return serve_in_thread(
+        create_app(CONFIG),
+        http=protocol_factory(impl, limits(**overrides)),
+        timeout_keep_alive=0.5,
+    )
+
+
+@pytest.fixture
+def server(impl: str) -> Iterator[Any]:
+    with serve(impl) as handle:
+        yield handle
+
+
+def connect(handle: Any) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", handle.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (content-length framed) from a kept-alive connection."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(response(head + b"\r\n\r\n")[1]["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def response(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, msgspec.json.decode(body) if body else None
+
+
+def error_response(raw: bytes, status: int) -> dict[str, Any]:
+    got, headers, body = response(raw)
+    assert got == status, raw[:300]
+    assert headers["connection"] == "close"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def chat_request(extra_headers: bytes = b"", path: bytes = b"/v1/chat/completions") -> bytes:
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n" % len(CHAT) + extra_headers + b"\r\n" + CHAT
+    )
+
+
+def test_normal_requests_pass(server: Any) -> None:
+    with connect(server) as sock:
+        for _ in range(3):  # keep-alive: several requests on one connection
+            sock.sendall(chat_request(b"x-some: " + b"a" * 8000 + b"\r\n"))
+            data = read_response(sock)
+            assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["one", "many"])
+def test_headers_over_the_cap_are_431(server: Any, shape: str) -> None:
+    if shape == "one":
+        extra = b"x-big: " + b"a" * (65 * 1024) + b"\r\n"
+    else:  # 700 headers of 100 bytes: 70 KB in all
+        extra = b"".join(b"x-h%d: %s\r\n" % (i, b"a" * 92) for i in range(700))
+    with connect(server) as sock:
+        sock.sendall(chat_request(extra))
+        error = error_response(read_until_closed(sock), 431)
+    assert error["code"] == "headers_too_large"
+    assert error["message"] == "The request's headers are larger than 65536 bytes"
+
+
+def test_endless_header_is_cut_early(server: Any) -> None:
+    """A header that never ends: the server answers and closes long before 64 MB."""
+    sent = 0
+    with connect(server) as sock:
+        sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\nx-endless: ")
+        chunk = b"a" * 65536
+        with pytest.raises(OSError):  # EPIPE or ECONNRESET once the server has closed
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+    # The kernel's socket buffers hold a few MB at most; the server read ~80 KB of it.
+    assert sent < 16 * 1024 * 1024
+
+
+def test_url_over_the_cap_is_414(server: Any) -> None:
+    with connect(server) as sock:
+        sock.sendall(
+            b"GET /health/liveliness?q=" + b"a" * (16 * 1024) + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+        )
+        error = error_response(read_until_closed(sock), 414)
+    assert error["code"] == "url_too_long"
+    # Just under it: served.
+    with connect(server) as sock:
+        url = b"/health/liveliness?q=" + b"a" * (16 * 1024 - 30)
+        sock.sendall(b"GET " + url + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+# -- slow and idle clients -----------------------------------------------------------------
+
+
+def test_silent_connection_is_closed_after_the_header_timeout(server: Any) -> None:
+    with connect(server) as sock:
+        started = time.monotonic()
+        raw = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    error = error_response(raw, 408)
+    assert error["code"] == "header_timeout"
+    assert 0.4 < elapsed < 5
+
+
+def test_trickled_headers_are_cut_after_the_header_timeout(server: Any) -> None:
+    with connect(server) as sock:
+        started = time.monotonic()
+        request = b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100
+        sock.settimeout(0.05)
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            try:
+                if sock.recv(65536, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() - started < 5, "never cut"
+        raw = read_until_closed(sock)
+    assert error_response(raw, 408)["code"] == "header_timeout"
+
+
+def test_trickled_body_is_cut_with_408(server: Any) -> None:
+    with connect(server) as sock:
+        head = chat_request().split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        sock.sendall(head)
+        started = time.monotonic()
+        sock.settimeout(0.05)
+        for byte in CHAT[:-1]:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            try:
+                if sock.recv(65536, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() - started < 5, "never cut"
+        raw = read_until_closed(sock)
+    error = error_response(raw, 408)
+    assert error["code"] == "body_timeout"
+
+
+def test_a_slow_app_is_not_a_slow_client(impl: str) -> None:
+    """The timeouts bound what the client sends, never how long the answer takes."""
+    config = {
+        "model_list": [
+            {
+                "model_name": "slow",
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.5},
+            }
+        ]
+    }
+    app = create_app(config)
+    with serve_in_thread(app, http=protocol_factory(impl, limits())) as handle:
+        with connect(handle) as sock:
+            body = CHAT.replace(b"canned", b"slow")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            data = read_response(sock)
+    assert data.startswith(b"HTTP/1.1 200 "), data[:300]
+
+
+def test_idle_keep_alive_connection_is_closed(server: Any) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert 0.3 < time.monotonic() - started < 5
+
+
+# -- the connection cap --------------------------------------------------------------------
+
+
+def test_over_the_connection_cap_health_still_answers(impl: str) -> None:
+    cap = 8
+    with serve(impl, max_connections=cap, header_timeout=30) as handle:
+        held = [connect(handle) for _ in range(cap)]
+        try:
+            time.sleep(0.2)  # all accepted
+            # Past the cap: health and metrics answer, anything else is refused.
+            with connect(handle) as sock:
+                sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            with connect(handle) as sock:
+                sock.sendall(b"GET /health/readiness HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            with connect(handle) as sock:
+                sock.sendall(chat_request())
+                raw = read_until_closed(sock)
+            error = error_response(raw, 503)
+            assert error["code"] == "too_many_connections"
+            assert response(raw)[1]["retry-after"] == "1"
+            # Past the reserve too: refused at once.
+            held += [connect(handle) for _ in range(RESERVE)]
+            time.sleep(0.2)
+            with connect(handle) as sock:
+                raw = read_until_closed(sock)
+            assert error_response(raw, 503)["code"] == "too_many_connections"
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.3)
+        with connect(handle) as sock:
+            sock.sendall(chat_request())
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+# -- the gateway command -------------------------------------------------------------------
+
+CLI_CONFIG = """
+model_list:
+  - model_name: canned
+    litellm_params: {model: mock/x, mock_response: "hi"}
+gateway_settings:
+  max_url_bytes: 1024
+  max_header_bytes: 2048
+  header_timeout: 0.5
+  body_timeout: 0.5
+  keepalive_timeout: 0.5
+  max_connections: 4
+"""
+
+# Makes uvloop and httptools unimportable, as on a machine without them.
+BLOCKER = """
+import sys
+
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("uvloop", "httptools"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+def _check_cli_limits(port: int) -> None:
+    handle = _Port(port)
+    with connect(handle) as sock:
+        sock.sendall(b"GET /health/liveliness?q=" + b"a" * 1100 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert error_response(read_until_closed(sock), 414)["code"] == "url_too_long"
+    with connect(handle) as sock:
+        sock.sendall(chat_request(b"x-big: " + b"a" * 2100 + b"\r\n"))
+        assert error_response(read_until_closed(sock), 431)["code"] == "headers_too_large"
+    with connect(handle) as sock:
+        started = time.monotonic()
+        assert error_response(read_until_closed(sock), 408)["code"] == "header_timeout"
+        assert time.monotonic() - started < 5
+    with connect(handle) as sock:  # keepalive_timeout 0.5, not uvicorn's 5
+        sock.sendall(chat_request())
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert time.monotonic() - started < 3
+    held = [connect(handle) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        with connect(handle) as sock:
+            sock.sendall(chat_request())
+            assert error_response(read_until_closed(sock), 503)["code"] == "too_many_connections"
+        with connect(handle) as sock:
+            sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.fixture
+def cli() -> Iterator[list[Server]]:
+    servers: list[Server] = []
+    yield servers
+    for server in servers:
+        server.kill()
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["uvloop-httptools", "asyncio-h11"])
+def test_gateway_command_applies_the_limits(
+    cli: list[Server], tmp_path: Any, fallback: bool
+) -> None:
+    config = write_config(tmp_path, CLI_CONFIG)
+    env = dict(os.environ)
+    if fallback:
+        shim = tmp_path / "shim"
+        shim.mkdir()
+        (shim / "sitecustomize.py").write_text(BLOCKER)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
+    server = Server("--config", str(config), "--port", "0", env=env)
+    cli.append(server)
+    listening = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")
+    port = int(listening[1])
+    server.wait_until_live(f"http://127.0.0.1:{port}")
+    _check_cli_limits(port)
+    assert server.stop() == 0
+    stderr = "".join(server.stderr)
+    notes = [line for line in stderr.splitlines() if line.startswith("gateway: note:")]
+    if fallback:
+        assert notes == [
+            "gateway: note: uvloop is not installed: using asyncio's event loop (slower)",
+            "gateway: note: httptools is not installed: parsing HTTP with h11 (slower)",
+        ]
+    else:
+        assert notes == []
+    assert "Traceback" not in stderr
