@@ -199,11 +199,12 @@ class _Guard:
 
     def _refuse(self, what: str) -> None:
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # No reply in the middle of the app's own; the app sees a disconnect.
-            cycle.disconnected = True
-            cycle.message_event.set()
-            if cycle.response_started:
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True  # the app's receive() sees a disconnect
+                cycle.message_event.set()
+            if cycle.response_started and (what == "body_timeout" or not cycle.response_complete):
+                # Never a second answer to a request, nor one inside the app's own.
                 self.transport.close()
                 return
         self._phase = _BODY  # nothing more to time
@@ -226,11 +227,9 @@ class _Guard:
                     self._refuse("header_timeout")
                 # else: a pipelined request's head waits behind an answer still being sent.
         elif (
-            cycle is not None
-            and cycle.more_body
-            and not cycle.response_complete
-            and now - self._since > self._limits.body_timeout
+            cycle is not None and cycle.more_body and now - self._since > self._limits.body_timeout
         ):
+            # Answered early (413...) or not: a body still trickling in is cut.
             self._refuse("body_timeout")
 
     def _app_for(self, path: bytes | str) -> Any:

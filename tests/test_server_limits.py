@@ -217,6 +217,28 @@ def test_trickled_body_is_cut_with_408(server: Any) -> None:
     assert error["code"] == "body_timeout"
 
 
+def test_trickled_body_after_an_early_answer_is_cut(server: Any) -> None:
+    """413 comes at once; a client that keeps trickling the body is still cut off."""
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999\r\n\r\n"
+        )
+        answer = read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        started = time.monotonic()
+        sock.settimeout(0.05)
+        while True:
+            try:
+                sock.sendall(b"a")
+                if sock.recv(65536) == b"":
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            assert time.monotonic() - started < 5, "never cut"
+
+
 def test_a_slow_app_is_not_a_slow_client(impl: str) -> None:
     """The timeouts bound what the client sends, never how long the answer takes."""
     config = {
