@@ -207,6 +207,11 @@ def _is_cancellation(exc: BaseException) -> bool:
 _CUT = ServiceUnavailableError(
     "The stream was cut short: the gateway is shutting down", code="stream_cut"
 )
+_CANCELLED = ServiceUnavailableError(
+    "The request was cancelled: the gateway is shutting down",
+    code="request_cancelled",
+    headers={"connection": "close"},
+)
 
 
 def _sse_error(exc: GatewayError) -> bytes:
@@ -399,7 +404,12 @@ class _Endpoint:
             # SystemExit, KeyboardInterrupt or CancelledError from a handler too: a 500,
             # and the server stays up. A real cancellation goes on.
             if _is_cancellation(exc):
+                # The server gave up on the request (graceful_timeout on shutdown): an
+                # answer in OpenAI's shape, not uvicorn's plain-text 500. If a response
+                # (a stream) already started, uvicorn refuses this one, harmlessly.
                 status = 503
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await _send_error(send, _CANCELLED)
                 raise
             status = 500
             await self._send_error(send, _unexpected(scope, exc))

@@ -90,6 +90,11 @@ class NoneSyncLLM(CustomLLM):
         return None
 
 
+class HangingLLM(CustomLLM):
+    async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(60)
+
+
 class EndlessLLM(CustomLLM):
     async def astreaming(self, *args: Any, **kwargs: Any) -> Any:
         yield "first "
@@ -108,6 +113,7 @@ HANDLERS: dict[str, Any] = {
     "none": NoneLLM(),
     "nonesync": NoneSyncLLM(),
     "endless": EndlessLLM(),
+    "hanging": HangingLLM(),
 }
 
 
@@ -314,6 +320,28 @@ def test_stream_cut_by_graceful_timeout_ends_with_an_sse_error() -> None:
     assert events[0]["choices"][0]["delta"]["content"] == "first "
     assert events[-1]["error"]["code"] == "stream_cut"
     assert events[-1]["error"]["type"] == "service_unavailable_error"
+
+
+def test_call_cut_by_graceful_timeout_is_503_in_openai_shape() -> None:
+    app = create_app(config())
+    answers: list[httpx.Response] = []
+    done = threading.Event()
+
+    with serve_in_thread(app, timeout_graceful_shutdown=0.5) as handle:
+
+        def call() -> None:
+            url = f"{handle.url}/v1/chat/completions"
+            answers.append(httpx.post(url, json=chat("hanging"), timeout=30))
+            done.set()
+
+        threading.Thread(target=call, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while app.runtime.metrics.in_flight == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert done.wait(10)
+    error = error_of(answers[0], 503)
+    assert error["code"] == "request_cancelled"
 
 
 # -- readiness ---------------------------------------------------------------------------
