@@ -17,13 +17,14 @@ to both implementations, as the ``gateway`` command's ``--http`` fallback needs:
   at once and is closed.
 
 Timeouts are checked by one sweep per server every ``tick`` seconds (at most 1 s) over
-its connections, not by a timer per request: a request pays only a few attribute stores
-(its phase and a coarse clock reading).
+its connections, not by a timer per request: a request pays only for noting its phase and
+the loop's clock, twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from typing import Any
 
@@ -75,6 +76,7 @@ def _reply(status: int, reason: bytes, message: str, code: str, extra: bytes = b
     )
 
 
+@functools.lru_cache(maxsize=16)
 def _replies(limits: Limits) -> dict[str, bytes]:
     busy = b"retry-after: 1\r\n"
     return {
@@ -135,22 +137,20 @@ async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
 
 
 class _Sweeper:
-    """One per server: a coarse clock, and a sweep that closes connections past a deadline."""
+    """One per server: a sweep that closes connections past a deadline, while any are open."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any], tick: float):
         self.loop = loop
         self.connections = connections
         self.tick = tick
-        self.now = loop.time()
         self.handle: asyncio.TimerHandle | None = None
 
     def ensure(self) -> None:
         if self.handle is None:
-            self.now = self.loop.time()
             self.handle = self.loop.call_later(self.tick, self.sweep)
 
     def sweep(self) -> None:
-        self.now = now = self.loop.time()
+        now = self.loop.time()
         for connection in list(self.connections):
             check = getattr(connection, "_gateway_check", None)
             if check is not None:
@@ -190,7 +190,7 @@ class _Guard:
         open_ = len(self.connections)
         limit = self._limits.max_connections
         self._sweeper.ensure()
-        self._since = self._sweeper.now
+        self._since = self.loop.time()
         if open_ > limit + RESERVE:
             self._refuse("full")
             return False
@@ -217,7 +217,7 @@ class _Guard:
         cycle = self.cycle
         if self._phase != _HEAD and (cycle is None or not cycle.more_body):
             self._phase = _HEAD
-            self._since = self._sweeper.now
+            self._since = self.loop.time()
 
     def _gateway_check(self, now: float) -> None:
         cycle = self.cycle
@@ -285,7 +285,7 @@ class GatewayH11Protocol(_Guard, H11Protocol):
             self._refusal = "headers"
             raise h11.RemoteProtocolError("headers too large")
         self._phase = _BODY
-        self._since = self._sweeper.now
+        self._since = self.loop.time()
         self.app = self._app_for(target.partition(b"?")[0])
 
     def send_400_response(self, msg: str) -> None:
@@ -378,7 +378,7 @@ if HttpToolsProtocol is not None:
                     raise _Refused
             self._heads += 1
             self._phase = _BODY
-            self._since = self._sweeper.now
+            self._since = self.loop.time()
             self._head_room = limits.head_bytes
             if self._over_cap:
                 self.app = self._app_for(httptools.parse_url(self.url).path)
