@@ -411,3 +411,51 @@ def test_gateway_command_applies_the_limits(
     else:
         assert notes == []
     assert "Traceback" not in stderr
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_huge_headers_keep_memory_bounded(cli: list[Server], tmp_path: Any) -> None:
+    """The issue's attack: 4 clients sending 256 MB headers at once (1.3 GB RSS before)."""
+    import threading
+
+    config = write_config(tmp_path, CLI_CONFIG.replace("max_connections: 4", "max_connections: 64"))
+    server = Server("--config", str(config), "--port", "0")
+    cli.append(server)
+    port = int(server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")[1])
+    server.wait_until_live(f"http://127.0.0.1:{port}")
+    before = _rss_kib(server.process.pid)
+    sent: list[int] = []
+
+    def attack() -> None:
+        total = 0
+        with connect(_Port(port)) as sock:
+            sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\nx-huge: ")
+            chunk = b"a" * 65536
+            try:
+                while total < 256 * 1024 * 1024:
+                    sock.sendall(chunk)
+                    total += len(chunk)
+            except OSError:
+                pass
+        sent.append(total)
+
+    threads = [threading.Thread(target=attack) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    after = _rss_kib(server.process.pid)
+    assert len(sent) == 4 and max(sent) < 32 * 1024 * 1024, sent
+    assert after - before < 32 * 1024, (before, after)
+    # And it still serves.
+    with connect(_Port(port)) as sock:
+        sock.sendall(chat_request())
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
