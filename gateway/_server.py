@@ -226,11 +226,14 @@ class _Guard:
                 if cycle is None or cycle.response_complete:
                     self._refuse("header_timeout")
                 # else: a pipelined request's head waits behind an answer still being sent.
-        elif (
-            cycle is not None and cycle.more_body and now - self._since > self._limits.body_timeout
-        ):
-            # Answered early (413...) or not: a body still trickling in is cut.
-            self._refuse("body_timeout")
+        elif cycle is not None and cycle.more_body:
+            if getattr(self, "pipeline", None):
+                # A pipelined request waits, unread, for the answer before it: not the
+                # client's delay.
+                self._since = now
+            elif now - self._since > self._limits.body_timeout:
+                # Answered early (413...) or not: a body still trickling in is cut.
+                self._refuse("body_timeout")
 
     def _app_for(self, path: bytes | str) -> Any:
         if not self._over_cap:

@@ -68,20 +68,24 @@ def read_until_closed(sock: socket.socket, timeout: float = 10) -> bytes:
 
 
 def read_response(sock: socket.socket) -> bytes:
-    """One whole response (content-length framed) from a kept-alive connection."""
+    """Exactly one response (content-length framed): a pipelined next one stays unread."""
     sock.settimeout(10)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(response(head + b"\r\n\r\n")[1]["content-length"])
+    head = b""
+    while True:
+        peeked = sock.recv(65536, socket.MSG_PEEK)
+        assert peeked, head
+        end = (head[-3:] + peeked).find(b"\r\n\r\n")
+        if end >= 0:
+            head += sock.recv(end + 4 - len(head[-3:]))
+            break
+        head += sock.recv(len(peeked))
+    length = int(response(head)[1]["content-length"])
+    body = b""
     while len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(length - len(body))
         assert chunk
         body += chunk
-    return head + b"\r\n\r\n" + body
+    return head + body
 
 
 def response(raw: bytes) -> tuple[int, dict[str, str], Any]:
@@ -259,6 +263,33 @@ def test_a_slow_app_is_not_a_slow_client(impl: str) -> None:
             )
             data = read_response(sock)
     assert data.startswith(b"HTTP/1.1 200 "), data[:300]
+
+
+def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) -> None:
+    """A pipelined request's body is timed from when it is its turn, never by cutting the
+    connection under the answer before it."""
+    config = {
+        "model_list": [
+            {
+                "model_name": "slow",
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.5},
+            },
+            CONFIG["model_list"][0],
+        ]
+    }
+    app = create_app(config)
+    with serve_in_thread(app, http=protocol_factory(impl, limits())) as handle:
+        with connect(handle) as sock:
+            slow = CHAT.replace(b"canned", b"slow")
+            first = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+            second_head = (
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+            )
+            sock.sendall(first % (len(slow), slow) + second_head % len(CHAT) + CHAT[:10])
+            time.sleep(1.0)  # past body_timeout, while the first is still being answered
+            sock.sendall(CHAT[10:])
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
 
 
 def test_idle_keep_alive_connection_is_closed(server: Any) -> None:
