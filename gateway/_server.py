@@ -198,18 +198,22 @@ class _Guard:
         return True
 
     def _refuse(self, what: str) -> None:
+        """Answer ``what`` and close; only close if an answer now would be misread."""
         cycle = self.cycle
+        answer = not getattr(self, "pipeline", None)  # queued requests: order is lost
         if cycle is not None:
             if not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() sees a disconnect
                 cycle.message_event.set()
-            if cycle.response_started and (what == "body_timeout" or not cycle.response_complete):
-                # Never a second answer to a request, nor one inside the app's own.
-                self.transport.close()
-                return
+                # A refused head while an earlier request is unanswered: a reply now
+                # would read as that request's answer.
+                answer = answer and what == "body_timeout" and not cycle.response_started
+            elif what == "body_timeout":
+                answer = False  # answered early (413...): never a second answer
         self._phase = _BODY  # nothing more to time
         if not self.transport.is_closing():
-            self.transport.write(self._replies[what])
+            if answer:
+                self.transport.write(self._replies[what])
             self.transport.close()
 
     def _next_head(self) -> None:

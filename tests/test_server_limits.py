@@ -292,6 +292,32 @@ def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) ->
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
 
 
+def test_refused_pipelined_head_is_never_read_as_the_earlier_answer(impl: str) -> None:
+    config = {
+        "model_list": [
+            {
+                "model_name": "slow",
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.0},
+            }
+        ]
+    }
+    app = create_app(config)
+    with serve_in_thread(app, http=protocol_factory(impl, limits())) as handle:
+        with connect(handle) as sock:
+            slow = CHAT.replace(b"canned", b"slow")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(slow), slow)
+                + b"GET /health/liveliness?q="
+                + b"a" * (17 * 1024)
+                + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+            )
+            raw = read_until_closed(sock)
+    # Either the first answer and then the 414, in order, or the connection just closed:
+    # never a 414 first, which the client would take for the first request's answer.
+    assert not raw.startswith(b"HTTP/1.1 414"), raw[:100]
+
+
 def test_idle_keep_alive_connection_is_closed(server: Any) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n\r\n")
