@@ -4,7 +4,7 @@ uvicorn bounds none of these with httptools, and only the size of a request's he
 h11: how long a client may take to send its headers or its body, how large its URL and
 headers may be, and how many connections may be open. A client could hold sockets,
 memory and file descriptors for as long and as much as it liked. The same limits apply
-to both implementations, as the ``gateway`` command's ``--http`` fallback needs:
+to both, since the ``gateway`` command falls back to h11 when httptools is missing:
 
 - a request's head: at most ``max_url_bytes`` of URL (else 414) and ``max_header_bytes``
   of headers (else 431), counted as they arrive, so memory stays bounded;
@@ -344,6 +344,7 @@ if HttpToolsProtocol is not None:
                     room = self._head_room
                     if len(data) > room:
                         heads = self._heads
+                        self._head_room = 0  # (on_headers_complete: the head may be large)
                         self.parser.feed_data(memoryview(data)[:room])
                         if self._heads == heads:  # no head ended within its limit
                             self._refuse("headers")  # (a long URL was refused in on_url)
@@ -396,8 +397,6 @@ def protocol_factory(http: str, limits: Limits) -> Any:
     """What uvicorn's ``http=`` takes: the ``"httptools"`` or ``"h11"`` protocol with
     ``limits``. A module-level class and a frozen Struct in a ``functools.partial`` are
     picklable, so ``--workers`` (spawned processes) get the same limits."""
-    import functools
-
     if http == "httptools":
         if HttpToolsProtocol is None:
             raise RuntimeError("httptools is not installed")
