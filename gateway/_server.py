@@ -311,17 +311,18 @@ try:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:
-    httptools = None
-    HttpToolsProtocol = None
+    HAVE_HTTPTOOLS = False
+else:
+    HAVE_HTTPTOOLS = True
 
 
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
 
 
-if HttpToolsProtocol is not None:
+if HAVE_HTTPTOOLS:
 
-    class GatewayHttpToolsProtocol(_Guard, HttpToolsProtocol):  # type: ignore[misc, valid-type]
+    class GatewayHttpToolsProtocol(_Guard, HttpToolsProtocol):
         def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._refusal: str | None = None
@@ -398,7 +399,7 @@ def protocol_factory(http: str, limits: Limits) -> Any:
     ``limits``. A module-level class and a frozen Struct in a ``functools.partial`` are
     picklable, so ``--workers`` (spawned processes) get the same limits."""
     if http == "httptools":
-        if HttpToolsProtocol is None:
+        if not HAVE_HTTPTOOLS:
             raise RuntimeError("httptools is not installed")
         return functools.partial(GatewayHttpToolsProtocol, limits=limits)
     return functools.partial(GatewayH11Protocol, limits=limits)

@@ -609,12 +609,10 @@ class _Parser:
         if general.master_key is not None and not general.master_key.strip():
             # An empty key would switch auth off without a word: never what was meant.
             raw_key = (raw_general or {}).get("master_key")
-            named = raw_key.startswith(ENV_PREFIX) if isinstance(raw_key, str) else False
-            problem = (
-                f"environment variable {raw_key[len(ENV_PREFIX) :]} is empty"
-                if named
-                else "must not be empty (remove it to run without a key)"
-            )
+            if isinstance(raw_key, str) and raw_key.startswith(ENV_PREFIX):
+                problem = f"environment variable {raw_key[len(ENV_PREFIX) :]} is empty"
+            else:
+                problem = "must not be empty (remove it to run without a key)"
             raise self.error("general_settings.master_key", problem)
 
         if general.database_url is not None:

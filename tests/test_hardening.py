@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from fake_upstream import serve_in_thread
 
 from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 
 class EchoLLM(CustomLLM):

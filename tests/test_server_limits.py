@@ -13,11 +13,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from fake_upstream import serve_in_thread
 from test_cli import Server, write_config
 
 from gateway._server import RESERVE, Limits, protocol_factory
 from gateway.app import create_app
+from tests.fake_upstream import serve_in_thread
 
 CONFIG = {
     "model_list": [
