@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(config)
     except ConfigError as exc:
         return _fail(str(exc))
-    for deployment, why in app.runtime.unavailable:
+    if app.runtime.unavailable:
         # A mounted app serves the other models (and is unready); a server does not start.
+        deployment, why = app.runtime.unavailable[0]
         return _fail(f"{args.config}: model_list: deployment {deployment}: {why}")
     if config.database_url:
         # Once, here, before any worker starts: a database that is down (or a schema
