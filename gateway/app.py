@@ -409,7 +409,7 @@ class _Endpoint:
                 # (a stream) already started, uvicorn refuses this one, harmlessly.
                 status = 503
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await _send_error(send, _CANCELLED)
+                    await self._send_error(send, _CANCELLED)
                 raise
             status = 500
             await self._send_error(send, _unexpected(scope, exc))
