@@ -370,3 +370,28 @@ def test_readiness_is_200_when_every_deployment_is_built(server: str) -> None:
     r = httpx.get(f"{server}/health/readiness")
     assert r.status_code == 200
     assert r.json()["status"] == "healthy"
+
+
+# -- the front doors share the edge ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/messages",
+            {"model": "leaky", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        ("/v1/responses", {"model": "leaky", "input": "hi"}),
+        ("/v1/completions", {"model": "leaky", "prompt": "hi"}),
+    ],
+)
+def test_front_doors_hide_unexpected_errors(server: str, path: str, body: dict[str, Any]) -> None:
+    r = httpx.post(server + path, json=body)
+    assert r.status_code == 500, r.text
+    rid = r.headers["x-request-id"]
+    assert f"Internal server error (request id {rid})" in r.text
+    assert SECRET not in r.text
+    streamed = httpx.post(server + path, json={**body, "stream": True})
+    assert SECRET not in streamed.text
+    assert "Internal server error (request id " in streamed.text
