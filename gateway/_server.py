@@ -16,7 +16,8 @@ to both, since the ``gateway`` command falls back to h11 when httptools is missi
   get 503 with ``Retry-After``); past it by ``RESERVE`` more, a new connection gets 503
   at once and is closed.
 
-Timeouts are checked by one sweep per server every ``tick`` seconds (at most 1 s) over
+The httptools protocol builds on ``gateway._uvicorn``'s (its disconnect fix for pipelined
+requests). Timeouts are checked by one sweep per server every ``tick`` seconds (at most 1 s) over
 its connections, not by a timer per request: a request pays only for noting its phase and
 the loop's clock, twice.
 """
@@ -309,11 +310,12 @@ class GatewayH11Protocol(_Guard, H11Protocol):
 
 try:
     import httptools
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:
     HAVE_HTTPTOOLS = False
 else:
     HAVE_HTTPTOOLS = True
+    # uvicorn's, with the disconnect fix for pipelined requests.
+    from ._uvicorn import PipelinedHttpToolsProtocol
 
 
 class _Refused(Exception):
@@ -322,7 +324,7 @@ class _Refused(Exception):
 
 if HAVE_HTTPTOOLS:
 
-    class GatewayHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    class GatewayHttpToolsProtocol(_Guard, PipelinedHttpToolsProtocol):  # type: ignore[misc]
         def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._refusal: str | None = None
@@ -330,7 +332,7 @@ if HAVE_HTTPTOOLS:
             self._head_room = limits.head_bytes
             self._guard_init(limits)
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._admit()
 
