@@ -60,6 +60,9 @@ __version__ = "0.1.0"
 # Read at call time, as in LiteLLM: assign a list of
 # {"provider": name, "custom_handler": handler} to register handlers.
 custom_provider_map: list[dict[str, Any]] = []
+# Read at call time, as in LiteLLM: CustomLogger instances whose events library calls
+# (completion, acompletion, embedding, ...) fire. The HTTP gateway's come from its config.
+callbacks: list[Any] = []
 
 __all__ = [
     "APIConnectionError",
@@ -93,6 +96,7 @@ __all__ = [
     "aembedding",
     "aimage_generation",
     "batch_completion",
+    "callbacks",
     "completion",
     "create_app",
     "custom_provider_map",

@@ -25,7 +25,6 @@ LITELLM_SETTINGS = frozenset(
         "budget_duration",
         "cache",
         "cache_params",
-        "callbacks",
         "content_policy_fallbacks",
         "context_window_fallbacks",
         "cooldown_time",

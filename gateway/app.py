@@ -143,6 +143,10 @@ def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
         raise BadRequestError("Request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequestError("Request body must be a JSON object")
+    return _convert_body(data, kind)
+
+
+def _convert_body(data: dict[str, Any], kind: type[Any]) -> tuple[Any, dict[str, Any]]:
     try:
         return msgspec.convert(data, kind), data
     except msgspec.ValidationError as exc:
@@ -251,6 +255,16 @@ class Runtime:
 
             self.keys = KeyManager.from_config(config)
             self.metrics.collectors.append(self.keys.collector())
+        self.callbacks: Any = None  # a callbacks.Callbacks with litellm_settings.callbacks
+        if config.callbacks:
+            from ._callbacks import Callbacks
+
+            self.callbacks = Callbacks(
+                config.callbacks,
+                model_list=config.model_list,
+                max_queue=settings.callback_queue_size,
+            )
+            self.metrics.collectors.append(self.callbacks.collector())
 
     def check_auth(self, scope: Scope) -> bytes | None:
         """Raises if the request may not pass; a key other than the master key, for the
@@ -319,6 +333,8 @@ class Runtime:
             current_runtime.reset(token)
 
     async def shutdown(self) -> None:
+        if self.callbacks is not None:
+            await self.callbacks.aclose()
         if self.keys is not None:
             await self.keys.stop()
         for provider in self.router.providers():
@@ -379,6 +395,7 @@ class _Endpoint:
         started = perf_counter()
         status = 200
         grant = None
+        error: BaseException | None = None
         try:
             if scope["method"] not in self.methods:
                 status = 405
@@ -399,6 +416,7 @@ class _Endpoint:
         except GatewayError as exc:
             exc = _public(scope, exc)
             status = exc.status_code
+            error = exc
             await self._send_error(send, exc)
         except BaseException as exc:
             # SystemExit, KeyboardInterrupt or CancelledError from a handler too: a 500,
@@ -412,12 +430,16 @@ class _Endpoint:
                     await self._send_error(send, _CANCELLED)
                 raise
             status = 500
+            error = exc
             await self._send_error(send, _unexpected(scope, exc))
         finally:
             metrics.in_flight -= 1
             self._stats.observe(status, perf_counter() - started)
             if grant is not None:
                 grant.finish(status)
+            # Callbacks' events, queued now the answer is out (one `if` when none are set).
+            if self.runtime.callbacks is not None and "gateway.log" in scope:
+                scope["gateway.log"].finish(status, error)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         """Answer the request; the status if not 200 (a stream that ended in an error)."""
@@ -436,6 +458,13 @@ class _Endpoint:
         """The request body as ``kind`` and as a dict, and the request's own timeout."""
         body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, kind)
+        callbacks = self.runtime.callbacks
+        if callbacks is not None:
+            log = scope["gateway.log"] = callbacks.request(scope, self.route)
+            if callbacks.pre_call:  # hooks may change the body, in place or not
+                request, data = _convert_body(await log.before(data), kind)
+            else:
+                log.data = data
         grant = scope.get("gateway.key")
         if grant is not None:
             grant.admit(request.model)
@@ -494,9 +523,13 @@ class ChatCompletions(_Endpoint):
 
 
 def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = None) -> Any:
-    """``call``, with its usage noted for the request's virtual key (if any)."""
+    """``call``, with its usage noted for the request's virtual key (if any) and its
+    answer seen by the callbacks (if any)."""
     grant = scope.get("gateway.key")
-    return call if grant is None else grant.tap(call, prompt)
+    if grant is not None:
+        call = grant.tap(call, prompt)
+    log = scope.get("gateway.log")
+    return call if log is None else log.tap(call)
 
 
 async def _stream(

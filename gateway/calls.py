@@ -7,7 +7,9 @@ built from a deployment.
 
 from __future__ import annotations
 
+import contextvars
 import math
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -45,6 +47,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# ``gateway.callbacks``, read at call time as in LiteLLM. While a logged call runs the
+# plain one, ``_logging`` is set so it is not logged twice.
+_gateway = sys.modules[__name__.rpartition(".")[0]]
+_logging: contextvars.ContextVar[bool] = contextvars.ContextVar("gateway_logging", default=False)
 
 # Call kwargs about how to call, not what to ask: they go to ``litellm_params``;
 # everything else (OpenAI params and unknown extras) goes to ``optional_params``.
@@ -367,6 +374,24 @@ def completion(
 ) -> Any:
     """A chat completion: a ``ModelResponse``, or with ``stream=True`` an iterator of
     ``ModelResponseStream`` chunks."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_sync
+
+        return call_sync(
+            _gateway.callbacks,
+            "completion",
+            completion,
+            model,
+            messages,
+            stream=stream,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     if mock_response.__class__ is str and not stream and not kwargs:
         return _mock_text(model, messages, timeout, mock_response)
     prepared = _prepare_chat(
@@ -394,6 +419,24 @@ async def acompletion(
     **kwargs: Any,
 ) -> Any:
     """Async ``completion``; with ``stream=True`` returns an async iterator of chunks."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_async
+
+        return await call_async(
+            _gateway.callbacks,
+            "acompletion",
+            acompletion,
+            model,
+            messages,
+            stream=stream,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     if mock_response.__class__ is str and not stream and not kwargs:
         return _mock_text(model, messages, timeout, mock_response)
     prepared = _prepare_chat(
@@ -446,6 +489,23 @@ def embedding(
     **kwargs: Any,
 ) -> EmbeddingResponse:
     """Embeddings for ``input`` (a string or a list), as an ``EmbeddingResponse``."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_sync
+
+        return call_sync(  # type: ignore[no-any-return]
+            _gateway.callbacks,
+            "embedding",
+            embedding,
+            model,
+            input,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     prepared = _prepare_other(
         EmbeddingCall, model, {"input": input}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -468,6 +528,23 @@ async def aembedding(
     **kwargs: Any,
 ) -> EmbeddingResponse:
     """Async ``embedding``."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_async
+
+        return await call_async(  # type: ignore[no-any-return]
+            _gateway.callbacks,
+            "aembedding",
+            aembedding,
+            model,
+            input,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     prepared = _prepare_other(
         EmbeddingCall, model, {"input": input}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -488,6 +565,23 @@ def image_generation(
     **kwargs: Any,
 ) -> ImageResponse:
     """Images for ``prompt``, as an ``ImageResponse``."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_sync
+
+        return call_sync(  # type: ignore[no-any-return]
+            _gateway.callbacks,
+            "image_generation",
+            _image_first,
+            model,
+            prompt,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     prepared = _prepare_other(
         ImageCall, model, {"prompt": prompt}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
@@ -508,11 +602,36 @@ async def aimage_generation(
     **kwargs: Any,
 ) -> ImageResponse:
     """Async ``image_generation``."""
+    if _gateway.callbacks and not _logging.get():
+        from ._callbacks import call_async
+
+        return await call_async(  # type: ignore[no-any-return]
+            _gateway.callbacks,
+            "aimage_generation",
+            _aimage_first,
+            model,
+            prompt,
+            timeout=timeout,
+            mock_response=mock_response,
+            custom_llm_provider=custom_llm_provider,
+            api_key=api_key,
+            api_base=api_base,
+            headers=headers,
+            **kwargs,
+        )
     prepared = _prepare_other(
         ImageCall, model, {"prompt": prompt}, timeout, mock_response,
         custom_llm_provider, api_key, api_base, headers, kwargs,
     )  # fmt: skip
     return await run_aimage_generation(prepared.provider, prepared.call)
+
+
+def _image_first(model: str | None, prompt: str, **kwargs: Any) -> ImageResponse:
+    return image_generation(prompt, model, **kwargs)
+
+
+async def _aimage_first(model: str | None, prompt: str, **kwargs: Any) -> ImageResponse:
+    return await aimage_generation(prompt, model, **kwargs)
 
 
 async def abatch_completion(

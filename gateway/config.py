@@ -107,6 +107,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # dropped first past either bound.
     responses_store_max_items: _PositiveInt = 10_000
     responses_store_max_bytes: _PositiveInt = 64 * 1024 * 1024
+    # Logging callbacks' events waiting to run; past it they are dropped and counted.
+    callback_queue_size: _PositiveInt = 10_000
+    # OpenTelemetry traces (pip install 'gateway[otel]'), configured by the OTEL_* variables.
+    otel: bool = False
 
 
 # -- router_settings ------------------------------------------------------------------
@@ -216,6 +220,8 @@ class Config(msgspec.Struct, frozen=True):
 
     model_list: tuple[Deployment, ...] = ()
     custom_providers: tuple[tuple[str, Any], ...] = ()
+    # litellm_settings.callbacks: loaded CustomLogger-like objects.
+    callbacks: tuple[Any, ...] = ()
     master_key: str | None = None
     # Virtual keys and spend live here (sqlite:///path.db or postgresql://...); off if None.
     database_url: str | None = None
@@ -258,6 +264,8 @@ class _ProviderEntry(msgspec.Struct):
 
 class _LiteLLMSettings(msgspec.Struct):
     custom_provider_map: list[_ProviderEntry] | None = None
+    # "module.instance" strings (or the objects, in a dict config); one string is a list of one.
+    callbacks: list[Any] | str | None = None
     request_timeout: _Positive | None = None
 
 
@@ -484,9 +492,9 @@ class _Parser:
 
     # -- handlers ---------------------------------------------------------------------
 
-    def load_handler(self, target: Any, path: str) -> Any:
-        if not isinstance(target, str):
-            return target  # a dict config may hold the handler object itself
+    def load_object(self, target: str, path: str, kind: str) -> Any:
+        """The object a ``module.attribute`` string names (``kind``: "handler",
+        "callback", for the error messages)."""
         module_name, dot, attr = target.strip().rpartition(".")
         if not dot or not module_name or not attr or "" in module_name.split("."):
             raise self.error(path, f"expected 'module.attribute', got {target!r}")
@@ -495,13 +503,18 @@ class _Parser:
         except ImportFailure as exc:
             raise self.error(path, str(exc)) from None
         try:
-            handler = getattr(module, attr)
+            return getattr(module, attr)
         except AttributeError:
             public = [n for n in vars(module) if not n.startswith("_")]
             where = getattr(module, "__file__", None) or module_name
             raise self.error(
-                path, f"handler module {where} has no attribute {attr!r}{_suggest(attr, public)}"
+                path, f"{kind} module {where} has no attribute {attr!r}{_suggest(attr, public)}"
             ) from None
+
+    def load_handler(self, target: Any, path: str) -> Any:
+        if not isinstance(target, str):
+            return target  # a dict config may hold the handler object itself
+        handler = self.load_object(target, path, "handler")
         from .custom_llm import HANDLER_METHODS
         from .provider import Provider
 
@@ -513,6 +526,30 @@ class _Parser:
                 f"{target} is not a handler: it has none of {', '.join(HANDLER_METHODS)}",
             )
         return handler
+
+    def load_callback(self, target: Any, path: str) -> Any:
+        """A ``litellm_settings.callbacks`` entry: LiteLLM's built-in integrations (a
+        name without a dot, e.g. "prometheus") are warned about; the rest load as handlers do."""
+        if isinstance(target, str) and "." not in target.strip():
+            self.warn(path, f"LiteLLM built-in callback {target!r} not supported, ignored")
+            return None
+        if isinstance(target, str):
+            callback = self.load_object(target, path, "callback")
+        else:
+            callback = target  # a dict config may hold the object itself
+        from ._callbacks import CALLBACK_METHODS
+
+        if isinstance(callback, type):
+            raise self.error(
+                path,
+                f"{target} is a class; name an instance of it "
+                f"(callback_instance = {callback.__name__}())",
+            )
+        if not any(callable(getattr(callback, m, None)) for m in CALLBACK_METHODS):
+            raise self.error(
+                path, f"{target} is not a callback: it has none of {', '.join(CALLBACK_METHODS)}"
+            )
+        return callback
 
     # -- the whole file ---------------------------------------------------------------
 
@@ -550,6 +587,15 @@ class _Parser:
             providers.append(
                 (name, self.load_handler(entry.custom_handler, f"{where}.custom_handler"))
             )
+
+        listed = litellm_settings.callbacks or []
+        single = isinstance(listed, str)
+        callbacks = []
+        for i, target in enumerate([listed] if single else listed):
+            where = "litellm_settings.callbacks"
+            callback = self.load_callback(target, where if single else _join(where, i))
+            if callback is not None:
+                callbacks.append(callback)
 
         deployments = []
         for i, (model, raw_entry) in enumerate(
@@ -628,6 +674,7 @@ class _Parser:
         return Config(
             model_list=tuple(deployments),
             custom_providers=tuple(providers),
+            callbacks=tuple(callbacks),
             master_key=general.master_key,
             database_url=general.database_url,
             allow_unauthenticated=general.allow_unauthenticated,

@@ -1,0 +1,871 @@
+"""Callbacks (LiteLLM's ``CustomLogger``): proxy hooks on the request path, logging off it.
+
+Logging events wait in a bounded queue and are run by one task per app, after the
+response is sent: a slow or failing callback never delays or fails a request. A full
+queue drops the event and counts it (``Callbacks.dropped``, the
+``gateway_callback_events_dropped`` metric). Sync methods run on a worker thread of
+their own, never on the event loop. Library calls (``gateway.completion`` and friends,
+with ``gateway.callbacks = [...]``) hand their events to one daemon thread, since a sync
+call has no loop that outlives it.
+
+With no callbacks configured none of this exists: the app checks one attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+import anyio
+import msgspec
+
+from .caching.dual_cache import DualCache
+from .calls import _logging
+from .errors import GatewayError, as_gateway_error
+from .integrations.custom_logger import CustomLogger
+from .keys.spend import Prices, chunk_usage, result_usage
+from .proxy._types import UserAPIKeyAuth
+from .request_id import request_id
+
+__all__ = ["Callbacks", "RequestLog", "hook_error", "library_callbacks"]
+
+logger = logging.getLogger("gateway.callbacks")
+
+DEFAULT_MAX_QUEUE = 10_000
+
+_LOG_METHODS = (
+    "log_success_event",
+    "log_failure_event",
+    "async_log_success_event",
+    "async_log_failure_event",
+)
+CALLBACK_METHODS = (*_LOG_METHODS, "async_pre_call_hook", "async_post_call_success_hook")
+
+# Routes of the HTTP gateway -> LiteLLM's call_type, as its proxy hooks receive it.
+CALL_TYPES = {
+    "chat_completions": "completion",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "images_generations": "image_generation",
+    "responses": "responses",
+    "messages": "anthropic_messages",
+}
+
+
+def _overrides(callback: Any, name: str) -> bool:
+    """Whether ``callback`` has its own ``name`` (not CustomLogger's no-op)."""
+    method = getattr(type(callback), name, None)
+    if method is None:
+        return callable(getattr(callback, name, None))  # duck-typed, or set on the instance
+    return method is not getattr(CustomLogger, name, None)
+
+
+def hook_error(exc: BaseException) -> GatewayError:
+    """What the client gets when a hook raises: a gateway error as it is; else the
+    exception's ``status_code`` (FastAPI's ``HTTPException`` and the like, 400-599) and
+    its ``detail`` or text; else a 400."""
+    if isinstance(exc, GatewayError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 400
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, dict):
+        detail = detail.get("error") or detail.get("message") or detail
+    message = str(detail if detail is not None else exc) or type(exc).__name__
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GatewayError(message, status_code=status, type=kind, retryable=False)
+
+
+def _datetime(epoch: float) -> datetime.datetime:
+    # LiteLLM hands callbacks naive local datetimes (datetime.datetime.now()).
+    return datetime.datetime.fromtimestamp(epoch)
+
+
+def _plain(value: Any) -> Any:
+    """A response as plain data, for the logging object."""
+    if value is None or isinstance(value, dict | list | str | int | float):
+        return value
+    if isinstance(value, msgspec.Raw):
+        return msgspec.json.decode(value)
+    try:
+        return msgspec.to_builtins(value)
+    except (TypeError, msgspec.EncodeError):
+        return repr(value)
+
+
+def _request_id(scope: Any) -> str:
+    """The request's id: as the request-id feature stored it, else ``request_id``'s
+    (the caller's safe ``x-request-id``, or a new one)."""
+    rid = scope.get("gateway.request_id")
+    return str(rid) if rid is not None else request_id(scope)
+
+
+class Event:
+    """One finished call, as handed to logging callbacks."""
+
+    __slots__ = ("end", "kwargs", "prefer_async", "response", "start", "success")
+
+    def __init__(
+        self,
+        success: bool,
+        kwargs: dict[str, Any],
+        response: Any,
+        start: float,
+        end: float,
+        prefer_async: bool = True,
+    ) -> None:
+        self.success = success
+        self.kwargs = kwargs
+        self.response = response
+        self.start = start
+        self.end = end
+        self.prefer_async = prefer_async
+
+
+def _methods(callback: Any, event: Event) -> tuple[str, str]:
+    if event.success:
+        return "async_log_success_event", "log_success_event"
+    return "async_log_failure_event", "log_failure_event"
+
+
+def _report(callback: Any, name: str) -> None:
+    logger.warning("callback %s.%s failed", type(callback).__name__, name, exc_info=sys.exc_info())
+
+
+class Callbacks:
+    """The callbacks of one app: the hooks, and the queue and task that run the logging.
+
+    ``deployments`` (the config's ``model_list``) gives each deployment id its model,
+    api_base and prices for the logging object.
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Any],
+        *,
+        model_list: Iterable[Any] = (),
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.callbacks = tuple(callbacks)
+        self.pre_call = tuple(c for c in self.callbacks if _overrides(c, "async_pre_call_hook"))
+        self.post_success = tuple(
+            c for c in self.callbacks if _overrides(c, "async_post_call_success_hook")
+        )
+        self.post_failure = tuple(
+            c for c in self.callbacks if _overrides(c, "async_post_call_failure_hook")
+        )
+        self.loggers = tuple(
+            c for c in self.callbacks if any(_overrides(c, m) for m in _LOG_METHODS)
+        )
+        self.max_queue = max_queue
+        self.dropped = 0
+        self.cache = DualCache()
+        model_list = list(model_list)
+        self.prices = Prices(model_list)
+        self.deployments: dict[str, tuple[str, str | None]] = {}
+        for index, d in enumerate(model_list):
+            info = d.model_info or {}
+            self.deployments[str(info.get("id") or f"{d.model_name}/{index}")] = (
+                d.model,
+                d.api_base,
+            )
+        self._queue: deque[Event] = deque()
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+        # Sync methods: one thread at a time, apart from anyio's default pool.
+        self._thread_limiter: anyio.CapacityLimiter | None = None
+
+    # -- queueing -------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for the logging callbacks; never blocks, never raises."""
+        if not self.loggers:
+            return
+        if len(self._queue) >= self.max_queue:
+            self._drop()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no asyncio loop (a trio host): the library's thread
+            _library_drain().put(self, event)
+            return
+        self._queue.append(event)
+        if not self._running:
+            self._running = True
+            self._idle = asyncio.Event()
+            self._task = loop.create_task(self._drain(self._idle))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8...: logged, not flooded
+            logger.warning(
+                "callback queue full (%d events): %d events dropped so far",
+                self.max_queue,
+                self.dropped,
+            )
+
+    async def _drain(self, idle: asyncio.Event) -> None:
+        try:
+            while self._queue:
+                await self.run(self._queue.popleft())
+        finally:
+            # No await between the last check above and this: emit() sees a stopped task.
+            self._running = False
+            idle.set()
+
+    async def run(self, event: Event) -> None:
+        """Every logging callback for ``event``, one after another; failures are logged."""
+        for callback in self.loggers:
+            async_name, sync_name = _methods(callback, event)
+            try:
+                if _overrides(callback, async_name):
+                    await getattr(callback, async_name)(
+                        event.kwargs, event.response, _datetime(event.start), _datetime(event.end)
+                    )
+                elif _overrides(callback, sync_name):
+                    if self._thread_limiter is None:
+                        self._thread_limiter = anyio.CapacityLimiter(1)
+                    await anyio.to_thread.run_sync(
+                        _call_sync,
+                        getattr(callback, sync_name),
+                        event,
+                        limiter=self._thread_limiter,
+                        abandon_on_cancel=True,
+                    )
+            except Exception:
+                _report(callback, async_name)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Let queued events run for up to ``timeout`` seconds (at shutdown), then stop."""
+        task, idle = self._task, self._idle
+        if task is None or idle is None or task.done():
+            return
+        with anyio.move_on_after(timeout):
+            await idle.wait()
+        if not task.done():
+            logger.warning("%d callback events not run at shutdown", len(self._queue))
+            task.cancel()
+
+    def collector(self) -> Any:
+        """A prometheus-client collector of this app's dropped events."""
+        return _DropsCollector(self)
+
+    # -- per request ----------------------------------------------------------------
+
+    def request(self, scope: Any, route: str) -> RequestLog:
+        return RequestLog(self, scope, route)
+
+
+class _DropsCollector:
+    def __init__(self, callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "gateway_callback_events_dropped",
+            "Callback logging events dropped because the callback queue was full",
+            value=self.callbacks.dropped,
+        )
+
+
+def _call_sync(method: Callable[..., Any], event: Event) -> None:
+    method(event.kwargs, event.response, _datetime(event.start), _datetime(event.end))
+
+
+def _user(scope: Any) -> UserAPIKeyAuth:
+    grant = scope.get("gateway.key")
+    entry = getattr(grant, "entry", None)
+    if entry is None:
+        return UserAPIKeyAuth()
+    return UserAPIKeyAuth(
+        api_key=entry.token,
+        key_alias=entry.alias,
+        models=sorted(entry.models) if entry.models else [],
+        spend=entry.spend,
+        max_budget=entry.max_budget,
+    )
+
+
+class RequestLog:
+    """One HTTP request as the callbacks see it: made after auth, finished in the
+    endpoint's ``finally`` (after the response went out)."""
+
+    __slots__ = (
+        "call_id",
+        "call_type",
+        "callbacks",
+        "called",
+        "data",
+        "deployment",
+        "error",
+        "first_token_at",
+        "response",
+        "route",
+        "scope",
+        "started",
+        "stream_chunks",
+        "stream_usage",
+        "user",
+    )
+
+    def __init__(self, callbacks: Callbacks, scope: Any, route: str) -> None:
+        self.callbacks = callbacks
+        self.scope = scope
+        self.route = route
+        self.call_type = CALL_TYPES.get(route, route)
+        self.started = time.time()
+        self.call_id = str(uuid.uuid4())
+        self.data: dict[str, Any] = {}
+        self.user: UserAPIKeyAuth | None = None
+        self.called = False
+        self.deployment: str | None = None
+        self.response: Any = None
+        self.error: BaseException | None = None
+        self.first_token_at: float | None = None
+        self.stream_chunks: list[Any] | None = None
+        self.stream_usage: tuple[int, int] | None = None
+
+    async def before(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The pre-call hooks, in order; each may return a changed body or raise."""
+        self.data = data
+        callbacks = self.callbacks
+        if not callbacks.pre_call:
+            return data
+        self.user = user = _user(self.scope)
+        for callback in callbacks.pre_call:
+            try:
+                changed = await callback.async_pre_call_hook(
+                    user, callbacks.cache, data, self.call_type
+                )
+            except Exception as exc:
+                raise hook_error(exc) from exc
+            if changed is not None:
+                if not isinstance(changed, dict):
+                    raise GatewayError(
+                        f"callback {type(callback).__name__}.async_pre_call_hook returned "
+                        f"{type(changed).__name__}, not the request body (a dict)",
+                        status_code=500,
+                        type="api_error",
+                    )
+                data = changed
+        self.data = data
+        return data
+
+    def tap(self, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """``call`` (returning a ``Routed``) with its answer noted and the post-call hooks run."""
+
+        async def tapped() -> Any:
+            self.called = True
+            try:
+                routed = await call()
+            except Exception as exc:
+                self.error = exc
+                await self._failed(exc)
+                raise
+            self.deployment = routed.deployment
+            result = routed.result
+            if hasattr(result, "__aiter__") and hasattr(result, "aclose"):
+                self.first_token_at = time.time()
+                if self.callbacks.loggers:
+                    self.stream_chunks = []
+                    routed.result = _LoggedStream(result, self)
+                return routed
+            for callback in self.callbacks.post_success:
+                if self.user is None:
+                    self.user = _user(self.scope)
+                try:
+                    changed = await callback.async_post_call_success_hook(
+                        self.data, self.user, result
+                    )
+                except Exception as exc:
+                    raise hook_error(exc) from exc
+                if changed is not None:
+                    result = changed
+            routed.result = self.response = result
+            return routed
+
+        return tapped
+
+    async def _failed(self, exc: BaseException) -> None:
+        for callback in self.callbacks.post_failure:
+            if self.user is None:
+                self.user = _user(self.scope)
+            try:
+                await callback.async_post_call_failure_hook(self.data, exc, self.user)
+            except Exception:
+                _report(callback, "async_post_call_failure_hook")
+
+    def finish(self, status: int, error: BaseException | None) -> None:
+        """The response is out: queue the success or failure event."""
+        if not self.called and error is None:
+            return  # answered without a model call (count_tokens): nothing to log
+        error = self.error or error
+        if error is None and status >= 400:
+            error = GatewayError(f"request ended with HTTP {status}", status_code=status)
+        response = self.response
+        if self.stream_chunks is not None and error is None:
+            from .streaming import stream_chunk_builder
+
+            try:
+                response = stream_chunk_builder(self.stream_chunks, self.data.get("model"))
+            except Exception:
+                response = None
+        ended = time.time()
+        kwargs = self.kwargs(status, error, response, ended)
+        self.callbacks.emit(Event(error is None, kwargs, response or error, self.started, ended))
+
+    def kwargs(
+        self, status: int, error: BaseException | None, response: Any, ended: float
+    ) -> dict[str, Any]:
+        data = self.data
+        callbacks = self.callbacks
+        group = data.get("model")
+        group = group if isinstance(group, str) else None
+        model, api_base = callbacks.deployments.get(self.deployment or "", (group, None))
+        if response is not None and error is None:
+            usage = result_usage(response)
+        else:
+            usage = self.stream_usage
+        prompt, completion = usage or (0, 0)
+        cost = callbacks.prices.cost(group or "", self.deployment, prompt, completion)
+        grant = self.scope.get("gateway.key")
+        entry = getattr(grant, "entry", None)
+        alias = getattr(entry, "alias", None)
+        key_hash = getattr(entry, "token", None)
+        metadata = (
+            dict(data.get("metadata") or {}) if isinstance(data.get("metadata"), dict) else {}
+        )
+        metadata.update(
+            user_api_key_alias=alias,
+            user_api_key_hash=key_hash,
+            model_group=group,
+            deployment=self.deployment,
+        )
+        optional = {
+            k: v
+            for k, v in data.items()
+            if k not in ("model", "messages", "input", "prompt", "metadata")
+        }
+        request_id = _request_id(self.scope)
+        messages = data.get("messages", data.get("input", data.get("prompt")))
+        return build_kwargs(
+            call_id=self.call_id,
+            call_type=self.call_type,
+            model=model or group,
+            group=group,
+            deployment=self.deployment,
+            api_base=api_base,
+            messages=messages,
+            optional=optional,
+            metadata=metadata,
+            stream=bool(data.get("stream")),
+            status=status,
+            error=error,
+            response=response,
+            prompt=prompt,
+            completion=completion,
+            cost=cost,
+            started=self.started,
+            ended=ended,
+            first_token_at=self.first_token_at,
+            request_id=request_id,
+            key_alias=alias,
+        )
+
+
+def build_kwargs(
+    *,
+    call_id: str,
+    call_type: str,
+    model: str | None,
+    group: str | None,
+    deployment: str | None,
+    api_base: str | None,
+    messages: Any,
+    optional: dict[str, Any],
+    metadata: dict[str, Any],
+    stream: bool,
+    status: int,
+    error: BaseException | None,
+    response: Any,
+    prompt: int,
+    completion: int,
+    cost: float,
+    started: float,
+    ended: float,
+    first_token_at: float | None,
+    request_id: str | None,
+    key_alias: str | None,
+    custom_llm_provider: str | None = None,
+) -> dict[str, Any]:
+    """The ``kwargs`` LiteLLM gives logging callbacks, with its ``standard_logging_object``."""
+    error_info = None
+    if error is not None:
+        mapped = error if isinstance(error, GatewayError) else as_gateway_error(error)
+        error_info = {
+            "error_code": str(mapped.status_code),
+            "error_class": type(error).__name__,
+            "error_message": str(getattr(mapped, "message", error)),
+        }
+    standard = {
+        "id": call_id,
+        "trace_id": request_id or call_id,
+        "request_id": request_id,
+        "call_type": call_type,
+        "stream": stream,
+        "status": "success" if error is None else "failure",
+        "status_code": status,
+        "model": model,
+        "model_group": group,
+        "model_id": deployment,
+        "deployment": deployment,
+        "api_base": api_base,
+        "custom_llm_provider": custom_llm_provider,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "response_cost": cost,
+        "startTime": started,
+        "endTime": ended,
+        "completionStartTime": first_token_at if first_token_at is not None else ended,
+        "metadata": {
+            "user_api_key_alias": key_alias,
+            "user_api_key_hash": metadata.get("user_api_key_hash"),
+            "requester_metadata": {
+                k: v
+                for k, v in metadata.items()
+                if k not in ("user_api_key_alias", "user_api_key_hash", "model_group", "deployment")
+            },
+        },
+        "messages": messages,
+        "response": _plain(response) if error is None else None,
+        "model_parameters": optional,
+        "error_str": None if error is None else str(error),
+        "error_information": error_info,
+        "hidden_params": {"model_id": deployment, "api_base": api_base},
+    }
+    return {
+        "model": model,
+        "messages": messages,
+        "optional_params": optional,
+        "litellm_params": {
+            "metadata": metadata,
+            "model_info": {"id": deployment},
+            "api_base": api_base,
+            "custom_llm_provider": custom_llm_provider,
+            "litellm_call_id": call_id,
+        },
+        "call_type": call_type,
+        "stream": stream,
+        "response_cost": cost,
+        "litellm_call_id": call_id,
+        "start_time": _datetime(started),
+        "end_time": _datetime(ended),
+        "completion_start_time": _datetime(first_token_at or ended),
+        "exception": error,
+        "standard_logging_object": standard,
+    }
+
+
+class _LoggedStream:
+    """A routed stream whose chunks are kept (to rebuild the answer for the success
+    event) and whose usage is noted. Costs a list append per chunk, only with loggers."""
+
+    __slots__ = ("_gen", "_inner", "_log")
+
+    def __init__(self, inner: Any, log: RequestLog) -> None:
+        self._inner = inner
+        self._log = log
+        self._gen = self._chunks()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._gen.__anext__()
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        log = self._log
+        kept = log.stream_chunks
+        assert kept is not None
+        try:
+            async for chunk in self._inner:
+                if isinstance(chunk, msgspec.Raw):
+                    chunk_data = msgspec.json.decode(chunk)
+                else:
+                    chunk_data = chunk
+                usage, _ = chunk_usage(chunk_data)
+                if usage is not None:
+                    log.stream_usage = usage
+                kept.append(chunk_data)
+                yield chunk
+        except Exception as exc:
+            log.error = exc
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._gen.aclose()  # type: ignore[attr-defined]
+        finally:
+            await self._inner.aclose()
+
+
+# -- the library: gateway.callbacks = [...] -------------------------------------------
+
+
+class _LibraryDrain:
+    """Runs library calls' events on one daemon thread (with an event loop of its own
+    for ``async_`` methods): a sync call has no loop that outlives it."""
+
+    def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        self._queue: queue.Queue[tuple[Callbacks, Event]] = queue.Queue(max_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, callbacks: Callbacks, event: Event) -> None:
+        try:
+            self._queue.put_nowait((callbacks, event))
+        except queue.Full:
+            callbacks._drop()
+            return
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, name="gateway-callbacks", daemon=True
+                    )
+                    self._thread.start()
+
+    def _work(self) -> None:
+        loop = asyncio.new_event_loop()
+        while True:
+            callbacks, event = self._queue.get()
+            try:
+                loop.run_until_complete(_run_on_thread(callbacks, event))
+            except Exception:
+                logger.exception("callback event failed")
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued event ran (tests, and scripts about to exit)."""
+        self._queue.join()
+
+
+async def _run_on_thread(callbacks: Callbacks, event: Event) -> None:
+    # Already on a worker thread: sync methods run here directly.
+    for callback in callbacks.loggers:
+        async_name, sync_name = _methods(callback, event)
+        first, second = (async_name, sync_name) if event.prefer_async else (sync_name, async_name)
+        name = first if _overrides(callback, first) else second
+        if not _overrides(callback, name):
+            continue
+        try:
+            method = getattr(callback, name)
+            result = method(
+                event.kwargs, event.response, _datetime(event.start), _datetime(event.end)
+            )
+            if name.startswith("async_"):
+                await result
+        except Exception:
+            _report(callback, name)
+
+
+_drain: _LibraryDrain | None = None
+_drain_lock = threading.Lock()
+
+
+def _library_drain() -> _LibraryDrain:
+    global _drain
+    if _drain is None:
+        with _drain_lock:
+            if _drain is None:
+                _drain = _LibraryDrain()
+    return _drain
+
+
+def flush(timeout: float | None = None) -> None:
+    """Wait until the library's queued callback events have run."""
+    if _drain is not None:
+        _drain.join()
+
+
+_library: Callbacks | None = None
+
+
+def library_callbacks(listed: list[Any]) -> Callbacks:
+    """The ``Callbacks`` for ``gateway.callbacks``' current contents."""
+    global _library
+    current = _library
+    if current is None or current.callbacks != tuple(listed):
+        current = _library = Callbacks(listed)
+    return current
+
+
+def _library_event(
+    callbacks: Callbacks,
+    call_type: str,
+    model: str,
+    payload: Any,
+    kwargs: dict[str, Any],
+    response: Any,
+    error: BaseException | None,
+    started: float,
+    first_token_at: float | None,
+    prefer_async: bool,
+) -> None:
+    ended = time.time()
+    usage = result_usage(response) if response is not None else None
+    prompt, completion = usage or (0, 0)
+    in_price = kwargs.get("input_cost_per_token") or 0.0
+    out_price = kwargs.get("output_cost_per_token") or 0.0
+    try:
+        cost = prompt * float(in_price) + completion * float(out_price)
+    except (TypeError, ValueError):
+        cost = 0.0
+    metadata = (
+        dict(kwargs.get("metadata") or {}) if isinstance(kwargs.get("metadata"), dict) else {}
+    )
+    optional = {k: v for k, v in kwargs.items() if k not in ("metadata",) and v is not None}
+    call_id = str(kwargs.get("litellm_call_id") or uuid.uuid4())
+    status = 200
+    if error is not None:
+        status = getattr(error, "status_code", 500) if isinstance(error, GatewayError) else 500
+    built = build_kwargs(
+        call_id=call_id,
+        call_type=call_type,
+        model=model,
+        group=None,
+        deployment=None,
+        api_base=kwargs.get("api_base"),
+        messages=payload,
+        optional=optional,
+        metadata=metadata,
+        stream=bool(kwargs.get("stream")),
+        status=status,
+        error=error,
+        response=response,
+        prompt=prompt,
+        completion=completion,
+        cost=cost,
+        started=started,
+        ended=ended,
+        first_token_at=first_token_at,
+        request_id=None,
+        key_alias=None,
+        custom_llm_provider=kwargs.get("custom_llm_provider"),
+    )
+    event = Event(
+        error is None, built, response if error is None else error, started, ended, prefer_async
+    )
+    if callbacks.loggers:
+        _library_drain().put(callbacks, event)
+
+
+def call_sync(
+    listed: list[Any], call_type: str, func: Callable[..., Any], model: str, payload: Any, **kw: Any
+) -> Any:
+    """``func(model, payload, **kw)`` (a sync library call) with its events logged."""
+    callbacks = library_callbacks(listed)
+    started = time.time()
+    token = _logging.set(True)
+    try:
+        result = func(model, payload, **kw)
+    except Exception as exc:
+        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, None, False)
+        raise
+    finally:
+        _logging.reset(token)
+    if kw.get("stream"):
+        return _logged_sync_stream(callbacks, call_type, model, payload, kw, result, started)
+    _library_event(callbacks, call_type, model, payload, kw, result, None, started, None, False)
+    return result
+
+
+async def call_async(
+    listed: list[Any], call_type: str, func: Callable[..., Any], model: str, payload: Any, **kw: Any
+) -> Any:
+    """``await func(model, payload, **kw)`` (an async library call) with its events logged."""
+    callbacks = library_callbacks(listed)
+    started = time.time()
+    token = _logging.set(True)
+    try:
+        result = await func(model, payload, **kw)
+    except Exception as exc:
+        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, None, True)
+        raise
+    finally:
+        _logging.reset(token)
+    if kw.get("stream"):
+        return _logged_async_stream(callbacks, call_type, model, payload, kw, result, started)
+    _library_event(callbacks, call_type, model, payload, kw, result, None, started, None, True)
+    return result
+
+
+def _logged_sync_stream(
+    callbacks: Callbacks,
+    call_type: str,
+    model: str,
+    payload: Any,
+    kw: dict[str, Any],
+    chunks: Iterator[Any],
+    started: float,
+) -> Iterator[Any]:
+    from .streaming import stream_chunk_builder
+
+    kept: list[Any] = []
+    first: float | None = None
+    try:
+        for chunk in chunks:
+            if first is None:
+                first = time.time()
+            kept.append(chunk)
+            yield chunk
+    except Exception as exc:
+        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, first, False)
+        raise
+    response = stream_chunk_builder(kept, model)
+    _library_event(callbacks, call_type, model, payload, kw, response, None, started, first, False)
+
+
+async def _logged_async_stream(
+    callbacks: Callbacks,
+    call_type: str,
+    model: str,
+    payload: Any,
+    kw: dict[str, Any],
+    chunks: AsyncIterator[Any],
+    started: float,
+) -> AsyncIterator[Any]:
+    from .streaming import stream_chunk_builder
+
+    kept: list[Any] = []
+    first: float | None = None
+    try:
+        async for chunk in chunks:
+            if first is None:
+                first = time.time()
+            kept.append(chunk)
+            yield chunk
+    except Exception as exc:
+        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, first, True)
+        raise
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    response = stream_chunk_builder(kept, model)
+    _library_event(callbacks, call_type, model, payload, kw, response, None, started, first, True)

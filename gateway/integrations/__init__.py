@@ -1,0 +1,1 @@
+"""Integrations at LiteLLM's paths: ``litellm.integrations.x`` is ``gateway.integrations.x``."""

@@ -1,0 +1,1 @@
+"""LiteLLM's ``litellm.proxy`` names that callback modules import (``_types``)."""

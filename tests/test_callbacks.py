@@ -1,0 +1,441 @@
+"""Callbacks (LiteLLM's CustomLogger) on a live gateway and in the library."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import gateway
+from gateway import _callbacks as callbacks_module
+from gateway.app import create_app
+from gateway.config import ConfigError, load_config
+from gateway.integrations.custom_logger import CustomLogger
+from tests.fake_upstream import FakeUpstream, run_fake_upstream, serve_in_thread
+
+AUTH = {"Authorization": "Bearer sk-cb"}
+
+# A LiteLLM proxy callback module, as LiteLLM's docs write it, with only `litellm` ->
+# `gateway` in its imports. It records what it sees for the tests.
+CALLBACK_MODULE = '''
+import asyncio
+import threading
+import time
+from typing import Literal
+
+from fastapi import HTTPException
+
+from gateway.caching.dual_cache import DualCache
+from gateway.integrations.custom_logger import CustomLogger
+from gateway.proxy._types import UserAPIKeyAuth
+
+
+class MyCustomHandler(CustomLogger):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.arrived = threading.Event()
+        self.hook_calls = []
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.events.append(("success", kwargs, response_obj, start_time, end_time))
+        self.arrived.set()
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        self.events.append(("failure", kwargs, response_obj, start_time, end_time))
+        self.arrived.set()
+
+    async def async_pre_call_hook(
+        self,
+        user_api_key_dict: UserAPIKeyAuth,
+        cache: DualCache,
+        data: dict,
+        call_type: Literal["completion", "embeddings", "image_generation"],
+    ):
+        self.hook_calls.append(("pre", call_type, type(user_api_key_dict).__name__))
+        await cache.async_set_cache("last_model", data.get("model"))
+        if data.get("model") == "alias":
+            data["model"] = "m"
+            data["messages"] = [{"role": "system", "content": "be brief"}, *data["messages"]]
+            return data
+        if data.get("model") == "forbidden":
+            raise HTTPException(status_code=403, detail={"error": "blocked by policy"})
+        if data.get("model") == "broken":
+            raise ValueError("no such thing")
+        return data
+
+    async def async_post_call_success_hook(self, data, user_api_key_dict, response):
+        self.hook_calls.append(("post", data["model"], response.choices[0].message.content))
+        if data.get("metadata", {}).get("replace"):
+            response.choices[0].message.content = "replaced by hook"
+        return response
+
+
+class SlowHandler(CustomLogger):
+    """Sleeps 2 s in every event, async or on its thread."""
+
+    def __init__(self, sync):
+        super().__init__()
+        self.sync = sync
+        self.entered = threading.Event()
+        self.finished = threading.Event()
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.entered.set()
+        time.sleep(2)
+        self.finished.set()
+
+
+class AsyncSlowHandler(SlowHandler):
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.entered.set()
+        await asyncio.sleep(2)
+        self.finished.set()
+
+
+class Crashing(CustomLogger):
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):
+        raise RuntimeError("sync callback crashed")
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        raise RuntimeError("async callback crashed")
+
+
+proxy_handler_instance = MyCustomHandler()
+slow_sync = SlowHandler(sync=True)
+slow_async = AsyncSlowHandler(sync=False)
+crashing = Crashing()
+not_a_callback = object()
+'''
+
+
+def _config(tmp_path: Path, upstream: FakeUpstream, callbacks: list[str], **settings: Any) -> Path:
+    module = tmp_path / "cb_handlers.py"
+    module.write_text(CALLBACK_MODULE)
+    listed = "\n".join(f"    - cb_handlers.{name}" for name in callbacks)
+    gateway_settings = "".join(f"\n  {k}: {v}" for k, v in settings.items())
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            model_list:
+              - model_name: m
+                litellm_params:
+                  model: openai/fake-model
+                  api_base: {upstream.base_url}
+                  api_key: sk-upstream
+                model_info:
+                  id: m-one
+                  input_cost_per_token: 0.001
+                  output_cost_per_token: 0.002
+            general_settings:
+              master_key: sk-cb
+            """
+        )
+        + f"litellm_settings:\n  callbacks:\n{listed}\n"
+        + (f"gateway_settings:{gateway_settings}\n" if settings else "")
+    )
+    return path
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with run_fake_upstream() as fake:
+        yield fake
+
+
+def _serve(path: Path) -> Any:
+    app = create_app(path)
+    return app, serve_in_thread(app)
+
+
+def _chat(url: str, model: str = "m", **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=10)
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "callback event never arrived"
+        time.sleep(0.01)
+
+
+def test_success_and_failure_events_carry_litellms_fields(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, ["proxy_handler_instance"]))
+    handler = app.runtime.callbacks.callbacks[0]
+    with serving as server:
+        r = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={
+                "model": "m",
+                "messages": [{"role": "user", "content": "hello there"}],
+                "temperature": 0.5,
+                "metadata": {"team": "blue"},
+            },
+            headers={**AUTH, "x-request-id": "req-123"},
+        )
+        assert r.status_code == 200
+        _wait(lambda: len(handler.events) == 1)
+        kind, kwargs, response, start, end = handler.events[0]
+        assert kind == "success"
+        assert kwargs["model"] == "fake-model" or kwargs["model"] == "openai/fake-model"
+        assert kwargs["messages"] == [{"role": "user", "content": "hello there"}]
+        assert kwargs["optional_params"]["temperature"] == 0.5
+        assert kwargs["litellm_params"]["metadata"]["team"] == "blue"
+        assert kwargs["litellm_call_id"]
+        assert response.choices[0].message.content == r.json()["choices"][0]["message"]["content"]
+        assert start <= end and start.__class__.__name__ == "datetime"
+        slo = kwargs["standard_logging_object"]
+        usage = r.json()["usage"]
+        assert slo["id"] == kwargs["litellm_call_id"]
+        assert slo["status"] == "success"
+        assert slo["model_group"] == "m"
+        assert slo["deployment"] == slo["model_id"] == "m-one"
+        assert slo["api_base"] == upstream.base_url
+        assert slo["request_id"] == "req-123"
+        assert slo["metadata"]["user_api_key_alias"] is None  # the master key has no alias
+        assert slo["prompt_tokens"] == usage["prompt_tokens"]
+        assert slo["completion_tokens"] == usage["completion_tokens"]
+        assert slo["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        cost = usage["prompt_tokens"] * 0.001 + usage["completion_tokens"] * 0.002
+        assert slo["response_cost"] == pytest.approx(cost) == kwargs["response_cost"]
+        assert slo["startTime"] <= slo["completionStartTime"] <= slo["endTime"]
+
+        # A failing upstream: a failure event, with the error.
+        r = _chat(server.url, fake={"status": 400, "message": "bad thing upstream"})
+        assert r.status_code == 400
+        _wait(lambda: len(handler.events) == 2)
+        kind, kwargs, error, start, end = handler.events[1]
+        assert kind == "failure"
+        assert isinstance(error, gateway.GatewayError)
+        slo = kwargs["standard_logging_object"]
+        assert slo["status"] == "failure"
+        assert "bad thing upstream" in slo["error_str"]
+        assert slo["error_information"]["error_code"] == "400"
+        assert kwargs["exception"] is error
+
+        # A stream: one success event once it ended, the answer rebuilt from its chunks.
+        with httpx.stream(
+            "POST",
+            f"{server.url}/v1/chat/completions",
+            json={
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            headers=AUTH,
+        ) as r:
+            body = r.read().decode()
+        assert "[DONE]" in body
+        _wait(lambda: len(handler.events) == 3)
+        kind, kwargs, response, _, _ = handler.events[2]
+        assert kind == "success"
+        assert response.choices[0].message.content == "Hello from the fake upstream"
+        slo = kwargs["standard_logging_object"]
+        assert slo["stream"] is True
+        assert slo["completion_tokens"] > 0
+        assert slo["startTime"] <= slo["completionStartTime"] <= slo["endTime"]
+
+
+def test_pre_call_hook_rewrites_and_rejects(tmp_path: Path, upstream: FakeUpstream) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, ["proxy_handler_instance"]))
+    handler = app.runtime.callbacks.callbacks[0]
+    with serving as server:
+        r = _chat(server.url, model="alias")  # no such group: the hook renames it
+        assert r.status_code == 200, r.text
+        seen = upstream.requests_seen[-1].body
+        assert seen["messages"][0] == {"role": "system", "content": "be brief"}
+        assert ("pre", "completion", "UserAPIKeyAuth") in handler.hook_calls
+        assert app.runtime.callbacks.cache.get_cache("last_model") == "alias"
+
+        n = len(upstream.requests_seen)
+        r = _chat(server.url, model="forbidden")
+        assert r.status_code == 403
+        assert r.json()["error"]["message"] == "blocked by policy"
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = _chat(server.url, model="broken")
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "no such thing"
+        assert len(upstream.requests_seen) == n  # rejected before any upstream call
+
+
+def test_post_call_hook_sees_and_replaces_the_response(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, ["proxy_handler_instance"]))
+    handler = app.runtime.callbacks.callbacks[0]
+    with serving as server:
+        r = _chat(server.url)
+        assert r.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream"
+        assert ("post", "m", "Hello from the fake upstream") in handler.hook_calls
+        r = _chat(server.url, metadata={"replace": True})
+        assert r.json()["choices"][0]["message"]["content"] == "replaced by hook"
+
+
+@pytest.mark.parametrize("name", ["slow_sync", "slow_async"])
+def test_a_slow_callback_does_not_slow_requests(
+    tmp_path: Path, upstream: FakeUpstream, name: str
+) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, [name]))
+    slow = app.runtime.callbacks.callbacks[0]
+    with serving as server:
+        assert _chat(server.url).status_code == 200
+        assert slow.entered.wait(5)
+        # The callback sleeps 2 s; these requests are answered while it still does.
+        for _ in range(3):
+            assert _chat(server.url).status_code == 200
+        assert not slow.finished.is_set()
+        assert httpx.get(f"{server.url}/health/liveliness").status_code == 200
+        assert not slow.finished.is_set()
+
+
+def test_a_crashing_callback_does_not_fail_requests(
+    tmp_path: Path, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, ["crashing", "proxy_handler_instance"]))
+    recorder = app.runtime.callbacks.callbacks[1]
+    with serving as server:
+        assert _chat(server.url).status_code == 200
+        assert _chat(server.url, fake={"status": 400}).status_code == 400
+        _wait(lambda: len(recorder.events) == 2)  # the next callback still ran, both times
+        assert _chat(server.url).status_code == 200
+    assert "callback Crashing.async_log_success_event failed" in caplog.text
+    assert "callback Crashing.async_log_failure_event failed" in caplog.text
+
+
+def test_a_full_queue_drops_and_counts(tmp_path: Path, upstream: FakeUpstream) -> None:
+    app, serving = _serve(_config(tmp_path, upstream, ["slow_async"], callback_queue_size=1))
+    slow = app.runtime.callbacks.callbacks[0]
+    with serving as server:
+        assert _chat(server.url).status_code == 200
+        assert slow.entered.wait(5)  # running: the queue is empty again
+        for _ in range(3):  # one waits in the queue, two are dropped
+            assert _chat(server.url).status_code == 200
+        assert app.runtime.callbacks.dropped == 2
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "gateway_callback_events_dropped_total 2.0" in metrics
+
+
+def _write(tmp_path: Path, callbacks: str) -> Path:
+    (tmp_path / "cb_handlers.py").write_text(CALLBACK_MODULE)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"model_list: []\nlitellm_settings:\n  callbacks: {callbacks}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("listed", "key", "problem"),
+    [
+        ("[cb_handlers.nope]", "litellm_settings.callbacks[0]", "has no attribute 'nope'"),
+        (
+            "[cb_handlers.crashing, cb_handlers.slow_sycn]",
+            "litellm_settings.callbacks[1]",
+            "did you mean 'slow_sync'?",
+        ),
+        ("[no_such_module.handler]", "litellm_settings.callbacks[0]", "not found"),
+        ("[cb_handlers.MyCustomHandler]", "litellm_settings.callbacks[0]", "is a class"),
+        ("cb_handlers.not_a_callback", "litellm_settings.callbacks", "is not a callback"),
+        ("[cb_handlers.]", "litellm_settings.callbacks[0]", "expected 'module.attribute'"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, listed: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, listed))
+    assert info.value.key_path == key
+    assert problem in str(info.value)
+
+
+def test_litellm_builtin_callbacks_are_warned_about(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "[prometheus, cb_handlers.crashing]"))
+    assert len(config.callbacks) == 1
+    assert any("'prometheus' not supported" in w for w in config.warnings)
+
+
+# -- the library ---------------------------------------------------------------------
+
+
+class LibraryRecorder(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str, dict[str, Any], Any]] = []
+        self.lock = threading.Lock()
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start: Any, end: Any) -> None:
+        self.events.append(("sync", "success", kwargs, response_obj))
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start: Any, end: Any) -> None:
+        self.events.append(("sync", "failure", kwargs, response_obj))
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start: Any, end: Any
+    ) -> None:
+        self.events.append(("async", "success", kwargs, response_obj))
+
+
+@pytest.fixture
+def recorder() -> Iterator[LibraryRecorder]:
+    handler = LibraryRecorder()
+    gateway.callbacks = [handler]
+    try:
+        yield handler
+    finally:
+        gateway.callbacks = []
+
+
+async def test_library_calls_fire_callbacks(recorder: LibraryRecorder) -> None:
+    response = gateway.completion(
+        model="mock/a", messages=[{"role": "user", "content": "hi"}], mock_response="Hi!",
+        metadata={"run": 1},
+    )  # fmt: skip
+    assert response.choices[0].message.content == "Hi!"
+    await gateway.acompletion(model="mock/b", messages=[{"role": "user", "content": "x"}])
+    chunks = [
+        c
+        async for c in await gateway.acompletion(
+            model="mock/c", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    ]
+    assert chunks
+    with pytest.raises(gateway.GatewayError):
+        gateway.completion(model="no-such-provider/x", messages=[{"role": "user", "content": "x"}])
+    gateway.embedding(model="mock/e", input=["a"])
+    callbacks_module.flush()
+    got = [(mode, kind, kwargs["model"]) for mode, kind, kwargs, _ in recorder.events]
+    assert got == [
+        ("sync", "success", "mock/a"),
+        ("async", "success", "mock/b"),
+        ("async", "success", "mock/c"),
+        ("sync", "failure", "no-such-provider/x"),
+        ("sync", "success", "mock/e"),
+    ]
+    first = recorder.events[0][2]
+    assert first["messages"] == [{"role": "user", "content": "hi"}]
+    assert first["litellm_params"]["metadata"] == {"run": 1}
+    assert first["standard_logging_object"]["total_tokens"] == 30
+    assert recorder.events[2][3].choices[0].message.content  # the stream, rebuilt
+    assert isinstance(recorder.events[3][3], gateway.GatewayError)
+
+
+def test_no_callbacks_no_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("logged without callbacks")
+
+    monkeypatch.setattr(callbacks_module, "call_sync", fail)
+    gateway.callbacks = []
+    assert gateway.completion(model="mock/a", messages=[], mock_response="Hi!")
+    gateway.callbacks = [LibraryRecorder()]
+    try:
+        with pytest.raises(AssertionError, match="logged without callbacks"):
+            gateway.completion(model="mock/a", messages=[], mock_response="Hi!")
+    finally:
+        gateway.callbacks = []
