@@ -265,6 +265,12 @@ class Runtime:
                 max_queue=settings.callback_queue_size,
             )
             self.metrics.collectors.append(self.callbacks.collector())
+        self.tracing: Any = None  # a tracing.Tracing with gateway_settings.otel
+        if settings.otel:
+            from .tracing import Tracing
+
+            self.tracing = Tracing()
+            self.router.trace_attempts(self.tracing)
 
     def check_auth(self, scope: Scope) -> bytes | None:
         """Raises if the request may not pass; a key other than the master key, for the
@@ -341,6 +347,8 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         await self.http.aclose()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def _timeout_header(scope: Scope) -> float | None:
@@ -819,6 +827,12 @@ class GatewayApp(Router):
             # a host app's Mount, unknown paths, lifespan) goes through Starlette's routing.
             if scope["type"] == "http" and not scope.get("root_path"):
                 endpoint = self._exact.get(scope["path"])
+                if self.runtime.tracing is not None:  # the request's server span
+                    route = scope["path"] if endpoint is not None else None
+                    await self.runtime.tracing.server(
+                        scope, receive, send, endpoint or super().__call__, route
+                    )
+                    return
                 if endpoint is not None:
                     await endpoint(scope, receive, send)
                     return

@@ -100,6 +100,12 @@ class Router:
         except RouterConfigError as exc:
             raise ConfigError(config.path or "<config>", exc.config_key, exc.problem) from None
 
+    def trace_attempts(self, tracing: Any) -> None:
+        """Run each attempt inside a span of ``tracing`` (a ``gateway.tracing.Tracing``).
+        Swapped in once, so a router without tracing pays nothing per attempt."""
+        plain = self._attempts.run
+        self._attempts.run = lambda d, req: tracing.attempt(plain, d, req)  # type: ignore[method-assign]
+
     # introspection
 
     def model_names(self) -> list[str]:

@@ -20,6 +20,7 @@ import aiohttp
 import anyio
 import msgspec
 
+from gateway import http as gateway_http
 from gateway.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -478,6 +479,8 @@ class _Target:
         for name, value in call.headers.items():
             if name.lower() not in _CALLER_BLOCKED_HEADERS:
                 headers[name.lower()] = str(value)
+        if gateway_http.trace_headers is not None:  # OpenTelemetry on: this attempt's span
+            gateway_http.trace_headers(headers)
         self.headers = headers
         extra = params.get("extra_body")
         self.deployment_extra: dict[str, Any] = extra if isinstance(extra, dict) else {}
