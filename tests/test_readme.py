@@ -70,3 +70,30 @@ def test_readme_lists_every_argument_a_handler_gets() -> None:
     gateway.embedding("spy/m", input="hi")
     gateway.image_generation("a cat", model="spy/m")
     assert set().union(*seen.values()) == documented
+
+
+def test_readme_callbacks_example_runs(tmp_path: Path) -> None:
+    import httpx
+
+    from gateway.app import create_app
+    from tests.fake_upstream import serve_in_thread
+
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"## Callbacks.*?```python\n(.*?)```.*?```yaml\n(.*?)```", readme, re.S)
+    assert section, "README has no callbacks example"
+    (tmp_path / "custom_callbacks.py").write_text(section.group(1))
+    (tmp_path / "config.yaml").write_text(
+        "model_list:\n  - model_name: m\n    litellm_params: {model: mock/m, mock_response: hi}\n"
+        + section.group(2)
+    )
+    config = load_config(tmp_path / "config.yaml")
+    assert config.warnings == ()
+    with serve_in_thread(create_app(config)) as server:
+        url = f"{server.url}/v1/chat/completions"
+        ok = httpx.post(url, json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        assert ok.status_code == 200
+        no = httpx.post(
+            url, json={"model": "m", "messages": [{"role": "user", "content": "forbidden"}]}
+        )
+        assert no.status_code == 403
+        assert no.json()["error"]["message"] == "not allowed"
