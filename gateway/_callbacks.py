@@ -132,6 +132,18 @@ class Event:
         self.prefer_async = prefer_async
 
 
+class _Pending:
+    """An HTTP request's event, to be built by the task that runs the callbacks."""
+
+    __slots__ = ("ended", "error", "log", "status")
+
+    def __init__(self, log: RequestLog, status: int, error: BaseException | None, ended: float):
+        self.log, self.status, self.error, self.ended = log, status, error, ended
+
+    def resolve(self) -> Event:
+        return self.log.event(self.status, self.error, self.ended)
+
+
 def _methods(callback: Any, event: Event) -> tuple[str, str]:
     if event.success:
         return "async_log_success_event", "log_success_event"
@@ -179,7 +191,7 @@ class Callbacks:
                 d.model,
                 d.api_base,
             )
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event | _Pending] = deque()
         self._running = False
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None
@@ -188,7 +200,7 @@ class Callbacks:
 
     # -- queueing -------------------------------------------------------------------
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event | _Pending) -> None:
         """Queue ``event`` for the logging callbacks; never blocks, never raises."""
         if not self.loggers:
             return
@@ -224,8 +236,14 @@ class Callbacks:
             self._running = False
             idle.set()
 
-    async def run(self, event: Event) -> None:
+    async def run(self, event: Event | _Pending) -> None:
         """Every logging callback for ``event``, one after another; failures are logged."""
+        if isinstance(event, _Pending):
+            try:
+                event = event.resolve()
+            except Exception:
+                logger.exception("building a callback event failed")
+                return
         for callback in self.loggers:
             async_name, sync_name = _methods(callback, event)
             try:
@@ -327,7 +345,7 @@ class RequestLog:
         self.route = route
         self.call_type = CALL_TYPES.get(route, route)
         self.started = time.time()
-        self.call_id = str(uuid.uuid4())
+        self.call_id = ""  # made with the event, off the request path
         self.data: dict[str, Any] = {}
         self.user: UserAPIKeyAuth | None = None
         self.called = False
@@ -409,12 +427,16 @@ class RequestLog:
                 _report(callback, "async_post_call_failure_hook")
 
     def finish(self, status: int, error: BaseException | None) -> None:
-        """The response is out: queue the success or failure event."""
+        """The response is out: queue the success or failure event. Its kwargs are built
+        later, by the task that runs the callbacks, not on the request's time."""
         if not self.called and error is None:
             return  # answered without a model call (count_tokens): nothing to log
         error = self.error or error
         if error is None and status >= 400:
             error = GatewayError(f"request ended with HTTP {status}", status_code=status)
+        self.callbacks.emit(_Pending(self, status, error, time.time()))
+
+    def event(self, status: int, error: BaseException | None, ended: float) -> Event:
         response = self.response
         if self.stream_chunks is not None and error is None:
             from .streaming import stream_chunk_builder
@@ -422,14 +444,15 @@ class RequestLog:
             try:
                 response = stream_chunk_builder(self.stream_chunks, self.data.get("model"))
             except Exception:
+                logger.warning("could not rebuild a stream's answer for callbacks", exc_info=True)
                 response = None
-        ended = time.time()
         kwargs = self.kwargs(status, error, response, ended)
-        self.callbacks.emit(Event(error is None, kwargs, response or error, self.started, ended))
+        return Event(error is None, kwargs, response or error, self.started, ended)
 
     def kwargs(
         self, status: int, error: BaseException | None, response: Any, ended: float
     ) -> dict[str, Any]:
+        self.call_id = self.call_id or str(uuid.uuid4())
         data = self.data
         callbacks = self.callbacks
         group = data.get("model")
@@ -631,11 +654,11 @@ class _LibraryDrain:
     for ``async_`` methods): a sync call has no loop that outlives it."""
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
-        self._queue: queue.Queue[tuple[Callbacks, Event]] = queue.Queue(max_queue)
+        self._queue: queue.Queue[tuple[Callbacks, Event | _Pending]] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, callbacks: Callbacks, event: Event) -> None:
+    def put(self, callbacks: Callbacks, event: Event | _Pending) -> None:
         try:
             self._queue.put_nowait((callbacks, event))
         except queue.Full:
@@ -665,8 +688,10 @@ class _LibraryDrain:
         self._queue.join()
 
 
-async def _run_on_thread(callbacks: Callbacks, event: Event) -> None:
+async def _run_on_thread(callbacks: Callbacks, event: Event | _Pending) -> None:
     # Already on a worker thread: sync methods run here directly.
+    if isinstance(event, _Pending):
+        event = event.resolve()
     for callback in callbacks.loggers:
         async_name, sync_name = _methods(callback, event)
         first, second = (async_name, sync_name) if event.prefer_async else (sync_name, async_name)
@@ -718,7 +743,7 @@ def library_callbacks(listed: list[Any]) -> Callbacks:
 def _library_event(
     callbacks: Callbacks,
     call_type: str,
-    model: str,
+    model: str | None,
     payload: Any,
     kwargs: dict[str, Any],
     response: Any,
@@ -776,7 +801,12 @@ def _library_event(
 
 
 def call_sync(
-    listed: list[Any], call_type: str, func: Callable[..., Any], model: str, payload: Any, **kw: Any
+    listed: list[Any],
+    call_type: str,
+    func: Callable[..., Any],
+    model: str | None,
+    payload: Any,
+    **kw: Any,
 ) -> Any:
     """``func(model, payload, **kw)`` (a sync library call) with its events logged."""
     callbacks = library_callbacks(listed)
@@ -796,7 +826,12 @@ def call_sync(
 
 
 async def call_async(
-    listed: list[Any], call_type: str, func: Callable[..., Any], model: str, payload: Any, **kw: Any
+    listed: list[Any],
+    call_type: str,
+    func: Callable[..., Any],
+    model: str | None,
+    payload: Any,
+    **kw: Any,
 ) -> Any:
     """``await func(model, payload, **kw)`` (an async library call) with its events logged."""
     callbacks = library_callbacks(listed)
@@ -818,7 +853,7 @@ async def call_async(
 def _logged_sync_stream(
     callbacks: Callbacks,
     call_type: str,
-    model: str,
+    model: str | None,
     payload: Any,
     kw: dict[str, Any],
     chunks: Iterator[Any],
@@ -844,7 +879,7 @@ def _logged_sync_stream(
 async def _logged_async_stream(
     callbacks: Callbacks,
     call_type: str,
-    model: str,
+    model: str | None,
     payload: Any,
     kw: dict[str, Any],
     chunks: AsyncIterator[Any],

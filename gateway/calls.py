@@ -492,7 +492,7 @@ def embedding(
     if _gateway.callbacks and not _logging.get():
         from ._callbacks import call_sync
 
-        return call_sync(  # type: ignore[no-any-return]
+        return call_sync(
             _gateway.callbacks,
             "embedding",
             embedding,
@@ -531,7 +531,7 @@ async def aembedding(
     if _gateway.callbacks and not _logging.get():
         from ._callbacks import call_async
 
-        return await call_async(  # type: ignore[no-any-return]
+        return await call_async(
             _gateway.callbacks,
             "aembedding",
             aembedding,
@@ -568,7 +568,7 @@ def image_generation(
     if _gateway.callbacks and not _logging.get():
         from ._callbacks import call_sync
 
-        return call_sync(  # type: ignore[no-any-return]
+        return call_sync(
             _gateway.callbacks,
             "image_generation",
             _image_first,
@@ -605,7 +605,7 @@ async def aimage_generation(
     if _gateway.callbacks and not _logging.get():
         from ._callbacks import call_async
 
-        return await call_async(  # type: ignore[no-any-return]
+        return await call_async(
             _gateway.callbacks,
             "aimage_generation",
             _aimage_first,
