@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -439,3 +440,43 @@ def test_no_callbacks_no_logging(monkeypatch: pytest.MonkeyPatch) -> None:
             gateway.completion(model="mock/a", messages=[], mock_response="Hi!")
     finally:
         gateway.callbacks = []
+
+
+class KeyRecorder(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliases: list[Any] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: Any, call_type: Any
+    ) -> Any:
+        self.aliases.append(user_api_key_dict.key_alias)
+        return None
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start: Any, end: Any
+    ) -> None:
+        self.events.append(kwargs["standard_logging_object"])
+
+
+async def test_virtual_keys_alias_reaches_hooks_and_events(tmp_path: Path) -> None:
+    from tests.keys_fixtures import CHAT, MOCK_COST, bearer, generate, keys_config
+
+    recorder = KeyRecorder()
+    config = keys_config(f"sqlite:///{tmp_path}/gateway.db")
+    config["litellm_settings"]["callbacks"] = [recorder]
+    with serve_in_thread(create_app(config)) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            key = (await generate(client, key_alias="team-a"))["key"]
+            r = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+            assert r.status_code == 200
+            deadline = time.monotonic() + 5
+            while not recorder.events and time.monotonic() < deadline:
+                await anyio.sleep(0.01)
+    assert recorder.aliases == ["team-a"]
+    (slo,) = recorder.events
+    assert slo["metadata"]["user_api_key_alias"] == "team-a"
+    assert slo["metadata"]["user_api_key_hash"]  # the key's hash, never the key
+    assert key not in str(slo)
+    assert slo["response_cost"] == pytest.approx(MOCK_COST)
