@@ -4,9 +4,8 @@ Logging events wait in a bounded queue and are run by one task per app, after th
 response is sent: a slow or failing callback never delays or fails a request. A full
 queue drops the event and counts it (``Callbacks.dropped``, the
 ``gateway_callback_events_dropped`` metric). Sync methods run on a worker thread of
-their own, never on the event loop. Library calls (``gateway.completion`` and friends,
-with ``gateway.callbacks = [...]``) hand their events to one daemon thread, since a sync
-call has no loop that outlives it.
+their own, never on the event loop. Library calls' callbacks (``gateway.callbacks``) are
+in ``_callbacks_library``.
 
 With no callbacks configured none of this exists: the app checks one attribute.
 """
@@ -14,11 +13,10 @@ With no callbacks configured none of this exists: the app checks one attribute.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import logging
-import queue
 import sys
-import threading
 import time
 import uuid
 from collections import deque
@@ -29,14 +27,13 @@ import anyio
 import msgspec
 
 from .caching.dual_cache import DualCache
-from .calls import _logging
 from .errors import GatewayError, as_gateway_error
 from .integrations.custom_logger import CustomLogger
 from .keys.spend import Prices, chunk_usage, result_usage
 from .proxy._types import UserAPIKeyAuth
 from .request_id import request_id
 
-__all__ = ["Callbacks", "RequestLog", "hook_error", "library_callbacks"]
+__all__ = ["CALLBACK_METHODS", "Callbacks", "Event", "RequestLog", "build_kwargs", "hook_error"]
 
 logger = logging.getLogger("gateway.callbacks")
 
@@ -167,8 +164,10 @@ class Callbacks:
         *,
         model_list: Iterable[Any] = (),
         max_queue: int = DEFAULT_MAX_QUEUE,
+        http: Any = None,
     ) -> None:
         self.callbacks = tuple(callbacks)
+        self.http = http  # the app's HTTPClients
         self.pre_call = tuple(c for c in self.callbacks if _overrides(c, "async_pre_call_hook"))
         self.post_success = tuple(
             c for c in self.callbacks if _overrides(c, "async_post_call_success_hook")
@@ -210,13 +209,25 @@ class Callbacks:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no asyncio loop (a trio host): the library's thread
-            _library_drain().put(self, event)
+            from ._callbacks_library import drain
+
+            drain().put(self, event)
             return
         self._queue.append(event)
         if not self._running:
             self._running = True
             self._idle = asyncio.Event()
-            self._task = loop.create_task(self._drain(self._idle))
+            # A context of its own: not the request's that happened to start it (its
+            # trace span, its key), which the task would otherwise carry for ever.
+            self._task = loop.create_task(self._drain(self._idle), context=self._context())
+
+    def _context(self) -> contextvars.Context:
+        context = contextvars.Context()
+        if self.http is not None:  # gateway.http_client() in a callback: the app's clients
+            from .http import _current
+
+            context.run(_current.set, self.http)
+        return context
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -644,263 +655,3 @@ class _LoggedStream:
             await self._gen.aclose()  # type: ignore[attr-defined]
         finally:
             await self._inner.aclose()
-
-
-# -- the library: gateway.callbacks = [...] -------------------------------------------
-
-
-class _LibraryDrain:
-    """Runs library calls' events on one daemon thread (with an event loop of its own
-    for ``async_`` methods): a sync call has no loop that outlives it."""
-
-    def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
-        self._queue: queue.Queue[tuple[Callbacks, Event | _Pending]] = queue.Queue(max_queue)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, callbacks: Callbacks, event: Event | _Pending) -> None:
-        try:
-            self._queue.put_nowait((callbacks, event))
-        except queue.Full:
-            callbacks._drop()
-            return
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._work, name="gateway-callbacks", daemon=True
-                    )
-                    self._thread.start()
-
-    def _work(self) -> None:
-        loop = asyncio.new_event_loop()
-        while True:
-            callbacks, event = self._queue.get()
-            try:
-                loop.run_until_complete(_run_on_thread(callbacks, event))
-            except Exception:
-                logger.exception("callback event failed")
-            finally:
-                self._queue.task_done()
-
-    def join(self) -> None:
-        """Wait until every queued event ran (tests, and scripts about to exit)."""
-        self._queue.join()
-
-
-async def _run_on_thread(callbacks: Callbacks, event: Event | _Pending) -> None:
-    # Already on a worker thread: sync methods run here directly.
-    if isinstance(event, _Pending):
-        event = event.resolve()
-    for callback in callbacks.loggers:
-        async_name, sync_name = _methods(callback, event)
-        first, second = (async_name, sync_name) if event.prefer_async else (sync_name, async_name)
-        name = first if _overrides(callback, first) else second
-        if not _overrides(callback, name):
-            continue
-        try:
-            method = getattr(callback, name)
-            result = method(
-                event.kwargs, event.response, _datetime(event.start), _datetime(event.end)
-            )
-            if name.startswith("async_"):
-                await result
-        except Exception:
-            _report(callback, name)
-
-
-_drain: _LibraryDrain | None = None
-_drain_lock = threading.Lock()
-
-
-def _library_drain() -> _LibraryDrain:
-    global _drain
-    if _drain is None:
-        with _drain_lock:
-            if _drain is None:
-                _drain = _LibraryDrain()
-    return _drain
-
-
-def flush(timeout: float | None = None) -> None:
-    """Wait until the library's queued callback events have run."""
-    if _drain is not None:
-        _drain.join()
-
-
-_library: Callbacks | None = None
-
-
-def library_callbacks(listed: list[Any]) -> Callbacks:
-    """The ``Callbacks`` for ``gateway.callbacks``' current contents."""
-    global _library
-    current = _library
-    if current is None or current.callbacks != tuple(listed):
-        current = _library = Callbacks(listed)
-    return current
-
-
-def _library_event(
-    callbacks: Callbacks,
-    call_type: str,
-    model: str | None,
-    payload: Any,
-    kwargs: dict[str, Any],
-    response: Any,
-    error: BaseException | None,
-    started: float,
-    first_token_at: float | None,
-    prefer_async: bool,
-) -> None:
-    ended = time.time()
-    usage = result_usage(response) if response is not None else None
-    prompt, completion = usage or (0, 0)
-    in_price = kwargs.get("input_cost_per_token") or 0.0
-    out_price = kwargs.get("output_cost_per_token") or 0.0
-    try:
-        cost = prompt * float(in_price) + completion * float(out_price)
-    except (TypeError, ValueError):
-        cost = 0.0
-    metadata = (
-        dict(kwargs.get("metadata") or {}) if isinstance(kwargs.get("metadata"), dict) else {}
-    )
-    optional = {k: v for k, v in kwargs.items() if k not in ("metadata",) and v is not None}
-    call_id = str(kwargs.get("litellm_call_id") or uuid.uuid4())
-    status = 200
-    if error is not None:
-        status = getattr(error, "status_code", 500) if isinstance(error, GatewayError) else 500
-    built = build_kwargs(
-        call_id=call_id,
-        call_type=call_type,
-        model=model,
-        group=None,
-        deployment=None,
-        api_base=kwargs.get("api_base"),
-        messages=payload,
-        optional=optional,
-        metadata=metadata,
-        stream=bool(kwargs.get("stream")),
-        status=status,
-        error=error,
-        response=response,
-        prompt=prompt,
-        completion=completion,
-        cost=cost,
-        started=started,
-        ended=ended,
-        first_token_at=first_token_at,
-        request_id=None,
-        key_alias=None,
-        custom_llm_provider=kwargs.get("custom_llm_provider"),
-    )
-    event = Event(
-        error is None, built, response if error is None else error, started, ended, prefer_async
-    )
-    if callbacks.loggers:
-        _library_drain().put(callbacks, event)
-
-
-def call_sync(
-    listed: list[Any],
-    call_type: str,
-    func: Callable[..., Any],
-    model: str | None,
-    payload: Any,
-    **kw: Any,
-) -> Any:
-    """``func(model, payload, **kw)`` (a sync library call) with its events logged."""
-    callbacks = library_callbacks(listed)
-    started = time.time()
-    token = _logging.set(True)
-    try:
-        result = func(model, payload, **kw)
-    except Exception as exc:
-        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, None, False)
-        raise
-    finally:
-        _logging.reset(token)
-    if kw.get("stream"):
-        return _logged_sync_stream(callbacks, call_type, model, payload, kw, result, started)
-    _library_event(callbacks, call_type, model, payload, kw, result, None, started, None, False)
-    return result
-
-
-async def call_async(
-    listed: list[Any],
-    call_type: str,
-    func: Callable[..., Any],
-    model: str | None,
-    payload: Any,
-    **kw: Any,
-) -> Any:
-    """``await func(model, payload, **kw)`` (an async library call) with its events logged."""
-    callbacks = library_callbacks(listed)
-    started = time.time()
-    token = _logging.set(True)
-    try:
-        result = await func(model, payload, **kw)
-    except Exception as exc:
-        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, None, True)
-        raise
-    finally:
-        _logging.reset(token)
-    if kw.get("stream"):
-        return _logged_async_stream(callbacks, call_type, model, payload, kw, result, started)
-    _library_event(callbacks, call_type, model, payload, kw, result, None, started, None, True)
-    return result
-
-
-def _logged_sync_stream(
-    callbacks: Callbacks,
-    call_type: str,
-    model: str | None,
-    payload: Any,
-    kw: dict[str, Any],
-    chunks: Iterator[Any],
-    started: float,
-) -> Iterator[Any]:
-    from .streaming import stream_chunk_builder
-
-    kept: list[Any] = []
-    first: float | None = None
-    try:
-        for chunk in chunks:
-            if first is None:
-                first = time.time()
-            kept.append(chunk)
-            yield chunk
-    except Exception as exc:
-        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, first, False)
-        raise
-    response = stream_chunk_builder(kept, model)
-    _library_event(callbacks, call_type, model, payload, kw, response, None, started, first, False)
-
-
-async def _logged_async_stream(
-    callbacks: Callbacks,
-    call_type: str,
-    model: str | None,
-    payload: Any,
-    kw: dict[str, Any],
-    chunks: AsyncIterator[Any],
-    started: float,
-) -> AsyncIterator[Any]:
-    from .streaming import stream_chunk_builder
-
-    kept: list[Any] = []
-    first: float | None = None
-    try:
-        async for chunk in chunks:
-            if first is None:
-                first = time.time()
-            kept.append(chunk)
-            yield chunk
-    except Exception as exc:
-        _library_event(callbacks, call_type, model, payload, kw, None, exc, started, first, True)
-        raise
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    response = stream_chunk_builder(kept, model)
-    _library_event(callbacks, call_type, model, payload, kw, response, None, started, first, True)

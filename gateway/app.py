@@ -263,6 +263,7 @@ class Runtime:
                 config.callbacks,
                 model_list=config.model_list,
                 max_queue=settings.callback_queue_size,
+                http=self.http,
             )
             self.metrics.collectors.append(self.callbacks.collector())
         self.tracing: Any = None  # a tracing.Tracing with gateway_settings.otel

@@ -375,7 +375,7 @@ def completion(
     """A chat completion: a ``ModelResponse``, or with ``stream=True`` an iterator of
     ``ModelResponseStream`` chunks."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_sync
+        from ._callbacks_library import call_sync
 
         return call_sync(
             _gateway.callbacks,
@@ -420,7 +420,7 @@ async def acompletion(
 ) -> Any:
     """Async ``completion``; with ``stream=True`` returns an async iterator of chunks."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_async
+        from ._callbacks_library import call_async
 
         return await call_async(
             _gateway.callbacks,
@@ -490,7 +490,7 @@ def embedding(
 ) -> EmbeddingResponse:
     """Embeddings for ``input`` (a string or a list), as an ``EmbeddingResponse``."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_sync
+        from ._callbacks_library import call_sync
 
         return call_sync(
             _gateway.callbacks,
@@ -529,7 +529,7 @@ async def aembedding(
 ) -> EmbeddingResponse:
     """Async ``embedding``."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_async
+        from ._callbacks_library import call_async
 
         return await call_async(
             _gateway.callbacks,
@@ -566,7 +566,7 @@ def image_generation(
 ) -> ImageResponse:
     """Images for ``prompt``, as an ``ImageResponse``."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_sync
+        from ._callbacks_library import call_sync
 
         return call_sync(
             _gateway.callbacks,
@@ -603,7 +603,7 @@ async def aimage_generation(
 ) -> ImageResponse:
     """Async ``image_generation``."""
     if _gateway.callbacks and not _logging.get():
-        from ._callbacks import call_async
+        from ._callbacks_library import call_async
 
         return await call_async(
             _gateway.callbacks,

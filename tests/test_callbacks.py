@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import gateway
-from gateway import _callbacks as callbacks_module
+from gateway import _callbacks_library as callbacks_module
 from gateway.app import create_app
 from gateway.config import ConfigError, load_config
 from gateway.integrations.custom_logger import CustomLogger
@@ -410,6 +410,8 @@ async def test_library_calls_fire_callbacks(recorder: LibraryRecorder) -> None:
     with pytest.raises(gateway.GatewayError):
         gateway.completion(model="no-such-provider/x", messages=[{"role": "user", "content": "x"}])
     gateway.embedding(model="mock/e", input=["a"])
+    router = gateway.Router([{"model_name": "g", "litellm_params": {"model": "mock/r"}}])
+    await router.acompletion("g", [{"role": "user", "content": "x"}], mock_response="R")
     callbacks_module.flush()
     got = [(mode, kind, kwargs["model"]) for mode, kind, kwargs, _ in recorder.events]
     assert got == [
@@ -418,7 +420,9 @@ async def test_library_calls_fire_callbacks(recorder: LibraryRecorder) -> None:
         ("async", "success", "mock/c"),
         ("sync", "failure", "no-such-provider/x"),
         ("sync", "success", "mock/e"),
+        ("async", "success", "g"),
     ]
+    assert recorder.events[5][2]["standard_logging_object"]["model_group"] == "g"
     first = recorder.events[0][2]
     assert first["messages"] == [{"role": "user", "content": "hi"}]
     assert first["litellm_params"]["metadata"] == {"run": 1}

@@ -16,6 +16,8 @@ import msgspec
 
 from .._threads import run_async
 from ..calls import (
+    _gateway,
+    _logging,
     _split_kwargs,
     astream_chunks,
     run_acompletion,
@@ -347,6 +349,21 @@ class Router:
         """A chat completion from the group ``model``: a ``ModelResponse``, or with
         ``stream=True`` an async iterator of ``ModelResponseStream`` chunks (the first
         already received, so failures before it raise here, after retries)."""
+        if _gateway.callbacks and not _logging.get():  # gateway.callbacks, as for completion()
+            from .._callbacks_library import call_async
+
+            return await call_async(
+                _gateway.callbacks,
+                "acompletion",
+                self.acompletion,
+                model,
+                messages,
+                model_group=model,
+                stream=stream,
+                timeout=timeout,
+                headers=headers,
+                **kwargs,
+            )
         optional, merged = _library_params(kwargs, headers)
         if stream:
             optional["stream"] = True
@@ -401,6 +418,20 @@ class Router:
         **kwargs: Any,
     ) -> Any:
         """Embeddings from the group ``model``."""
+        if _gateway.callbacks and not _logging.get():
+            from .._callbacks_library import call_async
+
+            return await call_async(
+                _gateway.callbacks,
+                "aembedding",
+                self.aembedding,
+                model,
+                input,
+                model_group=model,
+                timeout=timeout,
+                headers=headers,
+                **kwargs,
+            )
         optional, merged = _library_params(kwargs, headers)
         routed = await self.embed(model, input, optional, timeout=timeout, headers=merged)
         return routed.result
@@ -430,6 +461,23 @@ class Router:
         """An image from the group ``model``."""
         if not model:
             raise BadRequestError("a model is required", param="model")
+        if _gateway.callbacks and not _logging.get():
+            from .._callbacks_library import call_async
+
+            async def first(model: str, prompt: str, **kw: Any) -> Any:
+                return await self.aimage_generation(prompt, model, **kw)
+
+            return await call_async(
+                _gateway.callbacks,
+                "aimage_generation",
+                first,
+                model,
+                prompt,
+                model_group=model,
+                timeout=timeout,
+                headers=headers,
+                **kwargs,
+            )
         optional, merged = _library_params(kwargs, headers)
         routed = await self.image(model, prompt, optional, timeout=timeout, headers=merged)
         return routed.result
