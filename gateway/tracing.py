@@ -14,6 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -155,6 +156,10 @@ class Tracing:
             span.set_attribute("http.response.status_code", exc.status_code)
             span.set_attribute("error.type", type(exc).__name__)
             span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
+            raise
+        except anyio.get_cancelled_exc_class():
+            # A hedge's loser, or the client went away: not an upstream failure.
+            span.set_attribute("gateway.cancelled", True)
             raise
         except BaseException as exc:
             span.set_attribute("error.type", type(exc).__name__)

@@ -151,3 +151,40 @@ def test_off_by_default_and_never_imported() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_hedge_is_an_attempt_span_of_its_own(
+    spans: InMemorySpanExporter, upstream: FakeUpstream
+) -> None:
+    def deployment(name: str, delay: float) -> dict[str, Any]:
+        return {
+            "model_name": "m",
+            "litellm_params": {
+                "model": "openai/fake",
+                "api_base": upstream.base_url,
+                "api_key": "sk-up",
+                "extra_body": {"fake": {"delay": delay}},
+            },
+            "model_info": {"id": name},
+        }
+
+    config = _config(upstream, hedge_after_ms=100)
+    # Either may go first: the hedge starts after 100 ms and the 0.4 s one wins either way.
+    config["model_list"] = [deployment("slow", 3.0), deployment("fast", 0.4)]
+    with serve_in_thread(create_app(config)) as server:
+        r = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers=AUTH,
+            timeout=10,
+        )
+        assert r.status_code == 200
+    finished = list(spans.get_finished_spans())
+    first, hedge = _by_kind(finished, SpanKind.CLIENT)
+    assert (first.attributes["gateway.hedge"], hedge.attributes["gateway.hedge"]) == (False, True)
+    assert hedge.attributes["gateway.attempt"] == 2
+    winner = first if first.attributes.get("http.response.status_code") == 200 else hedge
+    loser = hedge if winner is first else first
+    assert winner.attributes["gateway.deployment"] == "fast"
+    assert loser.attributes["gateway.cancelled"] is True
+    assert loser.status.status_code != StatusCode.ERROR
