@@ -16,9 +16,9 @@ import asyncio
 import contextvars
 import datetime
 import logging
+import random
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -36,6 +36,8 @@ from .request_id import request_id
 __all__ = ["CALLBACK_METHODS", "Callbacks", "Event", "RequestLog", "build_kwargs", "hook_error"]
 
 logger = logging.getLogger("gateway.callbacks")
+
+_getrandbits = random.getrandbits  # ids to match log lines, not secrets
 
 DEFAULT_MAX_QUEUE = 10_000
 
@@ -81,6 +83,14 @@ def hook_error(exc: BaseException) -> GatewayError:
     message = str(detail if detail is not None else exc) or type(exc).__name__
     kind = "invalid_request_error" if status < 500 else "api_error"
     return GatewayError(message, status_code=status, type=kind, retryable=False)
+
+
+def new_call_id() -> str:
+    """A random (version 4) UUID string, as LiteLLM's call ids: uuid.uuid4() reads
+    os.urandom, a system call, and costs several times this."""
+    bits = (_getrandbits(128) & ~(0xF000 << 64) & ~(0xC << 60)) | (0x4000 << 64) | (0x8 << 60)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _datetime(epoch: float) -> datetime.datetime:
@@ -191,9 +201,8 @@ class Callbacks:
                 d.api_base,
             )
         self._queue: deque[Event | _Pending] = deque()
-        self._running = False
         self._task: asyncio.Task[None] | None = None
-        self._idle: asyncio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the task is idle
         # Sync methods: one thread at a time, apart from anyio's default pool.
         self._thread_limiter: anyio.CapacityLimiter | None = None
 
@@ -214,12 +223,16 @@ class Callbacks:
             drain().put(self, event)
             return
         self._queue.append(event)
-        if not self._running:
-            self._running = True
-            self._idle = asyncio.Event()
-            # A context of its own: not the request's that happened to start it (its
-            # trace span, its key), which the task would otherwise carry for ever.
-            self._task = loop.create_task(self._drain(self._idle), context=self._context())
+        waiter = self._waiter
+        if waiter is not None:  # the task is idle: wake it
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # One task for the app's life, not one per burst: a task and its context
+            # cost more than the rest of queueing. A context of its own: not that of the
+            # request that happened to start it (its trace span, its key).
+            self._task = loop.create_task(self._drain(), context=self._context())
 
     def _context(self) -> contextvars.Context:
         context = contextvars.Context()
@@ -238,14 +251,14 @@ class Callbacks:
                 self.dropped,
             )
 
-    async def _drain(self, idle: asyncio.Event) -> None:
-        try:
-            while self._queue:
-                await self.run(self._queue.popleft())
-        finally:
-            # No await between the last check above and this: emit() sees a stopped task.
-            self._running = False
-            idle.set()
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            while queue:
+                await self.run(queue.popleft())
+            self._waiter = waiter = loop.create_future()
+            await waiter
 
     async def run(self, event: Event | _Pending) -> None:
         """Every logging callback for ``event``, one after another; failures are logged."""
@@ -277,14 +290,16 @@ class Callbacks:
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Let queued events run for up to ``timeout`` seconds (at shutdown), then stop."""
-        task, idle = self._task, self._idle
-        if task is None or idle is None or task.done():
+        task = self._task
+        if task is None or task.done():
             return
         with anyio.move_on_after(timeout):
-            await idle.wait()
-        if not task.done():
+            while self._queue or self._waiter is None:  # events left, or one running
+                await anyio.sleep(0.01)
+        if self._queue or self._waiter is None:
             logger.warning("%d callback events not run at shutdown", len(self._queue))
-            task.cancel()
+        task.cancel()
+        self._task = self._waiter = None
 
     def collector(self) -> Any:
         """A prometheus-client collector of this app's dropped events."""
@@ -463,7 +478,7 @@ class RequestLog:
     def kwargs(
         self, status: int, error: BaseException | None, response: Any, ended: float
     ) -> dict[str, Any]:
-        self.call_id = self.call_id or str(uuid.uuid4())
+        self.call_id = self.call_id or new_call_id()
         data = self.data
         callbacks = self.callbacks
         group = data.get("model")

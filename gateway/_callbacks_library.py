@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from ._callbacks import (
     _Pending,
     _report,
     build_kwargs,
+    new_call_id,
 )
 from .calls import _logging
 from .errors import GatewayError
@@ -176,7 +176,7 @@ class _Call:
         if error is not None:
             status = error.status_code if isinstance(error, GatewayError) else 500
         built = build_kwargs(
-            call_id=str(kw.get("litellm_call_id") or uuid.uuid4()),
+            call_id=str(kw.get("litellm_call_id") or new_call_id()),
             call_type=self.call_type,
             model=self.model,
             group=self.group,
