@@ -40,6 +40,9 @@ logger = logging.getLogger("gateway.callbacks")
 _getrandbits = random.getrandbits  # ids to match log lines, not secrets
 
 DEFAULT_MAX_QUEUE = 10_000
+# Seconds an idle callback task waits before running newly queued events: it then runs
+# all that arrived meanwhile, so a busy gateway wakes it 20 times a second, not per request.
+BATCH_DELAY = 0.05
 
 _LOG_METHODS = (
     "log_success_event",
@@ -118,25 +121,25 @@ def _request_id(scope: Any) -> str:
 
 
 class Event:
-    """One finished call, as handed to logging callbacks."""
+    """One finished call, as handed to logging callbacks: ``(kwargs, response, start,
+    end)``, the times being ``kwargs``' own ``start_time`` and ``end_time``."""
 
-    __slots__ = ("end", "kwargs", "prefer_async", "response", "start", "success")
+    __slots__ = ("args", "prefer_async", "success")
 
     def __init__(
-        self,
-        success: bool,
-        kwargs: dict[str, Any],
-        response: Any,
-        start: float,
-        end: float,
-        prefer_async: bool = True,
+        self, success: bool, kwargs: dict[str, Any], response: Any, prefer_async: bool = True
     ) -> None:
         self.success = success
-        self.kwargs = kwargs
-        self.response = response
-        self.start = start
-        self.end = end
+        self.args = (kwargs, response, kwargs["start_time"], kwargs["end_time"])
         self.prefer_async = prefer_async
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self.args[0]
+
+    @property
+    def response(self) -> Any:
+        return self.args[1]
 
 
 class _Pending:
@@ -155,6 +158,16 @@ def _methods(callback: Any, event: Event) -> tuple[str, str]:
     if event.success:
         return "async_log_success_event", "log_success_event"
     return "async_log_failure_event", "log_failure_event"
+
+
+def _pick(callback: Any, success: bool) -> tuple[str, bool]:
+    """(method name, is async) a logging event of that outcome calls; ("", False): none."""
+    kind = "success" if success else "failure"
+    if _overrides(callback, f"async_log_{kind}_event"):
+        return f"async_log_{kind}_event", True
+    if _overrides(callback, f"log_{kind}_event"):
+        return f"log_{kind}_event", False
+    return "", False
 
 
 def _report(callback: Any, name: str) -> None:
@@ -188,6 +201,10 @@ class Callbacks:
         self.loggers = tuple(
             c for c in self.callbacks if any(_overrides(c, m) for m in _LOG_METHODS)
         )
+        # Per logger and outcome: its async method if overridden, else its sync one.
+        self._methods: tuple[tuple[Any, dict[bool, tuple[str, bool]]], ...] = tuple(
+            (c, {ok: _pick(c, ok) for ok in (True, False)}) for c in self.loggers
+        )
         self.max_queue = max_queue
         self.dropped = 0
         self.cache = DualCache()
@@ -203,6 +220,7 @@ class Callbacks:
         self._queue: deque[Event | _Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task is idle
+        self._wake_pending = False
         # Sync methods: one thread at a time, apart from anyio's default pool.
         self._thread_limiter: anyio.CapacityLimiter | None = None
 
@@ -223,16 +241,24 @@ class Callbacks:
             drain().put(self, event)
             return
         self._queue.append(event)
-        waiter = self._waiter
-        if waiter is not None:  # the task is idle: wake it
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-        elif self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            # One task for the app's life, not one per burst: a task and its context
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            # One task for the app's life, not one per event: a task and its context
             # cost more than the rest of queueing. A context of its own: not that of the
             # request that happened to start it (its trace span, its key).
+            self._waiter = None
             self._task = loop.create_task(self._drain(), context=self._context())
+        elif self._waiter is not None and not self._wake_pending:
+            # Idle: wake it a moment later, for all the events queued by then, rather
+            # than once per event (a wake-up costs as much as queueing the event).
+            self._wake_pending = True
+            loop.call_later(BATCH_DELAY, self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _context(self) -> contextvars.Context:
         context = contextvars.Context()
@@ -268,25 +294,25 @@ class Callbacks:
             except Exception:
                 logger.exception("building a callback event failed")
                 return
-        for callback in self.loggers:
-            async_name, sync_name = _methods(callback, event)
+        for callback, methods in self._methods:
+            name, is_async = methods[event.success]
+            if not name:
+                continue
             try:
-                if _overrides(callback, async_name):
-                    await getattr(callback, async_name)(
-                        event.kwargs, event.response, _datetime(event.start), _datetime(event.end)
-                    )
-                elif _overrides(callback, sync_name):
+                if is_async:
+                    await getattr(callback, name)(*event.args)
+                else:
                     if self._thread_limiter is None:
                         self._thread_limiter = anyio.CapacityLimiter(1)
                     await anyio.to_thread.run_sync(
                         _call_sync,
-                        getattr(callback, sync_name),
+                        getattr(callback, name),
                         event,
                         limiter=self._thread_limiter,
                         abandon_on_cancel=True,
                     )
             except Exception:
-                _report(callback, async_name)
+                _report(callback, name)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Let queued events run for up to ``timeout`` seconds (at shutdown), then stop."""
@@ -326,7 +352,7 @@ class _DropsCollector:
 
 
 def _call_sync(method: Callable[..., Any], event: Event) -> None:
-    method(event.kwargs, event.response, _datetime(event.start), _datetime(event.end))
+    method(*event.args)
 
 
 def _user(scope: Any) -> UserAPIKeyAuth:
@@ -473,7 +499,7 @@ class RequestLog:
                 logger.warning("could not rebuild a stream's answer for callbacks", exc_info=True)
                 response = None
         kwargs = self.kwargs(status, error, response, ended)
-        return Event(error is None, kwargs, response or error, self.started, ended)
+        return Event(error is None, kwargs, response or error)
 
     def kwargs(
         self, status: int, error: BaseException | None, response: Any, ended: float
@@ -482,57 +508,41 @@ class RequestLog:
         data = self.data
         callbacks = self.callbacks
         group = data.get("model")
-        group = group if isinstance(group, str) else None
-        model, api_base = callbacks.deployments.get(self.deployment or "", (group, None))
-        if response is not None and error is None:
-            usage = result_usage(response)
-        else:
-            usage = self.stream_usage
+        if group.__class__ is not str:
+            group = None
+        deployment = self.deployment
+        model, api_base = callbacks.deployments.get(deployment or "", (group, None))
+        usage = result_usage(response) if error is None else self.stream_usage
         prompt, completion = usage or (0, 0)
-        cost = callbacks.prices.cost(group or "", self.deployment, prompt, completion)
-        grant = self.scope.get("gateway.key")
-        entry = getattr(grant, "entry", None)
-        alias = getattr(entry, "alias", None)
-        key_hash = getattr(entry, "token", None)
-        metadata = (
-            dict(data.get("metadata") or {}) if isinstance(data.get("metadata"), dict) else {}
-        )
-        metadata.update(
-            user_api_key_alias=alias,
-            user_api_key_hash=key_hash,
-            model_group=group,
-            deployment=self.deployment,
-        )
-        optional = {
-            k: v
-            for k, v in data.items()
-            if k not in ("model", "messages", "input", "prompt", "metadata")
-        }
-        request_id = _request_id(self.scope)
-        messages = data.get("messages", data.get("input", data.get("prompt")))
+        entry = getattr(self.scope.get("gateway.key"), "entry", None)
+        requested = data.get("metadata")
         return build_kwargs(
             call_id=self.call_id,
             call_type=self.call_type,
             model=model or group,
             group=group,
-            deployment=self.deployment,
+            deployment=deployment,
             api_base=api_base,
-            messages=messages,
-            optional=optional,
-            metadata=metadata,
-            stream=bool(data.get("stream")),
+            messages=data.get("messages", data.get("input", data.get("prompt"))),
+            optional={k: v for k, v in data.items() if k not in _NOT_OPTIONAL},
+            requester_metadata=dict(requested) if requested.__class__ is dict else {},
+            stream=data.get("stream") is True,
             status=status,
             error=error,
             response=response,
             prompt=prompt,
             completion=completion,
-            cost=cost,
+            cost=callbacks.prices.cost(group or "", deployment, prompt, completion),
             started=self.started,
             ended=ended,
             first_token_at=self.first_token_at,
-            request_id=request_id,
-            key_alias=alias,
+            request_id=_request_id(self.scope),
+            key_alias=getattr(entry, "alias", None),
+            key_hash=getattr(entry, "token", None),
         )
+
+
+_NOT_OPTIONAL = frozenset({"model", "messages", "input", "prompt", "metadata"})
 
 
 def build_kwargs(
@@ -545,7 +555,7 @@ def build_kwargs(
     api_base: str | None,
     messages: Any,
     optional: dict[str, Any],
-    metadata: dict[str, Any],
+    requester_metadata: dict[str, Any],
     stream: bool,
     status: int,
     error: BaseException | None,
@@ -558,54 +568,29 @@ def build_kwargs(
     first_token_at: float | None,
     request_id: str | None,
     key_alias: str | None,
+    key_hash: str | None = None,
     custom_llm_provider: str | None = None,
 ) -> dict[str, Any]:
-    """The ``kwargs`` LiteLLM gives logging callbacks, with its ``standard_logging_object``."""
+    """The ``kwargs`` LiteLLM gives logging callbacks, with its ``standard_logging_object``.
+
+    Built for every event of every request: one pass of dict literals, no helpers."""
     error_info = None
     if error is not None:
         mapped = error if isinstance(error, GatewayError) else as_gateway_error(error)
         error_info = {
             "error_code": str(mapped.status_code),
             "error_class": type(error).__name__,
-            "error_message": str(getattr(mapped, "message", error)),
+            "error_message": mapped.message,
         }
-    standard = {
-        "id": call_id,
-        "trace_id": request_id or call_id,
-        "request_id": request_id,
-        "call_type": call_type,
-        "stream": stream,
-        "status": "success" if error is None else "failure",
-        "status_code": status,
-        "model": model,
+    metadata = {
+        **requester_metadata,
+        "user_api_key_alias": key_alias,
+        "user_api_key_hash": key_hash,
         "model_group": group,
-        "model_id": deployment,
         "deployment": deployment,
-        "api_base": api_base,
-        "custom_llm_provider": custom_llm_provider,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "response_cost": cost,
-        "startTime": started,
-        "endTime": ended,
-        "completionStartTime": first_token_at if first_token_at is not None else ended,
-        "metadata": {
-            "user_api_key_alias": key_alias,
-            "user_api_key_hash": metadata.get("user_api_key_hash"),
-            "requester_metadata": {
-                k: v
-                for k, v in metadata.items()
-                if k not in ("user_api_key_alias", "user_api_key_hash", "model_group", "deployment")
-            },
-        },
-        "messages": messages,
-        "response": _plain(response) if error is None else None,
-        "model_parameters": optional,
-        "error_str": None if error is None else str(error),
-        "error_information": error_info,
-        "hidden_params": {"model_id": deployment, "api_base": api_base},
     }
+    end_time = _datetime(ended)
+    first = first_token_at if first_token_at is not None else ended
     return {
         "model": model,
         "messages": messages,
@@ -622,10 +607,42 @@ def build_kwargs(
         "response_cost": cost,
         "litellm_call_id": call_id,
         "start_time": _datetime(started),
-        "end_time": _datetime(ended),
-        "completion_start_time": _datetime(first_token_at or ended),
+        "end_time": end_time,
+        "completion_start_time": end_time if first_token_at is None else _datetime(first),
         "exception": error,
-        "standard_logging_object": standard,
+        "standard_logging_object": {
+            "id": call_id,
+            "trace_id": request_id or call_id,
+            "request_id": request_id,
+            "call_type": call_type,
+            "stream": stream,
+            "status": "success" if error is None else "failure",
+            "status_code": status,
+            "model": model,
+            "model_group": group,
+            "model_id": deployment,
+            "deployment": deployment,
+            "api_base": api_base,
+            "custom_llm_provider": custom_llm_provider,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "response_cost": cost,
+            "startTime": started,
+            "endTime": ended,
+            "completionStartTime": first,
+            "metadata": {
+                "user_api_key_alias": key_alias,
+                "user_api_key_hash": key_hash,
+                "requester_metadata": requester_metadata,
+            },
+            "messages": messages,
+            "response": _plain(response) if error is None else None,
+            "model_parameters": optional,
+            "error_str": None if error is None else str(error),
+            "error_information": error_info,
+            "hidden_params": {"model_id": deployment, "api_base": api_base},
+        },
     }
 
 

@@ -21,7 +21,6 @@ from ._callbacks import (
     DEFAULT_MAX_QUEUE,
     Callbacks,
     Event,
-    _datetime,
     _methods,
     _overrides,
     _Pending,
@@ -85,9 +84,7 @@ async def _run(callbacks: Callbacks, event: Event | _Pending) -> None:
         if not _overrides(callback, name):
             continue
         try:
-            result = getattr(callback, name)(
-                event.kwargs, event.response, _datetime(event.start), _datetime(event.end)
-            )
+            result = getattr(callback, name)(*event.args)
             if name.startswith("async_"):
                 await result
         except Exception:
@@ -171,7 +168,6 @@ class _Call:
         except (TypeError, ValueError):
             cost = 0.0
         metadata = kw.get("metadata")
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
         status = 200
         if error is not None:
             status = error.status_code if isinstance(error, GatewayError) else 500
@@ -184,7 +180,7 @@ class _Call:
             api_base=kw.get("api_base"),
             messages=self.payload,
             optional={k: v for k, v in kw.items() if k != "metadata" and v is not None},
-            metadata=metadata,
+            requester_metadata=dict(metadata) if isinstance(metadata, dict) else {},
             stream=bool(kw.get("stream")),
             status=status,
             error=error,
@@ -200,7 +196,7 @@ class _Call:
             custom_llm_provider=kw.get("custom_llm_provider"),
         )
         result = response if error is None else error
-        return Event(error is None, built, result, self.started, ended, self.prefer_async)
+        return Event(error is None, built, result, self.prefer_async)
 
     def sync_stream(self, chunks: Iterator[Any]) -> Iterator[Any]:
         from .streaming import stream_chunk_builder
