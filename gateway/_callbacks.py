@@ -187,10 +187,10 @@ class Callbacks:
         *,
         model_list: Iterable[Any] = (),
         max_queue: int = DEFAULT_MAX_QUEUE,
-        http: Any = None,
+        runtime: Any = None,
     ) -> None:
         self.callbacks = tuple(callbacks)
-        self.http = http  # the app's HTTPClients
+        self.runtime = runtime  # the app's (gateway.app.Runtime), for callbacks' context
         self.pre_call = tuple(c for c in self.callbacks if _overrides(c, "async_pre_call_hook"))
         self.post_success = tuple(
             c for c in self.callbacks if _overrides(c, "async_post_call_success_hook")
@@ -262,10 +262,10 @@ class Callbacks:
 
     def _context(self) -> contextvars.Context:
         context = contextvars.Context()
-        if self.http is not None:  # gateway.http_client() in a callback: the app's clients
-            from .http import _current
+        if self.runtime is not None:  # gateway.http_client() in a callback: the app's
+            from ._context import current_runtime
 
-            context.run(_current.set, self.http)
+            context.run(current_runtime.set, self.runtime)
         return context
 
     def _drop(self) -> None:
