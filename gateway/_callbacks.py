@@ -490,11 +490,20 @@ class RequestLog:
 
     def event(self, status: int, error: BaseException | None, ended: float) -> Event:
         response = self.response
-        if self.stream_chunks is not None and error is None:
+        chunks = self.stream_chunks
+        if chunks is not None:
             from .streaming import stream_chunk_builder
 
             try:
-                response = stream_chunk_builder(self.stream_chunks, self.data.get("model"))
+                raw = msgspec.Raw
+                chunks = [msgspec.json.decode(c) if c.__class__ is raw else c for c in chunks]
+                for chunk in reversed(chunks):
+                    usage, _ = chunk_usage(chunk)
+                    if usage is not None:
+                        self.stream_usage = usage
+                        break
+                if error is None:
+                    response = stream_chunk_builder(chunks, self.data.get("model"))
             except Exception:
                 logger.warning("could not rebuild a stream's answer for callbacks", exc_info=True)
                 response = None
@@ -512,7 +521,9 @@ class RequestLog:
             group = None
         deployment = self.deployment
         model, api_base = callbacks.deployments.get(deployment or "", (group, None))
-        usage = result_usage(response) if error is None else self.stream_usage
+        usage = self.stream_usage
+        if usage is None and error is None:
+            usage = result_usage(response)
         prompt, completion = usage or (0, 0)
         entry = getattr(self.scope.get("gateway.key"), "entry", None)
         requested = data.get("metadata")
@@ -647,8 +658,8 @@ def build_kwargs(
 
 
 class _LoggedStream:
-    """A routed stream whose chunks are kept (to rebuild the answer for the success
-    event) and whose usage is noted. Costs a list append per chunk, only with loggers."""
+    """A routed stream whose chunks are kept, to rebuild the answer and its usage for
+    the event. Costs a list append per chunk, only with logging callbacks."""
 
     __slots__ = ("_gen", "_inner", "_log")
 
@@ -669,14 +680,7 @@ class _LoggedStream:
         assert kept is not None
         try:
             async for chunk in self._inner:
-                if isinstance(chunk, msgspec.Raw):
-                    chunk_data = msgspec.json.decode(chunk)
-                else:
-                    chunk_data = chunk
-                usage, _ = chunk_usage(chunk_data)
-                if usage is not None:
-                    log.stream_usage = usage
-                kept.append(chunk_data)
+                kept.append(chunk)  # decoded and counted later, by the callback task
                 yield chunk
         except Exception as exc:
             log.error = exc
