@@ -484,3 +484,41 @@ async def test_virtual_keys_alias_reaches_hooks_and_events(tmp_path: Path) -> No
     assert slo["metadata"]["user_api_key_hash"]  # the key's hash, never the key
     assert key not in str(slo)
     assert slo["response_cost"] == pytest.approx(MOCK_COST)
+
+
+class InProcess(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+
+    async def async_pre_call_hook(self, user: Any, cache: Any, data: Any, call_type: Any) -> Any:
+        data["messages"][-1]["content"] = "rewritten"
+        return data
+
+    async def async_log_success_event(
+        self, kwargs: Any, response: Any, start: Any, end: Any
+    ) -> None:
+        self.events.append((response.choices[0].message.content, kwargs["messages"][-1]["content"]))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_the_app_on_asyncio_and_trio(anyio_backend: str) -> None:
+    """On asyncio the app's own task runs the events; on trio (no asyncio loop to put
+    a task on) the library's thread does. Hooks run in the request either way."""
+    from tests.test_backends import Exchange, chat
+
+    recorder = InProcess()
+    app = create_app(
+        {
+            "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
+            "litellm_settings": {"callbacks": [recorder]},
+        }
+    )
+    exchange = Exchange(chat("hi", mock_response="ok"))
+    await exchange.run(app)
+    assert exchange.status == 200
+    with anyio.fail_after(5):
+        while not recorder.events:
+            callbacks_module.flush()
+            await anyio.sleep(0.01)
+    assert recorder.events == [("ok", "rewritten")]
