@@ -279,3 +279,35 @@ async def test_drops_are_a_metric(database_url: str) -> None:
             assert "gateway_spend_logs_dropped_total 3.0" in metrics
             assert "gateway_spend_logs_written_total 0.0" in metrics
             assert "gateway_spend_logs_buffered 0.0" in metrics
+
+
+async def test_the_writer_survives_an_unexpected_store_error(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/gw.db")
+    await store.open()
+    real_write = store.write_spend
+    failures = [RuntimeError("cannot switch to state 15")]
+
+    async def flaky_write(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_write(*args)
+
+    store.write_spend = flaky_write  # type: ignore[method-assign]
+    writer = SpendWriter(store, interval=0.01)
+    writer.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.keys"):
+            row = ("r", "t" * 64, None, "m", None, 1, 1, 2, 0, 0.5, "success", 200,
+                   1.0, 2.0, None, "1970-01-01")  # fmt: skip
+            writer.add(row, "t" * 64, 0.5, True)
+            for _ in range(500):
+                if writer.written:
+                    break
+                await asyncio.sleep(0.01)
+        assert writer.written == 1 and writer.failures == 1
+        assert "cannot switch to state 15" in caplog.text
+    finally:
+        await writer.close()
+        await store.close()

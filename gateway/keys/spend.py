@@ -217,6 +217,12 @@ class SpendWriter:
                     exc,
                 )
                 continue
+            except Exception:
+                # Never let the one writer die: rows would pile up unwritten in silence.
+                self.failures += 1
+                backoff = min(max(backoff * 2, 0.25), self.max_backoff)
+                logger.exception("writing %d spend rows failed, retrying", self._logs)
+                continue
             backoff = 0.0
 
     def _take(self) -> tuple[int, list[Any], dict[str, float], list[Any]]:

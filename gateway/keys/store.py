@@ -438,7 +438,15 @@ class PostgresStore(Store):
                 command_timeout=self.timeout,
             )
             await self.migrate()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # A connection dropped mid-protocol (the server restarted) can surface as
+            # asyncpg's "cannot switch to state N": the same outage, not a bug of ours.
+            asyncpg.InternalClientError,
+            TimeoutError,
+        ) as exc:
             await self.close()
             raise StoreError(
                 f"cannot connect to PostgreSQL at {describe_url(self.url)}: "
@@ -483,7 +491,15 @@ class PostgresStore(Store):
 
         try:
             yield
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # A connection dropped mid-protocol (the server restarted) can surface as
+            # asyncpg's "cannot switch to state N": the same outage, not a bug of ours.
+            asyncpg.InternalClientError,
+            TimeoutError,
+        ) as exc:
             raise StoreError(
                 f"PostgreSQL {describe_url(self.url)}: {type(exc).__name__}: {exc}"
             ) from exc
