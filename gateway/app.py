@@ -344,6 +344,9 @@ class Runtime:
             await self.callbacks.aclose()
         if self.keys is not None:
             await self.keys.stop()
+        shared = getattr(self.router.state, "shared", None)
+        if shared is not None:
+            await shared.aclose()
         for provider in self.router.providers():
             with contextlib.suppress(Exception):
                 await provider.aclose()

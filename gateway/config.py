@@ -149,6 +149,33 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     queue_timeout: _NonNegative = 5.0
     hedge_after_ms: _NonNegative | dict[str, _NonNegative] | None = None
     latency_buffer: _NonNegative = 0.0
+    # Shared state across instances (cooldowns, rpm/tpm windows, in-flight counts, key
+    # counters): a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL,
+    # or LiteLLM's host/port/password. Off when neither is set.
+    redis_url: str | None = None
+    redis_host: str | None = None
+    redis_port: _PositiveInt | None = None
+    redis_password: str | None = None
+    # Longest wait on Redis before this instance falls back to its own counters.
+    redis_timeout: _Positive = 0.02
+
+    @property
+    def shared_url(self) -> str | None:
+        """The Redis URL of ``redis_url`` or ``redis_host``/``port``/``password``."""
+        return redis_url_of(self.redis_url, self.redis_host, self.redis_port, self.redis_password)
+
+
+def redis_url_of(
+    url: str | None, host: str | None, port: int | None, password: str | None
+) -> str | None:
+    if url:
+        return url
+    if not host:
+        return None
+    from urllib.parse import quote
+
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port or 6379}"
 
 
 _STRATEGY_ALIASES = {
@@ -201,6 +228,24 @@ def parse_router_settings(
         raise error(key, problem) from None
 
 
+class CacheSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``litellm_settings.cache_params`` (with ``cache: true``): the response cache."""
+
+    type: Literal["local", "redis"] = "local"
+    # Seconds an answer is served from the cache; a request's cache.ttl may shorten it.
+    ttl: _Positive = 600.0
+    namespace: str = "gateway"
+    # Entries kept by the local LRU (per process); Redis evicts by its own maxmemory.
+    max_size: _PositiveInt = 1000
+    # Answers larger than this are not stored (a cache must not become the memory hog).
+    max_item_bytes: _PositiveInt = 1 << 20
+    # For type redis: its own server, else router_settings' one.
+    url: str | None = None
+    host: str | None = None
+    port: _PositiveInt | None = None
+    password: str | None = None
+
+
 class Deployment(msgspec.Struct, frozen=True):
     """One ``model_list`` entry: the public ``model_name`` and how to call it."""
 
@@ -229,6 +274,8 @@ class Config(msgspec.Struct, frozen=True):
     allow_unauthenticated: bool = False
     settings: GatewaySettings = GatewaySettings()
     router_settings: RouterSettings = RouterSettings()
+    # The response cache (litellm_settings.cache: true); off if None.
+    cache: CacheSettings | None = None
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -267,6 +314,8 @@ class _LiteLLMSettings(msgspec.Struct):
     # "module.instance" strings (or the objects, in a dict config); one string is a list of one.
     callbacks: list[Any] | str | None = None
     request_timeout: _Positive | None = None
+    cache: bool = False
+    cache_params: CacheSettings | None = None
 
 
 class _GeneralSettings(msgspec.Struct):
@@ -669,6 +718,17 @@ class _Parser:
                     "general_settings.database_url",
                     "virtual keys need general_settings.master_key (it administers them)",
                 )
+        cache = None
+        if litellm_settings.cache:
+            cache = litellm_settings.cache_params or CacheSettings()
+            if cache.type == "redis" and not (
+                cache.url or cache.host or router_settings.shared_url
+            ):
+                raise self.error(
+                    "litellm_settings.cache_params.type",
+                    "a redis cache needs cache_params.url (or host/port) or "
+                    "router_settings.redis_url",
+                )
         for line in self.warnings:
             logger.warning("%s", line)
         return Config(
@@ -680,6 +740,7 @@ class _Parser:
             allow_unauthenticated=general.allow_unauthenticated,
             settings=settings,
             router_settings=router_settings,
+            cache=cache,
             path=path,
             warnings=tuple(self.warnings),
         )

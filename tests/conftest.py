@@ -7,6 +7,7 @@ import pytest
 from keys_fixtures import database_url, postgres  # noqa: F401 (fixtures)
 
 import gateway
+from tests.redis_server import RedisServer, find_redis
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -14,6 +15,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # time, with module state of its own: one name only.
     if "fake_upstream" in sys.modules:
         raise pytest.UsageError("import the fake upstream as tests.fake_upstream")
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    server = RedisServer(find_redis())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> Iterator[RedisServer]:
+    """A running redis-server, empty; restarted if a test killed it."""
+    if redis_session.process is None:
+        redis_session.start()
+    redis_session.flush()
+    yield redis_session
+    if redis_session.process is None:
+        redis_session.start()
 
 
 @pytest.fixture

@@ -169,6 +169,7 @@ class Group:
         "direct",
         "fallbacks",
         "hedge_after",
+        "ids",
         "name",
         "simple",
         "weights",
@@ -177,6 +178,7 @@ class Group:
     def __init__(self, name: str, deployments: list[Deployment]) -> None:
         self.name = name
         self.deployments = deployments
+        self.ids = [d.id for d in deployments]
         for d in deployments:
             d.group = self
         self.fallbacks: list[Group] = []

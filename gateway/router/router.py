@@ -43,6 +43,16 @@ logger = logging.getLogger("gateway.router")
 _CallT = TypeVar("_CallT", ChatCall, EmbeddingCall, ImageCall)
 
 
+def _shared_state(s: RouterSettings, clock: Callable[[], float]) -> RouterState | None:
+    url = s.shared_url
+    if url is None:
+        return None
+    from ..shared import SharedRedis
+    from .redis_state import RedisRouterState
+
+    return RedisRouterState(SharedRedis(url, timeout=s.redis_timeout), clock)
+
+
 class Routed(msgspec.Struct):
     """What a routed call produced, and where."""
 
@@ -76,7 +86,11 @@ class Router:
         self.settings = s = _settings(router_settings, settings)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._sleep: Callable[[float], Awaitable[Any]] = sleep or anyio.sleep
-        self._state = state if state is not None else RouterState()
+        if state is None:
+            state = _shared_state(s, self._clock) or RouterState()
+        self._state = state
+        # Shared state (Redis) is read once per request before picking; None: in-process.
+        self._sync: Callable[[list[str]], Awaitable[None]] | None = getattr(state, "sync", None)
         self._num_retries = s.num_retries
         self._max_in_flight = s.max_in_flight
         self._groups = build_groups(model_list, dict(custom_providers), s, default_timeout)
@@ -154,6 +168,8 @@ class Router:
         """Attempts on the group's deployments until one answers or retries are spent."""
         n = 0
         last: GatewayError | None = None
+        if self._sync is not None and not group.simple:
+            await self._sync(group.ids)  # one round trip to Redis (see redis_state)
         while True:
             d = self._admission.try_pick(group, req.tried, req.stream)
             if d is None:
