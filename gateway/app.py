@@ -249,6 +249,10 @@ class Runtime:
             }
         )
         self.http = HTTPClients(settings.upstream)
+        # Redis shared by instances (router_settings.redis_url), if configured.
+        self.shared: Any = getattr(self.router.state, "shared", None)
+        if self.shared is not None:
+            self.metrics.collectors.append(self.shared)
         self.keys: Any = None  # a keys.KeyManager when the config has a database_url
         if config.database_url:
             from .keys import KeyManager
@@ -344,9 +348,8 @@ class Runtime:
             await self.callbacks.aclose()
         if self.keys is not None:
             await self.keys.stop()
-        shared = getattr(self.router.state, "shared", None)
-        if shared is not None:
-            await shared.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
         for provider in self.router.providers():
             with contextlib.suppress(Exception):
                 await provider.aclose()
@@ -759,7 +762,14 @@ class Readiness(_Endpoint):
             payload = {"status": "unhealthy", "models": models, "unavailable": broken}
             await _send_json(send, 503, _encode(payload))
             return 503
-        await _send_json(send, 200, _encode({"status": "healthy", "models": models}))
+        answer: dict[str, Any] = {"status": "healthy", "models": models}
+        shared = runtime.shared
+        if shared is not None:
+            # Still 200 without Redis: this instance serves, on its own counters.
+            answer["redis"] = shared.status
+            if not shared.up:
+                answer["status"] = "degraded"
+        await _send_json(send, 200, _encode(answer))
         return None
 
 

@@ -140,12 +140,12 @@ class SharedRedis:
             return None
         queued, self._queue = self._queue, []
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for script, _, kw in queued:
-                _add(pipe, script, kw["keys"], kw["args"])
-            for script, keys, args in calls:
-                _add(pipe, script, keys, args)
-            results = await asyncio.wait_for(pipe.execute(), self.timeout * 2)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for script, _, kw in queued:
+                    _add(pipe, script, kw["keys"], kw["args"])
+                for script, keys, args in calls:
+                    _add(pipe, script, keys, args)
+                results = await asyncio.wait_for(pipe.execute(), self.timeout * 2)
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "not now"
             self.failed(exc)
             return None
@@ -186,6 +186,10 @@ class SharedRedis:
         while True:
             await asyncio.sleep(delay * (0.5 + random.random()))
             try:
+                # Pooled connections from before the outage are dead: drop them first.
+                pool = getattr(self.client, "connection_pool", None)
+                if pool is not None:
+                    await pool.disconnect()
                 await asyncio.wait_for(self.client.ping(), max(self.timeout * 5, 0.1))
             except asyncio.CancelledError:
                 raise
@@ -203,6 +207,24 @@ class SharedRedis:
     @property
     def status(self) -> str:
         return "connected" if self.up else "unreachable"
+
+    def collect(self) -> Any:
+        """Prometheus metrics (a collector for ``Metrics.collectors``)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "gateway_redis_up",
+            "1 while shared state goes through Redis, 0 in fallback",
+            int(self.up),
+        )
+        yield CounterMetricFamily(
+            "gateway_redis_errors",
+            "Redis calls that failed or timed out (each answered from local state)",
+            self.errors,
+        )
+        yield CounterMetricFamily(
+            "gateway_redis_outages", "Times this instance fell back to local state", self.outages
+        )
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)

@@ -153,3 +153,61 @@ def test_cooldown_on_one_is_honoured_by_the_other(redis_server: RedisServer, pai
     answers = [chat(b.url) for _ in range(30)]
     assert [r.status_code for r in answers] == [200] * 30
     assert {r.headers["x-gateway-deployment"] for r in answers} == {"good"}
+
+
+def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
+    redis_server: RedisServer, pair: Any
+) -> None:
+    a, b = pair(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {"model": "mock/m", "mock_response": "ok", "rpm": 100000},
+                },
+                {
+                    "model_name": "limited",
+                    "litellm_params": {"model": "mock/l", "mock_response": "ok", "rpm": 10},
+                },
+            ],
+            "router_settings": shared(redis_server, queue_timeout=0, redis_timeout=0.05),
+        }
+    )
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load(base: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            while not stop.is_set():
+                statuses.append(client.post(f"{base}/v1/chat/completions", json=body).status_code)
+
+    threads = [threading.Thread(target=load, args=(x.url,)) for x in (a, b, a, b)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        redis_server.kill()
+        time.sleep(1.0)
+        degraded = httpx.get(f"{a.url}/health/readiness").json()
+        assert degraded["status"] == "degraded" and degraded["redis"] == "unreachable"
+        redis_server.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert len(statuses) > 20 and set(statuses) == {200}, set(statuses)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # back within the reconnect backoff
+        ready = [httpx.get(f"{x.url}/health/readiness").json() for x in (a, b)]
+        if all(r["status"] == "healthy" for r in ready):
+            break
+        time.sleep(0.1)
+    assert [r["redis"] for r in ready] == ["connected", "connected"]
+    metrics = httpx.get(f"{a.url}/metrics").text
+    assert "gateway_redis_outages_total 1.0" in metrics
+    assert "Redis at redis://127.0.0.1" in a.output() and "is back" in a.output()
+    # Sharing resumed: rpm 10 holds across both again.
+    codes = [chat((a, b)[i % 2].url, model="limited").status_code for i in range(20)]
+    assert codes.count(200) == 10 and codes.count(429) == 10, codes
