@@ -258,6 +258,8 @@ class Runtime:
             from .keys import KeyManager
 
             self.keys = KeyManager.from_config(config)
+            if self.shared is not None:
+                self.keys.use_redis(self.shared)
             self.metrics.collectors.append(self.keys.collector())
         self.callbacks: Any = None  # a callbacks.Callbacks with litellm_settings.callbacks
         if config.callbacks:

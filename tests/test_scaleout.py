@@ -211,3 +211,61 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
     # Sharing resumed: rpm 10 holds across both again.
     codes = [chat((a, b)[i % 2].url, model="limited").status_code for i in range(20)]
     assert codes.count(200) == 10 and codes.count(429) == 10, codes
+
+
+MASTER = "sk-master-scaleout"
+PRICED = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+
+
+def keys_config(redis_server: RedisServer, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "m",
+                "litellm_params": {"model": "mock/m", "mock_response": "hello there"},
+                "model_info": PRICED,
+            },
+            {"model_name": "other", "litellm_params": {"model": "mock/o"}},
+        ],
+        "general_settings": {
+            "master_key": MASTER,
+            "database_url": f"sqlite:///{tmp_path}/keys.db",
+        },
+        "router_settings": shared(redis_server),
+        **extra,
+    }
+
+
+def new_key(base: str, **fields: Any) -> str:
+    answer = httpx.post(
+        f"{base}/key/generate", json=fields, headers={"Authorization": f"Bearer {MASTER}"}
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["key"])
+
+
+def keyed_chat(base: str, key: str, model: str = "m", **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_key_limits_hold_across_two_instances(
+    redis_server: RedisServer, pair: Any, tmp_path: Path
+) -> None:
+    a, b = pair(keys_config(redis_server, tmp_path))
+    limited = new_key(a.url, rpm_limit=5)
+    codes = [keyed_chat((a, b)[i % 2].url, limited).status_code for i in range(10)]
+    assert codes == [200] * 5 + [429] * 5, codes
+
+    # Spend against a budget: each answer costs 0.05 (10 prompt + 20 completion tokens);
+    # the database hears of it only later, Redis at once.
+    budget = new_key(a.url, max_budget=0.12)
+    codes = [keyed_chat((a, b)[i % 2].url, budget).status_code for i in range(4)]
+    assert codes == [200, 200, 200, 429], codes
+    refused = keyed_chat(b.url, budget)
+    assert refused.json()["error"]["code"] == "budget_exceeded"

@@ -6,9 +6,10 @@ entry is older than ``ttl`` (refreshed in the background from ``ttl / 2``). A ke
 updated or deleted here is invalidated at once; in other ``--workers`` within ``ttl``.
 While the database is down, cached keys keep working on their last known state.
 
-Rate windows, parallel counts and the spend added here live in the entry, so limits
-hold per process: with N workers, ``rpm_limit`` and ``tpm_limit`` allow up to N times
-as much. Spend is shared through the database, re-read every ``ttl``.
+Rate windows, parallel counts and the spend added here live in the entry, so without
+Redis limits hold per process: with N workers, ``rpm_limit`` and ``tpm_limit`` allow up
+to N times as much. Spend is shared through the database, re-read every ``ttl``. With
+``router_settings.redis_url`` these counters are shared too (``shared.KeyCounters``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class Entry:
         "max_parallel",
         "models",
         "models_payload",
+        "new_requests",
+        "new_tokens",
         "refreshing",
         "requests",
         "reset_at",
@@ -105,6 +108,7 @@ class Entry:
         "token_sum",
         "tokens",
         "tpm",
+        "view",
     )
 
     def __init__(self, token: str, *, master: bool = False) -> None:
@@ -128,6 +132,20 @@ class Entry:
         self.loaded_at = 0.0
         self.refreshing = False
         self.charged = not master  # the master key has no row to charge
+        # Shared counters as last read from Redis, and what this process added since.
+        self.view: Any = None
+        self.new_requests = 0
+        self.new_tokens = 0
+
+    @property
+    def shares(self) -> bool:
+        """Whether a request of this key needs the shared counters."""
+        return not self.master and (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.max_parallel is not None
+            or self.max_budget is not None
+        )
 
     def load(self, row: dict[str, Any], pending: float, now: float) -> None:
         self.alias = row["key_alias"]
@@ -203,6 +221,9 @@ class Grant:
                 )
             if e.reset_at is not None and now >= e.reset_at:
                 manager.reset_budget(e, now)
+            view = e.view
+            if view is not None and view.spend > e.spend:
+                e.spend = view.spend  # other instances' costs, ahead of the database
             if e.max_budget is not None and e.spend >= e.max_budget:
                 headers = {}
                 if e.reset_at is not None:
@@ -216,25 +237,44 @@ class Grant:
                     headers=headers,
                     retryable=False,
                 )
-            if e.max_parallel is not None and e.in_flight >= e.max_parallel:
-                raise _limited(f"max_parallel_requests ({e.max_parallel})", 1.0)
-            if e.rpm is not None:
-                requests = e.requests
-                while requests and requests[0] <= now - 60.0:
-                    requests.popleft()
-                if len(requests) >= e.rpm:
-                    raise _limited(f"rpm_limit ({e.rpm})", requests[0] + 60.0 - now)
-            if e.tpm is not None:
-                tokens = e.tokens
-                while tokens and tokens[0][0] <= now - 60.0:
-                    e.token_sum -= tokens.popleft()[1]
-                if e.token_sum >= e.tpm:
-                    raise _limited(f"tpm_limit ({e.tpm})", tokens[0][0] + 60.0 - now)
-            if e.rpm is not None:
-                e.requests.append(now)  # counted once admitted, not when refused
+            if view is not None:
+                self._admit_shared(e, view, now)
+            else:
+                self._admit_local(e, now)
         e.in_flight += 1
         self.model = model
         self.started = now
+        counters = manager.counters
+        if counters is not None and e.shares:
+            counters.admitted(e)
+
+    def _admit_shared(self, e: Entry, view: Any, now: float) -> None:
+        if e.max_parallel is not None and e.in_flight + view.in_flight >= e.max_parallel:
+            raise _limited(f"max_parallel_requests ({e.max_parallel})", 1.0)
+        if e.rpm is not None and view.requests + e.new_requests >= e.rpm:
+            raise _limited(f"rpm_limit ({e.rpm})", view.requests_free - now)
+        if e.tpm is not None and view.tokens + e.new_tokens >= e.tpm:
+            raise _limited(f"tpm_limit ({e.tpm})", view.tokens_free - now)
+        if e.rpm is not None:
+            e.requests.append(now)  # the local window too: it answers if Redis goes
+
+    def _admit_local(self, e: Entry, now: float) -> None:
+        if e.max_parallel is not None and e.in_flight >= e.max_parallel:
+            raise _limited(f"max_parallel_requests ({e.max_parallel})", 1.0)
+        if e.rpm is not None:
+            requests = e.requests
+            while requests and requests[0] <= now - 60.0:
+                requests.popleft()
+            if len(requests) >= e.rpm:
+                raise _limited(f"rpm_limit ({e.rpm})", requests[0] + 60.0 - now)
+        if e.tpm is not None:
+            tokens = e.tokens
+            while tokens and tokens[0][0] <= now - 60.0:
+                e.token_sum -= tokens.popleft()[1]
+            if e.token_sum >= e.tpm:
+                raise _limited(f"tpm_limit ({e.tpm})", tokens[0][0] + 60.0 - now)
+        if e.rpm is not None:
+            e.requests.append(now)  # counted once admitted, not when refused
 
     def tap(self, call: Callable[[], Awaitable[Any]], messages: Any = None) -> Any:
         """``call`` (returning a ``Routed``), noting the deployment and usage of its answer."""
@@ -275,6 +315,9 @@ class Grant:
         cost = manager.prices.cost(self.model, self.deployment, prompt, completion)
         if cost and not e.master:
             e.spend += cost
+        counters = manager.counters
+        if counters is not None and e.shares:
+            counters.finished(e, total, cost, now)
         ttft = None if self.first_at is None else self.first_at - self.started
         row = (
             manager.request_id(),
@@ -375,6 +418,13 @@ class KeyManager:
         self._day: tuple[int, str] = (-1, "")
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        # Counters shared with other instances through Redis (``use_redis``), if any.
+        self.counters: Any = None
+
+    def use_redis(self, shared: Any) -> None:
+        from .shared import KeyCounters
+
+        self.counters = KeyCounters(shared)
 
     @classmethod
     def from_config(cls, config: Any, **options: Any) -> KeyManager:
@@ -424,11 +474,15 @@ class KeyManager:
         entry = self._entries.get(token)
         if entry is not None:
             age = self.clock() - entry.loaded_at
-            if age < self.ttl:
-                if age > self.ttl / 2 and not entry.refreshing:
-                    self._refresh_soon(entry)
-                return Grant(self, entry)
-        return Grant(self, await self._lookup(token, entry))
+            if age >= self.ttl:
+                entry = await self._lookup(token, entry)
+            elif age > self.ttl / 2 and not entry.refreshing:
+                self._refresh_soon(entry)
+        else:
+            entry = await self._lookup(token, None)
+        if self.counters is not None and entry.shares:
+            await self.counters.sync(entry, self.clock())  # one Redis round trip
+        return Grant(self, entry)
 
     def request_id(self) -> str:
         # 128 random bits; getrandbits, not os.urandom: no syscall (0.6 us vs 1.6 us here).
