@@ -253,6 +253,12 @@ class Runtime:
         self.shared: Any = getattr(self.router.state, "shared", None)
         if self.shared is not None:
             self.metrics.collectors.append(self.shared)
+        self.cache: Any = None  # a cache.ResponseCache with litellm_settings.cache: true
+        if config.cache is not None:
+            from .cache import ResponseCache
+
+            self.cache = ResponseCache(config.cache, self.shared)
+            self.metrics.collectors.append(self.cache)
         self.keys: Any = None  # a keys.KeyManager when the config has a database_url
         if config.database_url:
             from .keys import KeyManager
@@ -350,6 +356,8 @@ class Runtime:
             await self.callbacks.aclose()
         if self.keys is not None:
             await self.keys.stop()
+        if self.cache is not None:
+            await self.cache.aclose()
         if self.shared is not None:
             await self.shared.aclose()
         for provider in self.router.providers():
@@ -504,11 +512,21 @@ class ChatCompletions(_Endpoint):
             if not isinstance(message.get("role"), str):
                 raise BadRequestError(f"messages[{i}] has no `role`", param=f"messages[{i}].role")
         stream = bool(request.stream)
+        cache = self.runtime.cache
+        control = data.pop("cache", None) if cache is not None else None
         optional = {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
         if stream:
             optional["stream"] = True
             if data.get("stream_options") is not None:
                 optional["stream_options"] = data["stream_options"]
+        if cache is not None:
+            lookup = cache.lookup(request.model, request.messages, optional, stream, control)
+            if lookup is not None:
+                hit = await cache.get(lookup)
+                if hit is not None:
+                    await _send_cached(send, hit, stream)
+                    return
+                send = cache.capture(send, lookup)
         router = self.runtime.router
         if not stream:
             await _answer(
@@ -537,6 +555,17 @@ class ChatCompletions(_Endpoint):
             ),
             timeout=timeout,
         )
+
+
+async def _send_cached(send: Send, body: bytes, stream: bool) -> None:
+    """A cached answer: the same bytes, a stream replayed as one."""
+    from .cache import HIT
+
+    if not stream:
+        await _send_json(send, 200, body, [HIT])
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, HIT]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = None) -> Any:

@@ -485,7 +485,7 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
           master_kye: sk-1
           disable_spend_logs: true
         environment_variables: {}
-        router_settings: {routing_strategy: simple-shuffle, redis_host: localhost}
+        router_settings: {routing_strategy: simple-shuffle, polling_interval: 1}
         totally_new_section: 1
         """,
     )
@@ -501,7 +501,7 @@ def test_unknown_keys_warn_with_suggestions(tmp_path: Path, caplog) -> None:
         "general_settings.master_kye: unknown key, ignored (did you mean 'master_key'?)",
         "general_settings.disable_spend_logs: LiteLLM setting not supported by this gateway, "
         "ignored",
-        "router_settings.redis_host: LiteLLM setting not supported by this gateway, ignored",
+        "router_settings.polling_interval: LiteLLM setting not supported by this gateway, ignored",
     ]
     logged = [r.getMessage() for r in caplog.records if r.name == "gateway.config"]
     assert logged == list(config.warnings)

@@ -269,3 +269,30 @@ def test_key_limits_hold_across_two_instances(
     assert codes == [200, 200, 200, 429], codes
     refused = keyed_chat(b.url, budget)
     assert refused.json()["error"]["code"] == "budget_exceeded"
+
+
+def test_an_answer_cached_through_one_is_a_hit_on_the_other(
+    redis_server: RedisServer, pair: Any
+) -> None:
+    a, b = pair(
+        {
+            "model_list": [
+                {"model_name": "m", "litellm_params": {"model": "mock/m", "mock_delay": 0.01}}
+            ],
+            "router_settings": shared(redis_server),
+            "litellm_settings": {
+                "cache": True,
+                "cache_params": {"type": "redis", "ttl": 60, "namespace": "t"},
+            },
+        }
+    )
+    for stream in (False, True):
+        first = chat(a.url, stream=stream, messages=[{"role": "user", "content": f"{stream}"}])
+        assert first.status_code == 200 and first.headers["x-gateway-cache-hit"] == "false"
+        time.sleep(0.1)  # the store is written after the answer
+        hit = chat(b.url, stream=stream, messages=[{"role": "user", "content": f"{stream}"}])
+        assert hit.headers["x-gateway-cache-hit"] == "true"
+        assert hit.content == first.content
+        if stream:
+            assert hit.headers["content-type"].startswith("text/event-stream")
+            assert hit.text.endswith("data: [DONE]\n\n") and hit.text.count("data: ") > 2

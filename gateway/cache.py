@@ -1,0 +1,214 @@
+"""The response cache (``litellm_settings.cache: true`` and ``cache_params``).
+
+An answer is reused for a request with the same model group, messages and parameters
+that change an answer (everything in the body but ``user``, ``metadata``, ``timeout``
+and ``cache``), streamed or not: a streamed answer is stored as the exact bytes of its
+events and replayed as a stream. Only complete answers are stored: an error, a stream
+that ended in an error event, or an answer cut off by the client never is.
+
+Scope: the model group is part of the key, and a virtual key is admitted to the model
+before the cache is looked at, so a key never gets an answer for a model it may not
+call. A hit costs no tokens (the spend row says 0) and no upstream call.
+
+A request controls it with LiteLLM's ``"cache": {"no-cache": true}`` (do not look),
+``"no-store": true`` (do not keep this answer) and ``"ttl": N`` (keep it N seconds, at
+most ``cache_params.ttl``: the operator decides how long answers may live).
+
+``type: local`` is an LRU of ``max_size`` answers per process; ``type: redis`` is
+shared by every instance (``cache_params.url`` or host/port/password, else
+``router_settings.redis_url``). Redis down is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from .config import CacheSettings, redis_url_of
+from .errors import BadRequestError
+from .shared import SharedRedis
+
+__all__ = ["ResponseCache"]
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+
+# Body fields that never change an answer.
+_IGNORED = frozenset({"user", "metadata", "timeout", "cache", "litellm_metadata", "request_id"})
+
+HIT = (b"x-gateway-cache-hit", b"true")
+MISS = (b"x-gateway-cache-hit", b"false")
+
+
+class _Control(msgspec.Struct, rename={"no_cache": "no-cache", "no_store": "no-store"}):
+    no_cache: bool = False
+    no_store: bool = False
+    ttl: float | None = None
+
+
+class Lookup:
+    """One request's use of the cache: its key and what it may do."""
+
+    __slots__ = ("key", "read", "store", "ttl")
+
+    def __init__(self, key: str, read: bool, store: bool, ttl: float) -> None:
+        self.key = key
+        self.read = read
+        self.store = store
+        self.ttl = ttl
+
+
+class _Local:
+    """An LRU of at most ``max_size`` answers, each with its expiry."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, value: bytes, ttl: float) -> None:
+        items = self._items
+        items[key] = (time.monotonic() + ttl, value)
+        items.move_to_end(key)
+        while len(items) > self.max_size:
+            items.popitem(last=False)
+
+    async def aclose(self) -> None:
+        self._items.clear()
+
+
+class _Redis:
+    def __init__(self, shared: SharedRedis, owned: bool) -> None:
+        self.shared = shared
+        self.owned = owned
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self.shared.call(lambda client: client.get(key))
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, value: bytes, ttl: float) -> None:
+        ms = max(1, int(ttl * 1000))
+        self.shared.spawn(self.shared.call(lambda client: client.set(key, value, px=ms)))
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.shared.aclose()
+
+
+class ResponseCache:
+    """The cache of one app."""
+
+    def __init__(self, settings: CacheSettings, shared: SharedRedis | None = None) -> None:
+        self.settings = settings
+        self.namespace = settings.namespace
+        self.hits = 0
+        self.misses = 0
+        self.backend: _Local | _Redis
+        self.shared: SharedRedis | None = None
+        if settings.type == "redis":
+            own = redis_url_of(settings.url, settings.host, settings.port, settings.password)
+            if own is not None:
+                self.shared = SharedRedis(own, timeout=shared.timeout if shared else 0.02)
+                self.backend = _Redis(self.shared, owned=True)
+            else:
+                assert shared is not None  # the config checks there is a URL
+                self.shared = shared
+                self.backend = _Redis(shared, owned=False)
+        else:
+            self.backend = _Local(settings.max_size)
+
+    def lookup(
+        self, model: str, messages: Any, optional: dict[str, Any], stream: bool, control: Any
+    ) -> Lookup | None:
+        """The request's key and rules; None if it asked not to use the cache at all."""
+        rules = _control(control)
+        params = {k: v for k, v in optional.items() if k not in _IGNORED}
+        digest = hashlib.sha256(_encode_sorted((model, stream, messages, params))).hexdigest()
+        ttl = self.settings.ttl
+        if rules.ttl is not None:
+            ttl = min(ttl, rules.ttl)
+        if rules.no_cache and rules.no_store:
+            return None
+        return Lookup(f"{self.namespace}:{digest}", not rules.no_cache, not rules.no_store, ttl)
+
+    async def get(self, lookup: Lookup) -> bytes | None:
+        if not lookup.read:
+            return None
+        value = await self.backend.get(lookup.key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def put(self, lookup: Lookup, body: bytes) -> None:
+        if lookup.store and len(body) <= self.settings.max_item_bytes:
+            self.backend.put(lookup.key, body, lookup.ttl)
+
+    def capture(self, send: Any, lookup: Lookup) -> Any:
+        """``send`` that marks the answer a miss and keeps a complete, successful one."""
+        parts: list[bytes] = []
+        state = {"ok": False, "size": 0}
+        limit = self.settings.max_item_bytes
+
+        async def capturing(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                state["ok"] = message["status"] == 200
+                message["headers"] = [*message.get("headers", ()), MISS]
+            elif state["ok"]:
+                body = message.get("body", b"")
+                state["size"] += len(body)
+                if state["size"] > limit:
+                    state["ok"] = False
+                    parts.clear()
+                else:
+                    parts.append(body)
+                    if not message.get("more_body") and _complete(parts):
+                        self.put(lookup, b"".join(parts))
+            await send(message)
+
+        return capturing
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "gateway_cache_hits", "Answers served from the response cache", self.hits
+        )
+        yield CounterMetricFamily(
+            "gateway_cache_misses", "Cache look-ups that found nothing", self.misses
+        )
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def _complete(parts: list[bytes]) -> bool:
+    last = parts[-1] if parts else b""
+    if last.startswith(b"data: "):  # a stream: only one that ended in [DONE]
+        return last == b"data: [DONE]\n\n"
+    return True
+
+
+def _control(value: Any) -> _Control:
+    if value is None:
+        return _Control()
+    try:
+        rules = msgspec.convert(value, _Control)
+    except msgspec.ValidationError as exc:
+        raise BadRequestError(f"Invalid `cache`: {exc}", param="cache") from None
+    if rules.ttl is not None and not rules.ttl > 0:
+        raise BadRequestError("`cache.ttl` must be a positive number of seconds", param="cache")
+    return rules
