@@ -52,6 +52,7 @@ SCENARIOS = (
     "ttft",
     "proxy",
     "keys",
+    "scaleout",
     "startup",
     "memory",
     "soak",

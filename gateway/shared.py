@@ -7,28 +7,126 @@ process's counters until a background ping (backoff 50 ms doubling to 5 s) finds
 again. ``/health/readiness`` says ``degraded`` meanwhile (still 200: the instance
 serves).
 
-Writes the hot path makes (a request counted, a slot freed) are queued and sent in one
-pipeline per event-loop turn, together with the next read if one is waiting: a request
-awaits at most one round trip.
+Writes the hot path makes (a request counted, a slot freed) are queued and sent with
+the next read of any request, or on their own within 2 ms: a request awaits at most
+one round trip, and other instances see this one's counts at most 2 ms plus a round
+trip late. Everything is one Lua script (``_SCRIPT``), so a write
+and a read are atomic and cost one command, not a pipeline (redis-py's pipeline costs
+twice a single command's time in Python).
+
+Times are Redis' own (``TIME``), so instances need no synchronized clocks. Requests and
+tokens are counted in one-second buckets of a hash per counted thing, summed over the
+last 60. In-flight counts are one hash field per instance, rewritten whole (never
+incremented) with an expiry a heartbeat renews, so a crashed instance leaks nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+try:
+    from redis.exceptions import NoScriptError
+except ImportError:  # redis-py is the optional extra gateway[redis]; connect() says so
+
+    class NoScriptError(Exception):  # type: ignore[no-redef]
+        pass
+
+
 __all__ = ["SharedRedis", "connect"]
+
+# ARGV: instance, number of counted triples, of spend keys, of write ops; then per op:
+# op, x, y. KEYS: the triples, the spend keys, then one key per op.
+_SCRIPT = """
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local inst = ARGV[1]
+local ntrip, nspend, nops = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local base = 3 * ntrip + nspend
+for i = 1, nops do
+  local key = KEYS[base + i]
+  local a = 4 + (i - 1) * 3
+  local op, x, y = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  if op == 'r' or op == 't' then
+    redis.call('HINCRBY', key, op .. ':' .. sec, x)
+    redis.call('EXPIRE', key, 120)
+  elseif op == 'f' then
+    if tonumber(x) <= 0 then
+      redis.call('HDEL', key, inst)
+    else
+      redis.call('HSET', key, inst, x .. ':' .. string.format('%d', now_ms + 30000))
+      redis.call('PEXPIRE', key, 30000)
+    end
+  elseif op == 'c' then
+    if redis.call('PTTL', key) < tonumber(x) then
+      redis.call('SET', key, '1', 'PX', x)
+    end
+  elseif op == 's' then
+    redis.call('INCRBYFLOAT', key, x)
+    redis.call('EXPIRE', key, y)
+  end
+end
+local out = {}
+for i = 1, 3 * ntrip, 3 do
+  local cd = redis.call('PTTL', KEYS[i])
+  if cd < 0 then cd = 0 end
+  local req, tok, old_r, old_t = 0, 0, -1, -1
+  local h = redis.call('HGETALL', KEYS[i + 1])
+  for j = 1, #h, 2 do
+    local f = h[j]
+    local s = tonumber(string.sub(f, 3))
+    if s == nil or s <= sec - 60 then
+      redis.call('HDEL', KEYS[i + 1], f)
+    else
+      local v = tonumber(h[j + 1])
+      if string.sub(f, 1, 1) == 'r' then
+        req = req + v
+        if old_r < 0 or s < old_r then old_r = s end
+      else
+        tok = tok + v
+        if old_t < 0 or s < old_t then old_t = s end
+      end
+    end
+  end
+  local wait_r, wait_t = 0, 0
+  if old_r >= 0 then wait_r = (old_r + 61) * 1000 - now_ms end
+  if old_t >= 0 then wait_t = (old_t + 61) * 1000 - now_ms end
+  local busy = 0
+  local f = redis.call('HGETALL', KEYS[i + 2])
+  for j = 1, #f, 2 do
+    local n, exp = string.match(f[j + 1], '(%d+):(%d+)')
+    if n == nil or tonumber(exp) < now_ms then
+      redis.call('HDEL', KEYS[i + 2], f[j])
+    elseif f[j] ~= inst then
+      busy = busy + tonumber(n)
+    end
+  end
+  table.insert(out, {cd, req, tok, wait_r, wait_t, busy})
+end
+for i = 3 * ntrip + 1, base do
+  table.insert(out, redis.call('GET', KEYS[i]) or '0')
+end
+return out
+"""
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+# An instance's in-flight entry lives this long without a heartbeat (the script's 30000).
+IN_FLIGHT_TTL = 30.0
 
 logger = logging.getLogger("gateway.shared")
 
-# Writes queued while a flush is under way; beyond this the oldest are dropped (counters
-# then run a little low, never the process out of memory).
+# Distinct keys with queued writes; beyond this new ones are dropped (counters then run a
+# little low, never the process out of memory).
 _MAX_QUEUED = 10_000
+# Writes ride along with the next read (under load: at once); without one, they go on
+# their own after this long. It bounds how late other instances see this one's counts.
+_WRITE_LAG = 0.002
 
 
 def connect(url: str, timeout: float) -> Any:
@@ -82,8 +180,9 @@ class SharedRedis:
         self.errors = 0
         self.outages = 0
         self._client: Any = None
-        self._scripts: dict[str, Any] = {}
-        self._queue: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        # Queued writes, merged per (op, key): counts add up, an in-flight count replaces
+        # the last, a cooldown keeps the longest. A batch is small however busy we are.
+        self._ops: dict[tuple[str, str], list[Any]] = {}
         self._flush_scheduled = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,65 +197,79 @@ class SharedRedis:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def script(self, name: str, lua: str) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self.client.register_script(lua)
-        return script
+    # -- the one script ------------------------------------------------------------------
 
-    # -- calls -----------------------------------------------------------------------
-
-    def queue(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        """A write to send with the next pipeline (this event-loop turn at the latest)."""
+    def queue(self, op: str, key: str, x: Any = 0, y: Any = 0) -> None:
+        """A write for the next call (sent within ``_WRITE_LAG`` at the latest):
+        ``r``/``t`` add ``x`` requests/tokens to a usage hash; ``f`` sets this instance's
+        in-flight count to ``x``; ``c`` cools a key down for ``x`` ms (the longer wins);
+        ``s`` adds ``x`` to a spend counter kept ``y`` seconds."""
         if not self.up:
             return
-        queue = self._queue
-        if len(queue) >= _MAX_QUEUED:
-            del queue[0]
-        queue.append((script, (), {"keys": keys, "args": args}))
+        ops = self._ops
+        pending = ops.get((op, key))
+        if pending is None:
+            if len(ops) >= _MAX_QUEUED:
+                self.errors += 1
+                return
+            ops[op, key] = [x, y]
+        elif op == "f":
+            pending[0] = x
+        elif op == "c":
+            pending[0] = max(pending[0], x)
+        else:
+            pending[0] += x
         if not self._flush_scheduled:
-            self._flush_scheduled = True
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self._flush_scheduled = False
                 return
-            loop.call_soon(self._flush_soon)
+            self._flush_scheduled = True
+            loop.call_later(_WRITE_LAG, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
-        if self._queue and self.up:
-            self.spawn(self.execute([]))
+        if self._ops and self.up:
+            self.spawn(self.sync((), ()))
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def execute(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any] | None:
-        """Queued writes then ``calls`` (scripts with keys and args) in one pipeline; their
-        results, or None if Redis is down or failed (the caller uses its own counters)."""
+    async def sync(self, counted: Sequence[str], spends: Sequence[str]) -> list[Any] | None:
+        """Queued writes, then a read, in one script call (one round trip).
+
+        ``counted`` are triples of keys (cooldown, usage hash, in-flight hash) read as
+        [cooldown ms left, requests, tokens, ms until the oldest request and token
+        buckets leave the minute, other instances' in flight]; ``spends`` are counters
+        read as strings. None if Redis is down or failed: use local counters.
+        """
         if not self.up:
             return None
-        queued, self._queue = self._queue, []
+        ops, self._ops = self._ops, {}
+        keys = [*counted, *spends]
+        args: list[Any] = [self.instance, len(counted) // 3, len(spends), len(ops)]
+        for (op, key), (x, y) in ops.items():
+            keys.append(key)
+            args += (op, repr(x) if op == "s" else x, y)
+        client = self.client
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for script, _, kw in queued:
-                    _add(pipe, script, kw["keys"], kw["args"])
-                for script, keys, args in calls:
-                    _add(pipe, script, keys, args)
-                results = await asyncio.wait_for(pipe.execute(), self.timeout * 2)
+            try:
+                return await client.evalsha(_SHA, len(keys), *keys, *args)
+            except NoScriptError:  # a new (or restarted) Redis: load it once
+                await client.script_load(_SCRIPT)
+                return await client.evalsha(_SHA, len(keys), *keys, *args)
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "not now"
             self.failed(exc)
             return None
-        return results[len(queued) :]
 
     async def call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """``fn(client)``; None if Redis is down or failed."""
         if not self.up:
             return None
         try:
-            return await asyncio.wait_for(fn(self.client), self.timeout * 2)
+            return await fn(self.client)  # socket_timeout bounds it
         except Exception as exc:
             self.failed(exc)
             return None
@@ -169,7 +282,7 @@ class SharedRedis:
             return
         self.up = False
         self.outages += 1
-        self._queue.clear()
+        self._ops.clear()
         logger.warning(
             "Redis at %s unreachable (%s: %s); using this instance's own counters until it is back",
             _safe(self.url),
@@ -239,14 +352,6 @@ class SharedRedis:
             except Exception:  # closing a broken connection: nothing to do about it
                 pass
             self._client = None
-            self._scripts.clear()
-
-
-def _add(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
-    # EVALSHA in the pipeline; the pipeline loads the script first if Redis lacks it
-    # (a restarted server), the same as redis-py's Script.__call__ does, minus a coroutine.
-    pipe.scripts.add(script)
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _safe(url: str) -> str:

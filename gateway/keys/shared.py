@@ -3,8 +3,9 @@
 Shared: requests and tokens in the last minute (``rpm_limit``, ``tpm_limit``), requests
 in flight (``max_parallel_requests``) and the spend of the current budget period. The
 request of a key with any of these limits awaits one round trip (``sync``) after its key
-is known; what it then adds (a request, its tokens, its cost, a freed slot) is queued
-and sent with the next pipeline, within one event-loop turn.
+is known (none while its last read is under 20 ms old and under half of every limit);
+what it then adds (a request, its tokens, its cost, a freed slot) is queued
+and sent with the next script call, within one event-loop turn.
 
 Spend here is a second, faster view of the database's: each instance adds its costs to
 one Redis counter per key and budget period, and a budget is checked against the larger
@@ -16,35 +17,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..router.redis_state import _COUNT, _IN_FLIGHT, _READ
+from ..router.redis_state import FRESH
 from ..shared import SharedRedis
 
 __all__ = ["KeyCounters", "KeyView"]
 
-# KEYS[1]: the spend counter. ARGV: cost, seconds to keep it.
-_SPEND = """
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# The router's read of one deployment, applied to a key, plus the key's spend.
-# KEYS: a cooldown key (unused), usage hash, in-flight hash, spend counter.
-_KEY_READ = _READ.replace("for i = 1, #KEYS, 3 do", "for i = 1, 3, 3 do").replace(
-    "return out",
-    "table.insert(out, redis.call('GET', KEYS[4]) or '0')\nreturn out",
-)
-
-_IN_FLIGHT_TTL_MS = 30_000
 _DAY = 86400
+
+
+def _far(e: Any, view: KeyView) -> bool:
+    """Under half of every limit the key has."""
+    return (
+        (e.rpm is None or 2 * (view.requests + e.new_requests) < e.rpm)
+        and (e.tpm is None or 2 * (view.tokens + e.new_tokens) < e.tpm)
+        and (e.max_parallel is None or 2 * (view.in_flight + e.in_flight) < e.max_parallel)
+        and (e.max_budget is None or 2 * max(view.spend, e.spend) < e.max_budget)
+    )
 
 
 class KeyView:
     """What the last sync read of one key, in the key manager's clock."""
 
-    __slots__ = ("in_flight", "requests", "requests_free", "spend", "tokens", "tokens_free")
+    __slots__ = (
+        "at",
+        "in_flight",
+        "requests",
+        "requests_free",
+        "spend",
+        "tokens",
+        "tokens_free",
+    )
 
     def __init__(self, row: list[int], spend: float, now: float) -> None:
+        self.at = now
         _, self.requests, self.tokens, wait_r, wait_t, self.in_flight = row
         self.requests_free = now + wait_r / 1000
         self.tokens_free = now + wait_t / 1000
@@ -56,65 +61,51 @@ class KeyCounters:
 
     def __init__(self, shared: SharedRedis) -> None:
         self.shared = shared
-        self._read = shared.script("key_read", _KEY_READ)
-        self._count = shared.script("count", _COUNT)
-        self._in_flight = shared.script("in_flight", _IN_FLIGHT)
-        self._spend = shared.script("spend", _SPEND)
 
     def _keys(self, e: Any) -> list[str]:
         k = self.shared.key
         period = str(int(e.reset_at)) if e.reset_at is not None else "all"
+        token = e.token
         return [
-            k("k", e.token, "cd"),
-            k("k", e.token, "use"),
-            k("k", e.token, "if"),
-            k("k", e.token, "spend", period),
+            k("k", token, "cd"),  # never set: keys have no cooldown, the read expects one
+            k("k", token, "use"),
+            k("k", token, "if"),
+            k("k", token, "spend", period),
         ]
 
     async def sync(self, e: Any, now: float) -> None:
-        """Read the key's shared counters into ``e.view`` (None: use local ones)."""
+        """Read the key's shared counters into ``e.view`` (None: use local ones), unless
+        the last read is fresh and far from every limit (the router's rule: see
+        ``gateway.router.redis_state``)."""
         shared = self.shared
-        e.new_requests = e.new_tokens = 0
-        if not shared.up:
-            e.view = None
+        view = e.view
+        if view is not None and shared.up and now - view.at <= FRESH and _far(e, view):
             return
-        results = await shared.execute([(self._read, self._keys(e), [shared.instance])])
+        e.new_requests = e.new_tokens = 0
+        keys = self._keys(e)
+        out = await shared.sync(keys[:3], keys[3:])
         try:
-            row, spend = results[0] if results is not None else (None, None)
-            e.view = None if row is None else KeyView(row, float(spend), now)
-        except (TypeError, ValueError) as exc:
+            e.view = None if out is None else KeyView(out[0], float(out[1]), now)
+        except (TypeError, ValueError, IndexError) as exc:
             shared.failed(exc)
             e.view = None
 
     def admitted(self, e: Any) -> None:
-        shared = self.shared
-        if not shared.up:
-            return
         keys = self._keys(e)
         if e.rpm is not None:
             e.new_requests += 1
-            shared.queue(self._count, [keys[1]], ["r", 1])
+            self.shared.queue("r", keys[1], 1)
         if e.max_parallel is not None:
-            self.send_in_flight(e, keys)
-
-    def send_in_flight(self, e: Any, keys: list[str] | None = None) -> None:
-        shared = self.shared
-        if shared.up:
-            keys = keys or self._keys(e)
-            shared.queue(
-                self._in_flight, [keys[2]], [shared.instance, e.in_flight, _IN_FLIGHT_TTL_MS]
-            )
+            self.shared.queue("f", keys[2], e.in_flight)
 
     def finished(self, e: Any, tokens: int, cost: float, now: float) -> None:
         shared = self.shared
-        if not shared.up:
-            return
         keys = self._keys(e)
         if e.max_parallel is not None:
-            self.send_in_flight(e, keys)
+            shared.queue("f", keys[2], e.in_flight)
         if tokens and e.tpm is not None:
             e.new_tokens += tokens
-            shared.queue(self._count, [keys[1]], ["t", tokens])
+            shared.queue("t", keys[1], tokens)
         if cost and e.max_budget is not None:
             keep = int(e.reset_at - now) + 60 if e.reset_at is not None else _DAY
-            shared.queue(self._spend, [keys[3]], [repr(cost), max(keep, 60)])
+            shared.queue("s", keys[3], cost, max(keep, 60))

@@ -5,17 +5,18 @@ and its in-flight count. Per instance: latency averages, the failure count that 
 to a cooldown (the cooldown itself is shared), and ``max_in_flight``.
 
 The router's methods stay synchronous. Before it picks a deployment of a group that has
-limits or cooldowns, the router awaits ``sync``: one pipelined round trip that sends
-this instance's queued writes and reads the group's shared counters (a Lua script, so
-the read and its pruning are atomic). Between syncs, this instance adds its own new
-requests to what it read. Two instances picking in the same instant may both see room
-for the last request: the overshoot is bounded by the requests in flight in that one
-round trip, and a request the instance admitted is never refused afterwards.
+limits or cooldowns, the router awaits ``sync``: one script call (``gateway.shared``)
+that applies this instance's queued writes and reads the group's shared counters,
+atomically. Between syncs, this instance adds its own new requests to what it read.
+Two instances picking in the same instant may both see room for the last request: the
+overshoot is bounded by the requests that sync within one round trip of each other;
+a request once admitted is never refused afterwards.
 
-Times are Redis' own (``TIME``), so instances need no synchronized clocks. Requests
-and tokens are counted in one-second buckets of a hash per deployment, summed over
-the last 60. In-flight counts are one hash field per instance, rewritten whole (not
-incremented) with an expiry a heartbeat renews, so a crashed instance leaks nothing.
+The bounded lag: a group's view younger than ``FRESH`` (20 ms) is used without a round
+trip while every deployment in it is under half its rpm, tpm and max_parallel and none
+is cooling down. Far from its limits a busy group so costs one round trip per 20 ms,
+not one per request; near them every request reads the shared counts. (Other
+instances would have to add half a limit within 20 ms to push past it.)
 
 If Redis is down or slow, every answer comes from this process's own counters
 (``RouterState``, always kept), and sharing resumes when Redis is back.
@@ -26,100 +27,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
-from ..shared import SharedRedis
+from ..shared import IN_FLIGHT_TTL, SharedRedis
 from .state import WINDOW, RouterState
 
-__all__ = ["RedisRouterState"]
+__all__ = ["FRESH", "RedisRouterState"]
 
-# An instance's in-flight entry lives this long without a heartbeat.
-_IN_FLIGHT_TTL_MS = 30_000
-_HEARTBEAT = 10.0
-
-# KEYS: per deployment, its cooldown key, usage hash and in-flight hash.
-# ARGV: this instance. Returns per deployment: cooldown ms left, requests and tokens in
-# the window, ms until the oldest request and token buckets leave it, others' in flight.
-_READ = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local sec = tonumber(t[1])
-local out = {}
-for i = 1, #KEYS, 3 do
-  local cd = redis.call('PTTL', KEYS[i])
-  if cd < 0 then cd = 0 end
-  local req, tok, old_r, old_t = 0, 0, -1, -1
-  local h = redis.call('HGETALL', KEYS[i + 1])
-  for j = 1, #h, 2 do
-    local f = h[j]
-    local s = tonumber(string.sub(f, 3))
-    if s == nil or s <= sec - 60 then
-      redis.call('HDEL', KEYS[i + 1], f)
-    else
-      local v = tonumber(h[j + 1])
-      if string.sub(f, 1, 1) == 'r' then
-        req = req + v
-        if old_r < 0 or s < old_r then old_r = s end
-      else
-        tok = tok + v
-        if old_t < 0 or s < old_t then old_t = s end
-      end
-    end
-  end
-  local wait_r, wait_t = 0, 0
-  if old_r >= 0 then wait_r = (old_r + 61) * 1000 - now_ms end
-  if old_t >= 0 then wait_t = (old_t + 61) * 1000 - now_ms end
-  local busy = 0
-  local f = redis.call('HGETALL', KEYS[i + 2])
-  for j = 1, #f, 2 do
-    local n, exp = string.match(f[j + 1], '(%d+):(%d+)')
-    if n == nil or tonumber(exp) < now_ms then
-      redis.call('HDEL', KEYS[i + 2], f[j])
-    elseif f[j] ~= ARGV[1] then
-      busy = busy + tonumber(n)
-    end
-  end
-  table.insert(out, {cd, req, tok, wait_r, wait_t, busy})
-end
-return out
-"""
-
-# KEYS[1]: usage hash. ARGV: 'r' or 't', amount.
-_COUNT = """
-local t = redis.call('TIME')
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':' .. t[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], 120)
-return 1
-"""
-
-# KEYS[1]: in-flight hash. ARGV: instance, count, ttl ms.
-_IN_FLIGHT = """
-if tonumber(ARGV[2]) <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-local t = redis.call('TIME')
-local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', exp))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-# KEYS[1]: cooldown key. ARGV[1]: ms. The longer of the two cooldowns wins.
-_COOL = """
-local left = redis.call('PTTL', KEYS[1])
-if left < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-end
-return 1
-"""
+_HEARTBEAT = IN_FLIGHT_TTL / 3
+FRESH = 0.02
 
 
 class _View:
     """What the last sync read of one deployment, in this process's clock."""
 
-    __slots__ = ("cool_until", "in_flight", "requests", "requests_free", "tokens", "tokens_free")
+    __slots__ = (
+        "at",
+        "cool_until",
+        "in_flight",
+        "requests",
+        "requests_free",
+        "tokens",
+        "tokens_free",
+    )
 
     def __init__(self, row: list[int], now: float) -> None:
+        self.at = now
         cd, self.requests, self.tokens, wait_r, wait_t, self.in_flight = row
         self.cool_until = now + cd / 1000
         self.requests_free = now + wait_r / 1000
@@ -138,12 +71,9 @@ class RedisRouterState(RouterState):
         self._new_requests: dict[str, int] = {}
         self._new_tokens: dict[str, int] = {}
         self._keys: dict[str, tuple[str, str, str]] = {}
+        self._group_keys: dict[tuple[str, ...], list[str]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         shared.on_resume.append(self._resumed)
-        self._read = shared.script("read", _READ)
-        self._count = shared.script("count", _COUNT)
-        self._set_in_flight = shared.script("in_flight", _IN_FLIGHT)
-        self._cool = shared.script("cool", _COOL)
 
     def _redis_keys(self, key: str) -> tuple[str, str, str]:
         keys = self._keys.get(key)
@@ -154,32 +84,53 @@ class RedisRouterState(RouterState):
 
     # -- the one await ----------------------------------------------------------------
 
-    async def sync(self, ids: list[str]) -> None:
-        """Read the shared counters of deployments ``ids`` (sending queued writes along)."""
+    async def sync(self, group: Any) -> None:
+        """Read the shared counters of ``group``'s deployments (sending queued writes
+        along), unless the last read is fresh and far from every limit."""
         shared = self.shared
         if not shared.up:
             self._views.clear()
             return
+        if self._far_from_limits(group):
+            return
+        ids = group.ids
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
             shared._tasks.add(self._heartbeat)
-        keys: list[str] = []
+        group = tuple(ids)
+        keys = self._group_keys.get(group)
+        if keys is None:
+            keys = self._group_keys[group] = [k for key in ids for k in self._redis_keys(key)]
         for key in ids:
-            keys.extend(self._redis_keys(key))
             self._new_requests.pop(key, None)
             self._new_tokens.pop(key, None)
-        results = await shared.execute([(self._read, keys, [shared.instance])])
-        if results is None:
-            self._views.clear()
+        rows = await shared.sync(keys, ())
+        views = self._views
+        if rows is None:
+            views.clear()
             return
         now = self._clock()
-        views = self._views
         try:
-            for key, row in zip(ids, results[0], strict=True):
+            for key, row in zip(ids, rows, strict=True):
                 views[key] = _View(row, now)
         except (TypeError, ValueError) as exc:  # not what our script returns: not our Redis
             shared.failed(exc)
             views.clear()
+
+    def _far_from_limits(self, group: Any) -> bool:
+        views = self._views
+        now = self._clock()
+        for d in group.deployments:
+            view = views.get(d.id)
+            if view is None or now - view.at > FRESH or view.cool_until > now:
+                return False
+            if d.rpm and 2 * (view.requests + self._new_requests.get(d.id, 0)) >= d.rpm:
+                return False
+            if d.tpm and 2 * (view.tokens + self._new_tokens.get(d.id, 0)) >= d.tpm:
+                return False
+            if d.max_parallel and 2 * self.in_flight(d.id) >= d.max_parallel:
+                return False
+        return True
 
     def _view(self, key: str) -> _View | None:
         if not self.shared.up:
@@ -195,21 +146,11 @@ class RedisRouterState(RouterState):
 
     def start(self, key: str) -> None:
         super().start(key)
-        self._send_in_flight(key)
+        self.shared.queue("f", self._redis_keys(key)[2], self._in_flight[key])
 
     def finish(self, key: str) -> None:
         super().finish(key)
-        self._send_in_flight(key)
-
-    def _send_in_flight(self, key: str) -> None:
-        shared = self.shared
-        if shared.up:
-            count = self._in_flight.get(key, 0)
-            shared.queue(
-                self._set_in_flight,
-                [self._redis_keys(key)[2]],
-                [shared.instance, count, _IN_FLIGHT_TTL_MS],
-            )
+        self.shared.queue("f", self._redis_keys(key)[2], self._in_flight[key])
 
     async def _beat(self) -> None:
         while True:
@@ -220,23 +161,20 @@ class RedisRouterState(RouterState):
         # After a restart of Redis (or an outage) our in-flight entries are gone: rewrite.
         for key, count in self._in_flight.items():
             if count > 0:
-                self._send_in_flight(key)
+                self.shared.queue("f", self._redis_keys(key)[2], count)
 
     # -- usage ------------------------------------------------------------------------
 
     def record_request(self, key: str, now: float) -> None:
         super().record_request(key, now)
-        shared = self.shared
-        if shared.up:
-            self._new_requests[key] = self._new_requests.get(key, 0) + 1
-            shared.queue(self._count, [self._redis_keys(key)[1]], ["r", 1])
+        self._new_requests[key] = self._new_requests.get(key, 0) + 1
+        self.shared.queue("r", self._redis_keys(key)[1], 1)
 
     def record_tokens(self, key: str, now: float, tokens: int) -> None:
         super().record_tokens(key, now, tokens)
-        shared = self.shared
-        if tokens > 0 and shared.up:
+        if tokens > 0:
             self._new_tokens[key] = self._new_tokens.get(key, 0) + tokens
-            shared.queue(self._count, [self._redis_keys(key)[1]], ["t", tokens])
+            self.shared.queue("t", self._redis_keys(key)[1], tokens)
 
     def usage(self, key: str, now: float) -> tuple[int, int]:
         view = self._view(key)
@@ -264,10 +202,9 @@ class RedisRouterState(RouterState):
 
     def cool_down(self, key: str, until: float) -> None:
         super().cool_down(key, until)
-        shared = self.shared
         ms = int((until - self._clock()) * 1000)
-        if ms > 0 and shared.up:
-            shared.queue(self._cool, [self._redis_keys(key)[0]], [ms])
+        if ms > 0:
+            self.shared.queue("c", self._redis_keys(key)[0], ms)
             view = self._views.get(key)
             if view is not None:
                 view.cool_until = max(view.cool_until, until)

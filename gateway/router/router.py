@@ -90,7 +90,7 @@ class Router:
             state = _shared_state(s, self._clock) or RouterState()
         self._state = state
         # Shared state (Redis) is read once per request before picking; None: in-process.
-        self._sync: Callable[[list[str]], Awaitable[None]] | None = getattr(state, "sync", None)
+        self._sync: Callable[[Group], Awaitable[None]] | None = getattr(state, "sync", None)
         self._num_retries = s.num_retries
         self._max_in_flight = s.max_in_flight
         self._groups = build_groups(model_list, dict(custom_providers), s, default_timeout)
@@ -169,7 +169,7 @@ class Router:
         n = 0
         last: GatewayError | None = None
         if self._sync is not None and not group.simple:
-            await self._sync(group.ids)  # one round trip to Redis (see redis_state)
+            await self._sync(group)  # at most one round trip to Redis (see redis_state)
         while True:
             d = self._admission.try_pick(group, req.tried, req.stream)
             if d is None:
