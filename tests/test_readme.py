@@ -97,3 +97,17 @@ def test_readme_callbacks_example_runs(tmp_path: Path) -> None:
         )
         assert no.status_code == 403
         assert no.json()["error"]["message"] == "not allowed"
+
+
+def test_readme_scale_out_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Scale-out.*?```yaml\n(.*?)```", readme, re.S)
+    assert block, "README has no scale-out example"
+    (tmp_path / "config.yaml").write_text(block.group(1))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-master")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://gateway@127.0.0.1/gateway")
+    config = load_config(tmp_path / "config.yaml")
+    assert config.warnings == ()
+    assert config.router_settings.shared_url == "redis://127.0.0.1:6379/0"
+    assert config.cache is not None and config.cache.type == "redis"
