@@ -151,7 +151,7 @@ def connect(url: str, timeout: float) -> Any:
             hosts.append((host or item, int(port) if port.isdigit() else 26379))
         service = parts.path.strip("/") or parse_qs(parts.query).get("service", ["mymaster"])[0]
         password = parts.password
-        sentinel = Sentinel(hosts, password=password, **options)
+        sentinel = Sentinel(hosts, password=password, **options)  # type: ignore[no-untyped-call]
         return sentinel.master_for(service, password=password, **options)
     if parts.scheme in ("redis+cluster", "rediss+cluster"):
         from redis.asyncio.cluster import RedisCluster

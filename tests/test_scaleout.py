@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -296,3 +297,40 @@ def test_an_answer_cached_through_one_is_a_hit_on_the_other(
         if stream:
             assert hit.headers["content-type"].startswith("text/event-stream")
             assert hit.text.endswith("data: [DONE]\n\n") and hit.text.count("data: ") > 2
+
+
+def test_a_hung_redis_is_a_fallback_not_a_stall(redis_server: RedisServer, pair: Any) -> None:
+    """Redis stopped (SIGSTOP: it accepts nothing, answers nothing): requests do not wait
+    on it beyond redis_timeout, none fails, and sharing resumes once it runs again."""
+    (a,) = pair(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {"model": "mock/m", "mock_response": "ok", "rpm": 5},
+                }
+            ],
+            "router_settings": shared(redis_server, queue_timeout=0, redis_timeout=0.05),
+        },
+        n=1,
+    )
+    assert chat(a.url).status_code == 200
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        # Local counters now: the one request counted above plus four more fill rpm 5.
+        codes = [chat(a.url).status_code for _ in range(6)]
+        elapsed = time.monotonic() - started
+        ready = httpx.get(f"{a.url}/health/readiness")
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert codes == [200] * 4 + [429] * 2, codes
+    # Generous: six requests that each waited out a 50 ms timeout would take 0.3 s;
+    # only the first one does.
+    assert elapsed < 5, elapsed
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{a.url}/health/readiness").json()["status"] != "healthy":
+        assert time.monotonic() < deadline, a.output()
+        time.sleep(0.1)
