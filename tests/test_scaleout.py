@@ -334,3 +334,48 @@ def test_a_hung_redis_is_a_fallback_not_a_stall(redis_server: RedisServer, pair:
     while httpx.get(f"{a.url}/health/readiness").json()["status"] != "healthy":
         assert time.monotonic() < deadline, a.output()
         time.sleep(0.1)
+
+
+def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
+    redis_server: RedisServer, pair: Any
+) -> None:
+    a, b = pair(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {
+                        "model": "mock/m",
+                        "mock_response": "ok",
+                        "mock_delay": 1.5,
+                        "max_parallel_requests": 2,
+                    },
+                }
+            ],
+            "router_settings": shared(redis_server, queue_timeout=0),
+        }
+    )
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(chat, a.url) for _ in range(2)]
+        time.sleep(0.7)
+        busy = chat(b.url)
+        assert busy.status_code == 429, busy.text
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert chat(b.url).status_code == 200
+
+    # An instance that died with requests in flight: its entry (count 2, expired) is
+    # ignored and removed by the next read; a live one (count 1) still counts.
+    import redis
+
+    client = redis.Redis(port=redis_server.port)
+    now_ms = int(client.time()[0]) * 1000
+    key = "{gw}:if:m/0"
+    client.hset(key, mapping={"dead": f"2:{now_ms - 1}", "alive": f"1:{now_ms + 60_000}"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        one = pool.submit(chat, b.url)  # one of ours + alive's one = the limit of 2
+        time.sleep(0.7)
+        assert chat(a.url).status_code == 429
+        assert one.result().status_code == 200
+    assert chat(a.url).status_code == 200  # alive's 1 + this 1: the dead 2 are not counted
+    assert client.hkeys(key) == [b"alive"]
+    client.close()
