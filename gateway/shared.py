@@ -159,7 +159,12 @@ def connect(url: str, timeout: float) -> Any:
         scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
         plain = urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
         return RedisCluster.from_url(plain, **options)
-    return aioredis.from_url(url, max_connections=64, **options)
+    # Blocking: past 64 concurrent calls a call waits briefly for a connection instead of
+    # failing (which would count as Redis down).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=max(timeout * 5, 0.1), **options
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 class SharedRedis:
