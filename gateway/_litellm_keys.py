@@ -23,8 +23,6 @@ LITELLM_SETTINGS = frozenset(
     {
         "allowed_fails",
         "budget_duration",
-        "cache",
-        "cache_params",
         "content_policy_fallbacks",
         "context_window_fallbacks",
         "cooldown_time",
