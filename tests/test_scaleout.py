@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -171,7 +172,7 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
                     "litellm_params": {"model": "mock/l", "mock_response": "ok", "rpm": 10},
                 },
             ],
-            "router_settings": shared(redis_server, queue_timeout=0, redis_timeout=0.05),
+            "router_settings": shared(redis_server, queue_timeout=0, redis_timeout=0.2),
         }
     )
     statuses: list[int] = []
@@ -207,7 +208,9 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
         time.sleep(0.1)
     assert [r["redis"] for r in ready] == ["connected", "connected"]
     metrics = httpx.get(f"{a.url}/metrics").text
-    assert "gateway_redis_outages_total 1.0" in metrics
+    # At least the kill; a loaded machine may also have timed out a call (a fallback too).
+    outages = re.search(r"^gateway_redis_outages_total (\S+)$", metrics, re.M)
+    assert outages is not None and float(outages[1]) >= 1
     assert "Redis at redis://127.0.0.1" in a.output() and "is back" in a.output()
     # Sharing resumed: rpm 10 holds across both again.
     codes = [chat((a, b)[i % 2].url, model="limited").status_code for i in range(20)]
