@@ -12,11 +12,12 @@ Two instances picking in the same instant may both see room for the last request
 overshoot is bounded by the requests that sync within one round trip of each other;
 a request once admitted is never refused afterwards.
 
-The bounded lag: a group's view younger than ``FRESH`` (20 ms) is used without a round
-trip while every deployment in it is under half its rpm, tpm and max_parallel and none
-is cooling down. Far from its limits a busy group so costs one round trip per 20 ms,
-not one per request; near them every request reads the shared counts. (Other
-instances would have to add half a limit within 20 ms to push past it.)
+The bounded lag: a group's view younger than ``FRESH`` (20 ms), or older while a read of
+it is under way, is used without a round trip while every deployment in it is under
+half its rpm, tpm and max_parallel and none is cooling down. Far from its limits a busy
+group so costs one round trip per 20 ms, not one per request; near them every request
+reads the shared counts. (Other instances would have to add half a limit within 20 ms,
+plus one round trip, to push past it.)
 
 If Redis is down or slow, every answer comes from this process's own counters
 (``RouterState``, always kept), and sharing resumes when Redis is back.
@@ -71,8 +72,10 @@ class RedisRouterState(RouterState):
         self._new_requests: dict[str, int] = {}
         self._new_tokens: dict[str, int] = {}
         self._keys: dict[str, tuple[str, str, str]] = {}
-        self._group_keys: dict[tuple[str, ...], list[str]] = {}
+        self._group_keys: dict[str, list[str]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        # Groups with a read under way.
+        self._syncing: set[str] = set()
         shared.on_resume.append(self._resumed)
 
     def _redis_keys(self, key: str) -> tuple[str, str, str]:
@@ -91,13 +94,21 @@ class RedisRouterState(RouterState):
         if not shared.up:
             self._views.clear()
             return
-        if self._far_from_limits(group):
+        name = group.name
+        syncing = self._syncing
+        if self._far_from_limits(group, name in syncing):
             return
-        ids = group.ids
+        syncing.add(name)
+        try:
+            await self._read(group.ids, name)
+        finally:
+            syncing.discard(name)
+
+    async def _read(self, ids: list[str], group: str) -> None:
+        shared = self.shared
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
             shared._tasks.add(self._heartbeat)
-        group = tuple(ids)
         keys = self._group_keys.get(group)
         if keys is None:
             keys = self._group_keys[group] = [k for key in ids for k in self._redis_keys(key)]
@@ -117,12 +128,17 @@ class RedisRouterState(RouterState):
             shared.failed(exc)
             views.clear()
 
-    def _far_from_limits(self, group: Any) -> bool:
+    def _far_from_limits(self, group: Any, reading: bool) -> bool:
+        """Whether the group's views can stand in for a read: under ``FRESH`` old (or a
+        read is under way: requests arriving meanwhile wait for none), and far from
+        every limit."""
         views = self._views
         now = self._clock()
         for d in group.deployments:
             view = views.get(d.id)
-            if view is None or now - view.at > FRESH or view.cool_until > now:
+            if view is None or view.cool_until > now:
+                return False
+            if now - view.at > FRESH and not reading:
                 return False
             if d.rpm and 2 * (view.requests + self._new_requests.get(d.id, 0)) >= d.rpm:
                 return False
