@@ -525,7 +525,7 @@ class ChatCompletions(_Endpoint):
                 hit = await cache.get(lookup)
                 if hit is not None:
                     await _send_cached(send, hit, stream)
-                    return
+                    return None
                 send = cache.capture(send, lookup)
         router = self.runtime.router
         if not stream:
