@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 from starlette.routing import Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ._aio import ClientGone, Deadline, until_disconnect
 from ._context import current_runtime
@@ -34,19 +34,23 @@ from .errors import (
     BadRequestError,
     GatewayError,
     NotFoundError,
+    PermissionDeniedError,
     RequestTooLargeError,
     ServiceUnavailableError,
     Timeout,
 )
 from .http import HTTPClients
-from .metrics import Metrics
-from .request_id import request_id
+from .logs import access_log
+from .metrics import METRICS_DIR_ENV, Metrics, Snapshots
+from .record import SCOPE_KEY, RequestRecord, current
+from .request_id import new_request_id, request_id
 from .router import Routed
 from .router import Router as ModelRouter
 
 __all__ = ["GatewayApp", "app_from_env", "create_app"]
 
 logger = logging.getLogger("gateway.app")
+access_logger = logging.getLogger("gateway.access")
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -166,31 +170,32 @@ def _error_headers(exc: GatewayError) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), str(v).encode()) for k, v in exc.headers.items()]
 
 
-async def _send_error(send: Send, exc: GatewayError) -> None:
-    await _send_json(send, exc.status_code, _encode(exc.to_dict()), _error_headers(exc))
-
-
 # Errors as a client may see them. Only the error path pays for any of this.
 
 
-def _unexpected(scope: Scope, exc: BaseException) -> GatewayError:
+def _unexpected(scope: Scope, exc: BaseException, logged: bool = False) -> GatewayError:
     """A generic 500 for an exception nobody meant a client to read; its text and
-    traceback go to the log under a request id that the client also gets."""
+    traceback go to the log (once: the router logs a failed attempt's itself) under a
+    request id that the client also gets."""
     rid = request_id(scope)
-    logger.error(
-        "unexpected error on %s %s [request id %s]",
-        scope.get("method"),
-        scope.get("path"),
-        rid,
-        exc_info=exc,
-    )
-    return GatewayError(f"Internal server error (request id {rid})", headers={"x-request-id": rid})
+    if not logged:
+        logger.error(
+            "unexpected error on %s %s [request id %s]",
+            scope.get("method"),
+            scope.get("path"),
+            rid,
+            exc_info=exc,
+        )
+    # Through GatewayApp every response carries the id already.
+    headers = {} if SCOPE_KEY in scope else {"x-request-id": rid}
+    return GatewayError(f"Internal server error (request id {rid})", headers=headers)
 
 
 def _public(scope: Scope, exc: GatewayError) -> GatewayError:
     """``exc`` as the client may see it: an error status, no unexpected exception's text."""
     if exc.internal:
-        return _unexpected(scope, exc.__cause__ or exc)
+        logged = getattr(exc, "_gateway_logged", False)
+        return _unexpected(scope, exc.__cause__ or exc, logged)
     if not 400 <= exc.status_code <= 599:
         # Set on an error after it was made (CustomLLMError checks its own): never a 2xx.
         return GatewayError(exc.message, param=exc.param, code=exc.code, headers=exc.headers)
@@ -238,7 +243,11 @@ class Runtime:
         self.threads = ThreadPool(
             settings.sync_worker_threads, settings.sync_worker_threads_per_model
         )
-        self.metrics = Metrics(self.threads)
+        self.metrics = Metrics(self.router.model_names(), self.router, self.threads)
+        self.metrics_auth = settings.metrics_auth
+        metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        if metrics_dir:  # several workers: each scrape answers for all of them
+            self.metrics.snapshots = Snapshots(self.metrics, metrics_dir)
         self.models_payload = _encode(
             {
                 "object": "list",
@@ -340,6 +349,17 @@ class Runtime:
     def _too_large(self) -> RequestTooLargeError:
         return RequestTooLargeError(f"Request body is larger than {self.body_limit} bytes")
 
+    async def write_snapshots(self) -> None:
+        """This worker's metrics for the others to read, about once a second."""
+        snapshots = self.metrics.snapshots
+        if snapshots is None:
+            return
+        n = 0
+        while True:
+            snapshots.write(force=n % 10 == 0)  # gauges move without requests too
+            n += 1
+            await anyio.sleep(1.0)
+
     async def startup(self) -> None:
         if self.keys is not None:
             await self.keys.start()
@@ -354,6 +374,8 @@ class Runtime:
     async def shutdown(self) -> None:
         if self.callbacks is not None:
             await self.callbacks.aclose()
+        if self.metrics.snapshots is not None:
+            self.metrics.snapshots.write(force=True)  # its counters outlive it
         if self.keys is not None:
             await self.keys.stop()
         if self.cache is not None:
@@ -410,14 +432,18 @@ class _Endpoint:
         self.runtime = runtime
         allow = ", ".join(self.methods).encode()
         self._allow = [(b"allow", allow)]
-        self._stats = runtime.metrics.route(self.route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Errors reach here only before a response started: streams report theirs
         # in the stream.
         metrics = self.runtime.metrics
         metrics.in_flight += 1
-        started = perf_counter()
+        record: RequestRecord | None = scope.get(SCOPE_KEY)
+        if record is None:  # called bare, not through GatewayApp
+            record = scope[SCOPE_KEY] = RequestRecord(
+                new_request_id(scope["headers"]), perf_counter(), None
+            )
+        record.route = self.route
         status = 200
         grant = None
         error: BaseException | None = None
@@ -429,7 +455,7 @@ class _Endpoint:
                     status_code=405,
                     type="invalid_request_error",
                 )
-                await _send_json(send, 405, self.render_error(exc), self._allow)
+                await _send_json(send, 405, self.render_error(exc, record.id), self._allow)
                 return
             if self.auth:
                 presented = self.runtime.check_auth(scope)
@@ -442,7 +468,8 @@ class _Endpoint:
             exc = _public(scope, exc)
             status = exc.status_code
             error = exc
-            await self._send_error(send, exc)
+            record.error = exc
+            await self._send_error(send, exc, record.id)
         except BaseException as exc:
             # SystemExit, KeyboardInterrupt or CancelledError from a handler too: a 500,
             # and the server stays up. A real cancellation goes on.
@@ -452,14 +479,16 @@ class _Endpoint:
                 # (a stream) already started, uvicorn refuses this one, harmlessly.
                 status = 503
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self._send_error(send, _CANCELLED)
+                    await self._send_error(send, _CANCELLED, record.id)
                 raise
             status = 500
             error = exc
-            await self._send_error(send, _unexpected(scope, exc))
+            record.error = exc
+            await self._send_error(send, _unexpected(scope, exc), record.id)
         finally:
             metrics.in_flight -= 1
-            self._stats.observe(status, perf_counter() - started)
+            record.status = status
+            metrics.observe(record, perf_counter())
             if grant is not None:
                 grant.finish(status)
             # Callbacks' events, queued now the answer is out (one `if` when none are set).
@@ -470,12 +499,17 @@ class _Endpoint:
         """Answer the request; the status if not 200 (a stream that ended in an error)."""
         raise NotImplementedError
 
-    def render_error(self, exc: GatewayError) -> bytes:
-        """The error body; a front door of another API renders that API's shape."""
-        return _encode(exc.to_dict())
+    def render_error(self, exc: GatewayError, request_id: str | None = None) -> bytes:
+        """The error body, with the request's id; a front door of another API renders
+        that API's shape."""
+        body = exc.to_dict()
+        if request_id is not None:
+            body["error"]["request_id"] = request_id
+        return _encode(body)
 
-    async def _send_error(self, send: Send, exc: GatewayError) -> None:
-        await _send_json(send, exc.status_code, self.render_error(exc), _error_headers(exc))
+    async def _send_error(self, send: Send, exc: GatewayError, request_id: str) -> None:
+        body = self.render_error(exc, request_id)
+        await _send_json(send, exc.status_code, body, _error_headers(exc))
 
     async def read(
         self, scope: Scope, receive: Receive, kind: type[Any]
@@ -490,6 +524,7 @@ class _Endpoint:
                 request, data = _convert_body(await log.before(data), kind)
             else:
                 log.data = data
+        scope[SCOPE_KEY].model = request.model
         grant = scope.get("gateway.key")
         if grant is not None:
             grant.admit(request.model)
@@ -499,7 +534,11 @@ class _Endpoint:
 
 async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
     """Run a non-streaming call; if the client goes away it is cancelled, nothing is sent."""
+    record = current.get()
+    started = perf_counter()
     routed = await until_disconnect(receive, call)
+    if record is not None:
+        record.answered(routed, started)
     await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))
 
 
@@ -598,9 +637,13 @@ async def _stream(
         write = functools.partial(_write_stream, scope)
     opened: list[Routed] = []
     start = time.monotonic() if timeout is not None else 0.0
+    record = scope.get(SCOPE_KEY)
 
     async def run() -> int:
+        started = perf_counter()
         routed = await call()
+        if record is not None:
+            record.streaming(routed, started)
         if timeout is not None:
             routed.result = _Deadlined(routed.result, Deadline(timeout, start))
         opened.append(routed)
@@ -805,7 +848,8 @@ class Readiness(_Endpoint):
 
 
 class MetricsEndpoint(_Endpoint):
-    """Prometheus metrics. No key needed, like health: scrapers rarely carry one."""
+    """Prometheus metrics. No key needed, like health (scrapers rarely carry one), unless
+    ``gateway_settings.metrics_auth`` asks for the master key."""
 
     methods = ("GET", "HEAD")
     auth = False
@@ -813,17 +857,51 @@ class MetricsEndpoint(_Endpoint):
     _headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        payload = self.runtime.metrics.render()
+        runtime = self.runtime
+        if runtime.metrics_auth:
+            _check_master(runtime, scope)
+        payload = runtime.metrics.render()
         headers = [*self._headers, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _check_master(runtime: Runtime, scope: Scope) -> None:
+    """Only the master key passes (not a virtual key)."""
+    if runtime.check_auth(scope) is not None:
+        raise PermissionDeniedError("Only the master key may read this", code="master_key_required")
+
+
+class RouterStateEndpoint(_Endpoint):
+    """``GET /router/state``: every deployment as this worker's router sees it."""
+
+    methods = ("GET", "HEAD")
+    auth = False
+    route = "router_state"
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        _check_master(runtime, scope)
+        metrics = runtime.metrics
+        deployments = runtime.router.report()
+        for entry in deployments:
+            # This worker's means since it started, whatever the routing strategy.
+            where = (entry["model_group"], entry["deployment"])
+            entry["latency_mean_s"] = metrics.deployment_mean("upstream", *where)
+            entry["ttft_mean_s"] = metrics.deployment_mean("ttft", *where)
+        payload = {"pid": os.getpid(), "deployments": deployments}
+        await _send_json(send, 200, _encode(payload))
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     exc = NotFoundError(f"No route for {scope['method']} {scope['path']}", code="not_found")
-    await _send_error(send, exc)
+    body = exc.to_dict()
+    record = scope.get(SCOPE_KEY)
+    if record is not None:
+        body["error"]["request_id"] = record.id
+    await _send_json(send, exc.status_code, _encode(body))
 
 
 class GatewayApp(Router):
@@ -852,6 +930,7 @@ class GatewayApp(Router):
         routes.append(Route("/health/liveness", Liveliness(runtime)))
         routes.append(Route("/health/readiness", Readiness(runtime)))
         routes.append(Route("/metrics", MetricsEndpoint(runtime)))
+        routes.append(Route("/router/state", RouterStateEndpoint(runtime)))
         if runtime.keys is not None:
             from .keys.admin import admin_routes
 
@@ -867,24 +946,53 @@ class GatewayApp(Router):
         # handlers. ~0.1 us a request for the set and reset.
         token = current_runtime.set(self.runtime)
         try:
-            if self.runtime.tracing is not None and scope["type"] == "http":
-                route = self._route_of(scope)
-                await self.runtime.tracing.server(scope, receive, send, self._dispatch, route)
+            if scope["type"] != "http":  # lifespan
+                await super().__call__(scope, receive, send)
                 return
-            # Inline, not a call to _dispatch: a coroutine less per request.
-            if scope["type"] == "http" and not scope.get("root_path"):
-                endpoint = self._exact.get(scope["path"])
-                if endpoint is not None:
-                    await endpoint(scope, receive, send)
-                    return
-            await super().__call__(scope, receive, send)
+            await self._http(scope, receive, send)
         finally:
             current_runtime.reset(token)
 
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request's record: its id echoed on the response, in its log lines, to
+        # handlers and upstreams; what metrics and the access log read when it ends.
+        client = scope.get("client")
+        record = RequestRecord(
+            new_request_id(scope["headers"]), perf_counter(), client[0] if client else None
+        )
+        scope[SCOPE_KEY] = record
+        header = (b"x-request-id", record.id.encode())
+
+        def send_with_id(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                record.responded = perf_counter()
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            return send(message)
+
+        token = current.set(record)
+        try:
+            if self.runtime.tracing is not None:
+                route = self._route_of(scope)
+                await self.runtime.tracing.server(
+                    scope, receive, send_with_id, self._dispatch, route
+                )
+                return
+            # Exact paths go straight to their endpoint: Starlette's route matching costs
+            # 1 us a request (7% of a whole request here). Everything else (prefixes from
+            # a host app's Mount, unknown paths) goes through Starlette's routing. Inline,
+            # not a call to _dispatch: a coroutine less per request.
+            endpoint = None if scope.get("root_path") else self._exact.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send_with_id)
+            else:
+                await super().__call__(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
+            if access_logger.isEnabledFor(logging.INFO):
+                access_log(record, scope)
+
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Exact paths go straight to their endpoint: Starlette's route matching costs
-        # 1 us a request (7% of a whole request here). Everything else (prefixes from
-        # a host app's Mount, unknown paths, lifespan) goes through Starlette's routing.
         if scope["type"] == "http" and not scope.get("root_path"):
             endpoint = self._exact.get(scope["path"])
             if endpoint is not None:
@@ -904,7 +1012,10 @@ class GatewayApp(Router):
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.runtime.startup()
         try:
-            yield
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.runtime.write_snapshots)
+                yield
+                tg.cancel_scope.cancel()
         finally:
             await self.runtime.shutdown()
 

@@ -1,6 +1,7 @@
 """The ``gateway`` command: serve a config.yaml with uvicorn.
 
     gateway --config config.yaml [--host 127.0.0.1] [--port 4000] [--workers N] [--log-level info]
+            [--access-log] [--log-format text|json] [--log-config logging.yaml]
 
 A broken config prints one line, ``gateway: error: <file>: <key.path>: <problem>``, and
 exits with status 2, like a bad command-line argument. Imports are lazy so start-up
@@ -75,11 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)"
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request, after its response (default: off)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or one JSON object each (default: text)",
+    )
+    parser.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="a logging dictConfig in JSON or YAML, used instead of the built-in one",
+    )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     return parser
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def _log_config(level: str, fmt: str = "text", access_log: bool = False) -> dict[str, Any]:
     """uvicorn's logging config plus the gateway's loggers, for the parent and every worker."""
     import copy
 
@@ -87,11 +104,68 @@ def _log_config(level: str) -> dict[str, Any]:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     number = _TRACE if level == "trace" else level.upper()
-    config["loggers"]["gateway"] = {"handlers": ["default"], "level": number, "propagate": False}
+    formatter = "gateway.logs.JsonFormatter" if fmt == "json" else "gateway.logs.TextFormatter"
+    config["formatters"]["gateway"] = {"()": formatter}
+    if fmt == "json":
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": formatter}
+    config["filters"] = {"request_id": {"()": "gateway.logs.RequestIdFilter"}}
+    config["handlers"]["gateway"] = {
+        "formatter": "gateway",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "filters": ["request_id"],
+    }
+    config["handlers"]["gateway.access"] = {
+        "formatter": "gateway",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+        "filters": ["request_id"],
+    }
+    config["loggers"]["gateway"] = {"handlers": ["gateway"], "level": number, "propagate": False}
+    config["loggers"]["gateway.access"] = {
+        "handlers": ["gateway.access"],
+        "level": "INFO" if access_log else "WARNING",
+        "propagate": False,
+    }
     # The CLI prints config warnings itself, once; workers reload the config and would
     # repeat them.
     quiet = number if level in ("debug", "trace") else "ERROR"
     config["loggers"]["gateway.config"] = {"level": quiet}
+    return config
+
+
+class _LogConfigError(Exception):
+    pass
+
+
+def _read_log_config(path: str, access_log: bool) -> dict[str, Any]:
+    """A dictConfig from a JSON or YAML file (as uvicorn's ``--log-config``); the access
+    log is on if ``--access-log`` says so, else as the file configures it (off if not)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        if path.endswith(".json"):
+            config = json.loads(text)
+        elif path.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(text)
+        else:
+            raise _LogConfigError("must be a .json, .yaml or .yml file")
+    except (OSError, ValueError) as exc:
+        raise _LogConfigError(str(exc)) from None
+    except Exception as exc:  # yaml.YAMLError
+        raise _LogConfigError(str(exc).replace("\n", " ")) from None
+    if not isinstance(config, dict) or "version" not in config:
+        raise _LogConfigError("must be a logging dictConfig (a mapping with a `version`)")
+    loggers = config.setdefault("loggers", {})
+    if access_log:
+        loggers.setdefault("gateway.access", {})["level"] = "INFO"
+    else:
+        loggers.setdefault("gateway.access", {"level": "WARNING"})
     return config
 
 
@@ -216,7 +290,7 @@ def _uvicorn_options(args: argparse.Namespace, config: Config) -> dict[str, Any]
         "lifespan": "on",
         "access_log": False,
         "log_level": args.log_level,
-        "log_config": _log_config(args.log_level),
+        "log_config": args.logging,
         "timeout_graceful_shutdown": settings.graceful_timeout,
     }
 
@@ -254,7 +328,18 @@ def _serve_many(path: str, options: dict[str, Any], workers: int) -> int:
     # Workers are new processes: each builds its own app from the config path.
     os.environ[CONFIG_ENV] = path
     _say(f"listening on {_url(options['host'], options['port'])} ({workers} workers)")
-    uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+    import shutil
+    import tempfile
+
+    from .metrics import METRICS_DIR_ENV
+
+    # Each worker writes its metrics here for the others: a scrape of any one is whole.
+    folder = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[METRICS_DIR_ENV] = folder
+    try:
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
@@ -270,7 +355,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError, load_config
 
-    logging.config.dictConfig(_log_config(args.log_level))
+    if args.log_config:
+        try:
+            args.logging = _read_log_config(args.log_config, args.access_log)
+            logging.config.dictConfig(args.logging)
+        except (_LogConfigError, ValueError, TypeError, AttributeError, ImportError) as exc:
+            return _fail(f"{args.log_config}: {exc}")
+    else:
+        args.logging = _log_config(args.log_level, args.log_format, args.access_log)
+        logging.config.dictConfig(args.logging)
     try:
         config = load_config(args.config)
         from .app import create_app

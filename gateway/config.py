@@ -111,6 +111,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     callback_queue_size: _PositiveInt = 10_000
     # OpenTelemetry traces (pip install 'gateway[otel]'), configured by the OTEL_* variables.
     otel: bool = False
+    # GET /metrics asks for the master key (scrapers can send a bearer token).
+    metrics_auth: bool = False
 
 
 # -- router_settings ------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Request ids: the caller's own ``x-request-id`` when it is safe to echo and log, else a
-new one. Made only when needed (today: when an unexpected error is reported)."""
+new one. The HTTP app makes one per request (``RequestRecord.id``); ``request_id(scope)``
+answers that one, so an error body, the echoed header and the log lines agree."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from typing import Any
@@ -16,9 +18,22 @@ _bits = random.getrandbits  # not a secret: an id to match a client's error with
 
 def request_id(scope: Any) -> str:
     """The request's id: its ``x-request-id`` header if safe, else 32 random hex digits."""
-    for name, value in scope.get("headers", ()):
+    record = scope.get("gateway.request")
+    if record is not None:
+        return str(record.id)
+    return new_request_id(scope.get("headers", ()))
+
+
+# A new id is this process's random 80-bit prefix and a counter: unique across workers
+# and restarts, 32 hex digits, 0.2 us (128 fresh random bits a request cost 0.6 us).
+_PREFIX = f"{_bits(80):020x}"
+_next = itertools.count().__next__
+
+
+def new_request_id(headers: Any) -> str:
+    for name, value in headers:
         if name == b"x-request-id":
             if _SAFE.fullmatch(value):
                 return value.decode("ascii")
             break
-    return f"{_bits(128):032x}"
+    return f"{_PREFIX}{_next() & 0xFFFFFFFFFFFF:012x}"

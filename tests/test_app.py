@@ -329,7 +329,9 @@ def test_images_and_embeddings(server: str) -> None:
 def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    # OpenAI's four fields, and the request's id (also in the x-request-id header).
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == r.headers["x-request-id"]
     assert "Traceback" not in error["message"]
     return error
 

@@ -178,7 +178,7 @@ async def test_disconnect_cancels_the_handler(stream: bool) -> None:
         exchange.leave.set()
     assert SEEN.finally_ran
     assert not exchange.body_bytes.endswith(b"data: [DONE]\n\n")
-    stats = gateway_app.runtime.metrics.routes["chat_completions"].statuses
+    stats = gateway_app.runtime.metrics.statuses("chat_completions")
     assert stats == {499: 1}
 
 

@@ -223,6 +223,7 @@ def test_errors_raise_the_sdk_classes(client: anthropic.Anthropic, server: Serve
     assert auth.value.body == {
         "type": "error",
         "error": {"type": "authentication_error", "message": "Invalid API key"},
+        "request_id": auth.value.response.headers["x-request-id"],
     }
     with pytest.raises(anthropic.BadRequestError) as bad_block:
         client.messages.create(

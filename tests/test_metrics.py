@@ -49,9 +49,14 @@ def test_metrics_count_requests_by_route_and_status(server: str) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     got = samples(r.text)
     route = ("route", "chat_completions")
-    assert got[("gateway_requests_total", (route, ("status", "200")))] == 3
-    assert got[("gateway_requests_total", (route, ("status", "401")))] == 1
-    assert got[("gateway_requests_total", (route, ("status", "400")))] == 1
-    assert got[("gateway_request_duration_seconds_count", (route,))] == 5
-    assert got[("gateway_request_duration_seconds_bucket", (("le", "+Inf"), route))] == 5
+    ok = (("deployment", "m/0"), ("model_group", "m"), route)
+    assert got[("gateway_requests_total", (*ok, ("status", "200")))] == 3
+    # Refused before the body was read: no model known.
+    no_model = (("deployment", ""), ("model_group", ""), route)
+    assert got[("gateway_requests_total", (*no_model, ("status", "401")))] == 1
+    assert got[("gateway_requests_total", (*no_model, ("status", "400")))] == 1
+    assert got[("gateway_request_duration_seconds_count", (("model_group", "m"), route))] == 3
+    assert got[("gateway_request_duration_seconds_count", (("model_group", ""), route))] == 2
+    inf = (("le", "+Inf"), ("model_group", "m"), route)
+    assert got[("gateway_request_duration_seconds_bucket", inf)] == 3
     assert got[("gateway_requests_in_flight", ())] == 1  # this scrape

@@ -226,8 +226,11 @@ class ResponseById(_Endpoint):
 class _Anthropic(_Endpoint):
     """Errors in Anthropic's shape, which its SDK turns into its own exception classes."""
 
-    def render_error(self, exc: GatewayError) -> bytes:
-        return messages.error_body(exc)
+    def render_error(self, exc: GatewayError, request_id: str | None = None) -> bytes:
+        body = messages.error_object(exc)
+        if request_id is not None:
+            body["request_id"] = request_id  # where Anthropic's API puts its own
+        return _encode(body)
 
 
 class Messages(_Anthropic):

@@ -11,6 +11,7 @@ from ..config import RouterSettings
 from ..errors import GatewayError, Timeout
 from .admission import Admission
 from .deployments import Deployment
+from .events import RouterEvents
 from .policy import Policy
 from .state import RouterState
 from .streams import NOTHING, RoutedStream, first_chunk, usage_tokens
@@ -50,7 +51,9 @@ class Attempts:
         clock: Callable[[], float],
         admission: Admission,
         policy: Policy,
+        events: RouterEvents | None = None,
     ) -> None:
+        self._events = events if events is not None else RouterEvents()
         self._stream_timeout = settings.stream_timeout
         self._record_latency = settings.routing_strategy == "latency-based"
         self._state = state
@@ -94,6 +97,7 @@ class Attempts:
         except BaseException as exc:
             self._admission.release(d)
             if isinstance(exc, GatewayError):
+                self._events.failed(d.group.name, d.id, exc)
                 elapsed = clock() - started
                 self._policy.failed(d, exc, elapsed, cut=cut and isinstance(exc, Timeout))
             raise
@@ -117,6 +121,7 @@ class Attempts:
         if tokens is not None:
             self._state.record_tokens(d.id, self._clock(), tokens)
         if error is not None:
+            self._events.failed(d.group.name, d.id, error)
             self._policy.failed(d, error, self._clock() - started, cut=False)
         self._admission.release(d)
 

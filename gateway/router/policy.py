@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ..config import RouterSettings
 from ..errors import ContextWindowExceededError, GatewayError
 from .deployments import Deployment, Group
+from .events import RouterEvents
 from .state import RouterState
 
 __all__ = ["Policy", "retry_after"]
@@ -51,8 +52,13 @@ class Policy:
     """Retries, cooldowns and fallbacks of one router."""
 
     def __init__(
-        self, settings: RouterSettings, state: RouterState, clock: Callable[[], float]
+        self,
+        settings: RouterSettings,
+        state: RouterState,
+        clock: Callable[[], float],
+        events: RouterEvents | None = None,
     ) -> None:
+        self._events = events if events is not None else RouterEvents()
         self._settings = settings
         self._state = state
         self._clock = clock
@@ -81,9 +87,11 @@ class Policy:
         wait = retry_after(exc, s.max_retry_after)
         if exc.status_code == 429 and wait:
             state.cool_down(d.id, now + wait)
+            self._events.add("cooldown", d.group.name, d.id)
             return
         if state.record_failure(d.id, now) > s.allowed_fails:
             state.cool_down(d.id, now + s.cooldown_time)
+            self._events.add("cooldown", d.group.name, d.id)
             logger.warning(
                 "deployment %s cooling down for %g s after repeated failures (last: %s)",
                 d.id,

@@ -25,11 +25,13 @@ from ..calls import (
     run_aimage_generation,
 )
 from ..config import ConfigError, RouterConfigError, RouterSettings, parse_router_settings
-from ..errors import BadRequestError, GatewayError, NotFoundError
+from ..errors import BadRequestError, GatewayError, NotFoundError, RateLimitError
 from ..provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from ..record import current
 from .admission import Admission
 from .attempts import Attempts, RoutedRequest
 from .deployments import Deployment, Group, build_groups, provider_of, settings_error
+from .events import RouterEvents
 from .hedging import hedged
 from .policy import Policy
 from .state import RouterState
@@ -99,8 +101,11 @@ class Router:
         )
         chooser = Chooser(s.routing_strategy, self._state, self._clock, s.latency_buffer)
         self._admission = Admission(s, self._state, self._clock, chooser)
-        self._policy = Policy(s, self._state, self._clock)
-        self._attempts = Attempts(s, self._state, self._clock, self._admission, self._policy)
+        self.events = RouterEvents()  # counted for /metrics
+        self._policy = Policy(s, self._state, self._clock, self.events)
+        self._attempts = Attempts(
+            s, self._state, self._clock, self._admission, self._policy, self.events
+        )
 
     @classmethod
     def from_config(cls, config: Any) -> Router:
@@ -144,6 +149,16 @@ class Router:
             for d in group.deployments
             if d.error is not None
         ]
+
+    def deployment_ids(self) -> list[tuple[str, str]]:
+        """``(model group, deployment id)`` of every deployment, in config order."""
+        return [(g.name, d.id) for g in self._groups.values() for d in g.deployments]
+
+    def report(self) -> list[dict[str, Any]]:
+        """Each deployment as the router sees it now (``GET /router/state``)."""
+        from .report import report
+
+        return report(self._groups.values(), self._state, self._clock)
 
     def has_model(self, model_name: str) -> bool:
         return model_name in self._groups
@@ -194,6 +209,7 @@ class Router:
                 if delay is None or (deadline is not None and self._clock() + delay >= deadline):
                     raise
                 logger.info("retrying %s after %s: %s", group.name, d.id, exc.message)
+                self.events.add("retry", group.name, d.id)
                 if delay > 0:
                     await self._sleep(delay)
                 n += 1
@@ -206,11 +222,15 @@ class Router:
             if d is not None:
                 req.tried.append(d)
                 req.attempts += 1
+                self.events.add("hedge_started", group.name, d.id)
             return d
 
-        return await hedged(
+        result, d = await hedged(
             first, group.hedge_after or 0, lambda d: self._attempts.run(d, req), second
         )
+        if d is not first:
+            self.events.add("hedge_won", group.name, d.id)
+        return result, d
 
     async def _route(
         self,
@@ -230,7 +250,11 @@ class Router:
             return Routed(await self._attempts.run(d, req), d.id)
         held = False
         if self._max_in_flight is not None:
-            await self._admission.admit(self._max_in_flight, req.deadline)
+            try:
+                await self._admission.admit(self._max_in_flight, req.deadline)
+            except RateLimitError:
+                self.events.add("shed", model_name)
+                raise
             held = True
         try:
             try:
@@ -240,9 +264,11 @@ class Router:
                 if not chain:
                     raise
                 result, d = await self._fall_back(exc, chain, req)
-        except BaseException:
+        except BaseException as exc:
             if held:
                 self._admission.release_global()
+            if isinstance(exc, RateLimitError) and exc.code == "capacity_exceeded":
+                self.events.add("shed", model_name)
             raise
         if held:
             if isinstance(result, RoutedStream):
@@ -258,6 +284,7 @@ class Router:
             if req.deadline is not None and self._clock() >= req.deadline:
                 break
             logger.info("falling back to %s after: %s", group.name, original.message)
+            self.events.add("fallback", group.name)
             try:
                 return await self._run_group(group, req)
             except GatewayError:
@@ -275,8 +302,19 @@ class Router:
         timeout: float,
         **payload: Any,
     ) -> _CallT:
-        """The provider call for one attempt on ``d``: the request plus the deployment."""
+        """The provider call for one attempt on ``d``: the request plus the deployment.
+
+        Inside an HTTP request, its id goes along as ``x-request-id`` (to the handler's
+        ``headers`` and, by the OpenAI provider, upstream)."""
         spec = d.spec
+        record = current.get()
+        if record is not None:
+            record.attempts += 1
+            record.deployment = d.id  # the last one tried, until one answers
+            if headers is None:
+                headers = {"x-request-id": record.id}
+            elif "x-request-id" not in headers:
+                headers = {**headers, "x-request-id": record.id}
         return call_type(
             model=d.provider_model,
             optional_params=optional_params,

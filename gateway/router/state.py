@@ -73,6 +73,9 @@ class RouterState:
                 return value
         return self._latency.get(key)
 
+    def first_token_latency(self, key: str) -> float | None:
+        return self._ttft.get(key)
+
     # usage in the last minute
 
     def record_request(self, key: str, now: float) -> None:
@@ -122,6 +125,10 @@ class RouterState:
         while failures[0] <= now - WINDOW:
             failures.popleft()
         return len(failures)
+
+    def recent_failures(self, key: str, now: float) -> int:
+        """Failures in the last minute (reset when a cooldown starts)."""
+        return sum(1 for at in self._failures.get(key) or () if at > now - WINDOW)
 
     def cool_down(self, key: str, until: float) -> None:
         self._cooldowns[key] = max(until, self._cooldowns.get(key, until))
