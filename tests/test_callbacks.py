@@ -263,7 +263,7 @@ def test_pre_call_hook_rewrites_and_rejects(tmp_path: Path, upstream: FakeUpstre
         r = _chat(server.url, model="forbidden")
         assert r.status_code == 403
         assert r.json()["error"]["message"] == "blocked by policy"
-        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert set(r.json()["error"]) == {"message", "type", "param", "code", "request_id"}
         r = _chat(server.url, model="broken")
         assert r.status_code == 400
         assert r.json()["error"]["message"] == "no such thing"
