@@ -98,6 +98,8 @@ class TextFormatter(logging.Formatter):
         if request_id is None or hasattr(record, "access"):  # an access line names it
             return line
         first, sep, rest = line.partition("\n")  # a traceback after the first line
+        if request_id in first:  # the message names it already
+            return line
         return f"{first} [request_id={request_id}]{sep}{rest}"
 
 
