@@ -93,7 +93,7 @@ class PostgresServer:
         self._run("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "-t", "30", "start")
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop")
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t", "30", "stop")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
