@@ -124,7 +124,9 @@ def _stats(server: ServerHandle) -> dict[str, int]:
     return server.call(stats)
 
 
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+async def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    # Polls: the deadline is only reached when the test fails, so it is generous enough
+    # for a loaded machine running the suite on several workers.
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
@@ -250,11 +252,11 @@ async def test_client_disconnect_closes_upstream_within_a_second(
             break
     await stream.close()
     closed_at = time.monotonic()
-    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    await _wait_for(lambda: upstream.disconnects, timeout=30)
     seen = upstream.disconnects[0]
     assert seen.disconnected is not None and seen.disconnected - closed_at < 1.0
     assert seen.chunks_sent < 2000
-    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
     stats = _stats(gateway_server)
     assert stats["active"] == 0 and stats["requests"] == 0
 
@@ -267,7 +269,7 @@ async def test_disconnect_while_waiting_for_json_closes_upstream(
         with anyio.move_on_after(0.3):
             await http.post("/v1/chat/completions", json=body)
     gone_at = time.monotonic()
-    await _wait_for(lambda: upstream.disconnects, timeout=2)
+    await _wait_for(lambda: upstream.disconnects, timeout=30)
     assert upstream.disconnects[0].disconnected - gone_at < 1.0  # type: ignore[operator]
 
 
@@ -304,7 +306,7 @@ async def test_200_concurrent_streams_leak_no_connections(
     assert upstream.max_open_requests > 50  # they overlapped
     assert after["active"] == 0 and after["requests"] == 0
     assert after["idle"] == after["connections"] <= 50  # the configured keep-alive cap
-    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
 
 
 # Errors keep their meaning.
@@ -482,8 +484,10 @@ async def test_hanging_upstream_times_out_per_request(
                     extra_body={"fake": {"hang": True}, **extra},
                 )
             assert info.value.status_code in (408, 504)
-            assert time.monotonic() - started < 3
-    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+            # 0.3 s configured; the default it must not fall back to is 600 s. The margin is
+            # for a loaded machine (the suite runs on several workers), not for the gateway.
+            assert time.monotonic() - started < 30
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
     # Each timed-out request was dropped upstream. (At least: the upstream is shared by the
     # module, and a request an earlier test left hanging may be dropped in this window.)
     assert len(upstream.disconnects) >= 4
@@ -513,7 +517,7 @@ async def test_oversized_upstream_answers_are_502_by_the_configured_caps(
         )
     assert info.value.status_code == 502
     assert setting in info.value.body["message"]  # type: ignore[index]
-    await _wait_for(lambda: upstream.open_requests == 0, timeout=5)
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
 
 
 # Embeddings and images.
