@@ -538,8 +538,12 @@ def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterat
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
     # proto is TCP; with proto 0 every response pays Nagle + delayed ACK (40 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # No SO_REUSEADDR: with it, bind() to port 0 may hand out a port that another
+    # REUSEADDR socket or an outgoing connection holds, and listen() then fails with
+    # EADDRINUSE (seen with the suite on several workers). Listening here, not in uvicorn,
+    # makes the port ours before the thread starts.
     sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
     port = sock.getsockname()[1]
     config.setdefault("log_level", "warning")
     config.setdefault("access_log", False)
