@@ -75,7 +75,16 @@ class PostgresServer:
             "--no-sync",
             "--no-instructions",
         )
-        self.start()
+        # The free port is picked before the server binds it: on several test workers
+        # another process may take it in between, so a failed start tries another port.
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                self.port = free_port()
         self._databases = 0
 
     def _run(self, tool: str, *args: str) -> None:

@@ -30,7 +30,17 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="gateway-redis-")
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        # The free port is picked before redis binds it: on several test workers another
+        # process may take it in between, so a failed start tries another port.
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                self.kill()
+                if attempt == 2:
+                    raise
+                self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -58,10 +68,12 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:  # could not bind: the PONG is another's
+                break
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith(b"+PONG") and self.process.poll() is None:
                         return
             except OSError:
                 time.sleep(0.02)
