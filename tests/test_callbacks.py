@@ -79,24 +79,30 @@ class MyCustomHandler(CustomLogger):
 
 
 class SlowHandler(CustomLogger):
-    """Sleeps 2 s in every event, async or on its thread."""
+    """Sleeps 2 s in every event (``seconds``), async or on its thread; ``release`` ends
+    the sleep early, so a test that must hold the callback busy sets a long ``seconds``
+    without depending on how fast a loaded machine sends its next requests."""
 
     def __init__(self, sync):
         super().__init__()
         self.sync = sync
+        self.seconds = 2.0
         self.entered = threading.Event()
         self.finished = threading.Event()
+        self.release = threading.Event()
 
     def log_success_event(self, kwargs, response_obj, start_time, end_time):
         self.entered.set()
-        time.sleep(2)
+        self.release.wait(self.seconds)
         self.finished.set()
 
 
 class AsyncSlowHandler(SlowHandler):
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
         self.entered.set()
-        await asyncio.sleep(2)
+        deadline = time.monotonic() + self.seconds
+        while not self.release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self.finished.set()
 
 
@@ -317,14 +323,21 @@ def test_a_crashing_callback_does_not_fail_requests(
 def test_a_full_queue_drops_and_counts(tmp_path: Path, upstream: FakeUpstream) -> None:
     app, serving = _serve(_config(tmp_path, upstream, ["slow_async"], callback_queue_size=1))
     slow = app.runtime.callbacks.callbacks[0]
-    with serving as server:
-        assert _chat(server.url).status_code == 200
-        assert slow.entered.wait(5)  # running: the queue is empty again
-        for _ in range(3):  # one waits in the queue, two are dropped
+    slow.seconds = 60  # busy until released: the three requests below may take a while
+    try:
+        with serving as server:
             assert _chat(server.url).status_code == 200
-        assert app.runtime.callbacks.dropped == 2
-        metrics = httpx.get(f"{server.url}/metrics").text
-        assert "gateway_callback_events_dropped_total 2.0" in metrics
+            assert slow.entered.wait(5)  # running: the queue is empty again
+            for _ in range(3):  # one waits in the queue, two are dropped
+                assert _chat(server.url).status_code == 200
+            assert app.runtime.callbacks.dropped == 2
+            metrics = httpx.get(f"{server.url}/metrics").text
+            assert "gateway_callback_events_dropped_total 2.0" in metrics
+            slow.release.set()
+    finally:
+        slow.release.set()
+        slow.seconds = 2.0
+        slow.release.clear()
 
 
 def _write(tmp_path: Path, callbacks: str) -> Path:
