@@ -72,15 +72,39 @@ _DONE = b"data: [DONE]\n\n"
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
 
 
-class _StreamOptions(msgspec.Struct):
+class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
+
+
+# What the endpoints check beyond the Structs, said in the OpenAPI document too
+# (``extra_json_schema`` is schema only: no cost when decoding).
+_Message = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        extra_json_schema={"required": ["role"], "properties": {"role": {"type": "string"}}}
+    ),
+]
+# A non-empty list of strings, of token ids, or of token-id lists (checked below).
+_EmbeddingList = Annotated[
+    list[Any],
+    msgspec.Meta(
+        extra_json_schema={
+            "minItems": 1,
+            "anyOf": [
+                {"items": {"type": "string"}},
+                {"items": {"type": "integer"}},
+                {"items": {"type": "array", "items": {"type": "integer"}}},
+            ],
+        }
+    ),
+]
 
 
 class ChatRequest(msgspec.Struct):
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[_Message]
     stream: bool | None = None
-    stream_options: _StreamOptions | None = None
+    stream_options: StreamOptions | None = None
     timeout: _Seconds | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -103,7 +127,7 @@ class ChatRequest(msgspec.Struct):
 
 class EmbeddingRequest(msgspec.Struct):
     model: str
-    input: str | list[Any]  # list of str, token ids, or token-id lists: checked below
+    input: str | _EmbeddingList
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
     user: str | None = None
@@ -893,6 +917,39 @@ class RouterStateEndpoint(_Endpoint):
         await _send_json(send, 200, _encode(payload))
 
 
+class OpenAPIEndpoint(_Endpoint):
+    """The OpenAPI document of the app's routes. No key needed: it holds no secret."""
+
+    methods = ("GET", "HEAD")
+    auth = False
+    route = "openapi"
+
+    def __init__(self, runtime: Runtime, routes: list[Route]) -> None:
+        super().__init__(runtime)
+        self._routes = routes
+        self._payloads: dict[str, bytes] = {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Built on first use (a few ms, and the module is not imported before), once per
+        # mount point: the root path is the app's placement, not the client's choice.
+        root_path = scope.get("root_path", "")
+        payload = self._payloads.get(root_path)
+        if payload is None:
+            from .openapi import build_document
+
+            payload = _encode(
+                build_document(
+                    [(route.path, route.endpoint) for route in self._routes],
+                    model_names=self.runtime.router.model_names(),
+                    auth=self.runtime.master_key is not None,
+                    root_path=root_path,
+                )
+            )
+            if len(self._payloads) < 16:
+                self._payloads[root_path] = payload
+        await _send_json(send, 200, payload)
+
+
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
@@ -935,6 +992,7 @@ class GatewayApp(Router):
             from .keys.admin import admin_routes
 
             routes.extend(admin_routes(runtime))
+        routes.append(Route("/openapi.json", OpenAPIEndpoint(runtime, routes)))
         super().__init__(routes, default=_not_found, lifespan=self._lifespan)
         self._exact: dict[str, Any] = {
             route.path: route.endpoint for route in routes if "{" not in route.path
