@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from . import __version__
 from .app import ChatRequest, EmbeddingRequest, ImageRequest
 from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
 
@@ -249,7 +250,7 @@ def build_document(
         "openapi": "3.1.0",
         "info": {
             "title": "gateway",
-            "version": _version(),
+            "version": __version__,
             "description": "An OpenAI-compatible gateway for your own LLM handlers.",
         },
         "servers": [{"url": root_path or "/"}],
@@ -269,12 +270,3 @@ def build_document(
     if auth:
         document["security"] = [{"bearer": []}, {"api-key": []}, {"x-api-key": []}]
     return document
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gateway")
-    except PackageNotFoundError:
-        return "0"
