@@ -93,12 +93,29 @@ _CALL_ERRORS = {
     "5XX": _ERROR,
 }
 
-_SSE_DESCRIPTION = (
-    "With `stream: true`: server-sent events, one `data: <chat.completion.chunk>` line per "
-    "chunk and `data: [DONE]` at the end. A failure after the stream started is sent as "
-    "`data: <error>` (the error response's shape) instead of `[DONE]`. `x-itemSchema` "
-    "(OpenAPI 3.2's `itemSchema`) is the schema of each event's data."
-)
+# One server-sent event of a stream, as Open API 3.2 describes events (and tools read a
+# 3.1 document's text/event-stream schema): an object whose `data` is the payload.
+_STREAM_EVENT = {
+    "description": (
+        "One server-sent event of a streamed completion (`stream: true`): its `data` is a "
+        "chat.completion.chunk, then `[DONE]`; a failure after the stream started is sent "
+        "as an error (the error response's shape) instead of `[DONE]`."
+    ),
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [_ref(ModelResponseStream), _ref(ErrorResponse)]},
+                },
+            ]
+        }
+    },
+}
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -114,14 +131,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                     "content": {
                         "application/json": {"schema": _ref(ModelResponse)},
                         "text/event-stream": {
-                            "schema": {"type": "string", "description": _SSE_DESCRIPTION},
-                            "x-itemSchema": {
-                                "oneOf": [
-                                    _ref(ModelResponseStream),
-                                    _ref(ErrorResponse),
-                                    {"const": "[DONE]"},
-                                ]
-                            },
+                            "schema": {"$ref": _REF.format(name="ChatCompletionStreamEvent")}
                         },
                     },
                 },
@@ -213,6 +223,7 @@ def build_document(
     """The OpenAPI document of ``routes`` (path, endpoint), as a dict."""
     _, components = msgspec.json.schema_components(_REQUESTS + _RESPONSES, ref_template=_REF)
     _always_sent(components)
+    components["ChatCompletionStreamEvent"] = _STREAM_EVENT
     if model_names:
         for request in _REQUESTS:
             components[request.__name__]["properties"]["model"]["examples"] = model_names
