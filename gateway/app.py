@@ -72,6 +72,14 @@ _DONE = b"data: [DONE]\n\n"
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
 
 
+# Counts a client chooses, bounded where OpenAI bounds them: each multiplies what one call
+# costs the operator or builds in memory (a 400 naming the field beyond).
+_ChatChoices = Annotated[int, msgspec.Meta(ge=1, le=128)]
+_TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
+_Images = Annotated[int, msgspec.Meta(ge=1, le=10)]
+_Dimensions = Annotated[int, msgspec.Meta(ge=1, le=65536)]
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
@@ -108,7 +116,7 @@ class ChatRequest(msgspec.Struct):
     timeout: _Seconds | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: _ChatChoices | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
@@ -120,7 +128,7 @@ class ChatRequest(msgspec.Struct):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: _TopLogprobs | None = None
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
 
@@ -129,7 +137,7 @@ class EmbeddingRequest(msgspec.Struct):
     model: str
     input: str | _EmbeddingList
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = None
+    dimensions: _Dimensions | None = None
     user: str | None = None
     timeout: _Seconds | None = None
 
@@ -137,7 +145,7 @@ class EmbeddingRequest(msgspec.Struct):
 class ImageRequest(msgspec.Struct):
     model: str
     prompt: str
-    n: int | None = None
+    n: _Images | None = None
     size: str | None = None
     quality: str | None = None
     style: str | None = None
@@ -178,7 +186,44 @@ def _convert_body(data: dict[str, Any], kind: type[Any]) -> tuple[Any, dict[str,
     try:
         return msgspec.convert(data, kind), data
     except msgspec.ValidationError as exc:
-        raise _validation_error(exc) from None
+        error = exc
+    # JSON does not tell 8.0 from 8 (JSON Schema's "integer" takes both, and some
+    # clients write every number as a float): integral floats in integer fields are
+    # read as ints. Only on this error path, so a normal request pays nothing.
+    if _integral_floats_to_ints(data, kind):
+        try:
+            return msgspec.convert(data, kind), data
+        except msgspec.ValidationError as exc:
+            error = exc
+    raise _validation_error(error) from None
+
+
+_INT_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _integral_floats_to_ints(data: dict[str, Any], kind: type[Any]) -> bool:
+    names = _INT_FIELDS.get(kind)
+    if names is None:
+        import msgspec.inspect  # first bad request only: not at start-up
+
+        names = _INT_FIELDS[kind] = tuple(
+            f.encode_name
+            for f in msgspec.inspect.type_info(kind).fields  # type: ignore[attr-defined]
+            if _takes_int(f.type)
+        )
+    changed = False
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, float) and value.is_integer():
+            data[name] = int(value)
+            changed = True
+    return changed
+
+
+def _takes_int(info: Any) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(isinstance(t, msgspec.inspect.IntType) for t in info.types)
+    return isinstance(info, msgspec.inspect.IntType)
 
 
 # Wire helpers.
@@ -751,15 +796,19 @@ def _other_optional(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in _NOT_OPTIONAL_OTHER and v is not None}
 
 
-def _check_embedding_input(value: Any) -> None:
+def _embedding_input(value: Any) -> Any:
+    """``input`` checked: a string, or a non-empty list of strings, ids or id lists."""
     if isinstance(value, str):
-        return
+        return value
     if not value:
         raise BadRequestError("`input` must not be empty", param="input")
     if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
-        return
+        return value
     if all(isinstance(v, list) and all(type(t) is int for t in v) for v in value):
-        return
+        return value
+    ids = _integral_ids(value)  # token ids written as 8.0: ids all the same
+    if ids is not None:
+        return _embedding_input(ids)
     raise BadRequestError(
         "`input` must be a string, a list of strings, a list of token ids, or a list of "
         "token-id lists",
@@ -767,12 +816,27 @@ def _check_embedding_input(value: Any) -> None:
     )
 
 
+def _integral_ids(value: list[Any]) -> list[Any] | None:
+    """``value`` with its integral floats as ints, or None when it has none."""
+    found = False
+
+    def as_int(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, float) and v.is_integer():
+            found = True
+            return int(v)
+        return v
+
+    ids = [[as_int(t) for t in v] if isinstance(v, list) else as_int(v) for v in value]
+    return ids if found else None
+
+
 class Embeddings(_Endpoint):
     route = "embeddings"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, data, timeout = await self.read(scope, receive, EmbeddingRequest)
-        _check_embedding_input(request.input)
+        inputs = _embedding_input(request.input)
         router = self.runtime.router
         optional = _other_optional(data)
         if request.encoding_format != "base64":
@@ -781,13 +845,13 @@ class Embeddings(_Endpoint):
                 send,
                 _tapped(
                     scope,
-                    lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+                    lambda: router.embed(request.model, inputs, optional, timeout=timeout),
                 ),
             )
             return
 
         async def call() -> Routed:
-            routed = await router.embed(request.model, request.input, optional, timeout=timeout)
+            routed = await router.embed(request.model, inputs, optional, timeout=timeout)
             for item in routed.result.data:
                 item.embedding = _base64_floats(item.embedding)
             return routed

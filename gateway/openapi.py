@@ -251,8 +251,11 @@ def build_document(
                     "required": True,
                     "content": {"application/json": {"schema": _ref(spec["request"])}},
                 }
-            if method == "HEAD":
-                op["responses"] = {"200": {"description": "As GET, without a body"}}
+            if method == "HEAD":  # GET's statuses, no body
+                op["responses"] = {
+                    status: {"description": "As GET, without a body"}
+                    for status in spec["responses"]
+                }
             else:
                 op["responses"] = spec["responses"]
             item[method.lower()] = op

@@ -149,6 +149,9 @@ PATHS = (
 def test_every_served_route_and_method_is_documented(server: str, document: dict[str, Any]) -> None:
     app = create_app(app_config())
     assert {route.path for route in app.routes} == set(PATHS)  # a new route: add it here
+    endpoints = {route.path: route.endpoint for route in app.routes}  # type: ignore[attr-defined]
+    for path in ("/chat/completions", "/embeddings", "/images/generations", "/models"):
+        assert endpoints[path] is endpoints["/v1" + path]  # aliases: test_fuzz runs /v1 only
     assert set(document["paths"]) == set(PATHS)
     with httpx.Client(base_url=server, headers=AUTH) as client:
         for path in PATHS:
