@@ -597,8 +597,8 @@ class _Endpoint:
         grant = scope.get("gateway.key")
         if grant is not None:
             grant.admit(request.model)
-        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
-        return request, data, timeout
+        header = _timeout_header(scope)  # checked even when the body's timeout wins
+        return request, data, request.timeout if request.timeout is not None else header
 
 
 async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:

@@ -80,6 +80,31 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
+# Which deployment answered a model call, and after how many attempts (retries and
+# fallbacks count).
+_ROUTED = {
+    "x-gateway-deployment": {
+        "required": True,
+        "description": "The deployment that answered",
+        "schema": {"type": "string"},
+    },
+    "x-gateway-attempts": {
+        "required": True,
+        "description": "Attempts made, retries and fallbacks included",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+
+# A request's deadline as a header, for clients that cannot add a body field; the
+# body's `timeout` wins when both are given.
+_TIMEOUT_HEADER = {
+    "name": "x-gateway-timeout",
+    "in": "header",
+    "required": False,
+    "description": "Seconds the whole request may take (the body's `timeout` wins)",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e7},
+}
+
 # The statuses a model call answers besides 200; "4XX"/"5XX" cover a handler's own
 # CustomLLMError status and an upstream's.
 _CALL_ERRORS = {
@@ -128,6 +153,7 @@ def _operations() -> dict[str, dict[str, Any]]:
             "responses": {
                 "200": {
                     "description": "The completion, or its stream of chunks",
+                    "headers": _ROUTED,
                     "content": {
                         "application/json": {"schema": _ref(ModelResponse)},
                         "text/event-stream": {
@@ -142,13 +168,19 @@ def _operations() -> dict[str, dict[str, Any]]:
             "operationId": "createEmbedding",
             "summary": "Create embeddings",
             "request": EmbeddingRequest,
-            "responses": {"200": _json(_ref(EmbeddingResponse), "The embeddings"), **_CALL_ERRORS},
+            "responses": {
+                "200": {**_json(_ref(EmbeddingResponse), "The embeddings"), "headers": _ROUTED},
+                **_CALL_ERRORS,
+            },
         },
         "ImageGenerations": {
             "operationId": "createImage",
             "summary": "Generate images",
             "request": ImageRequest,
-            "responses": {"200": _json(_ref(ImageResponse), "The images"), **_CALL_ERRORS},
+            "responses": {
+                "200": {**_json(_ref(ImageResponse), "The images"), "headers": _ROUTED},
+                **_CALL_ERRORS,
+            },
         },
         "Models": {
             "operationId": "listModels",
@@ -247,6 +279,7 @@ def build_document(
             if not endpoint.auth or not auth:
                 op["security"] = []
             if "request" in spec:
+                op["parameters"] = [_TIMEOUT_HEADER]
                 op["requestBody"] = {
                     "required": True,
                     "content": {"application/json": {"schema": _ref(spec["request"])}},

@@ -78,7 +78,12 @@ schema = schemathesis.openapi.from_dict(
                 }
             },
             "seed": SEED,
-            "generation": {"mode": "all", "deterministic": True},
+            "generation": {
+                "mode": "all",
+                "deterministic": True,
+                # An undeclared header is not invalid HTTP: servers ignore them.
+                "allow-extra-parameters": False,
+            },
             "request-timeout": 10,
             "checks": {
                 # A valid request can still time out: its own `timeout` may be 5e-324 s.
@@ -245,3 +250,24 @@ def test_other_floats_are_still_refused(
     r = httpx.post(f"{live_gateway.url}{route}", headers=AUTH, content=raw)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_a_bad_timeout_header_is_refused_even_beside_a_body_timeout(
+    live_gateway: ServerHandle,
+) -> None:
+    # It was ignored when the body had a timeout: a 200 for a request with a bad header.
+    body = {"model": "custom", "prompt": "x", "timeout": 30}
+    for value in ("bifb", "0", "-1", "nan", "inf"):
+        r = httpx.post(
+            f"{live_gateway.url}/v1/images/generations",
+            headers={**AUTH, "x-gateway-timeout": value},
+            json=body,
+        )
+        assert r.status_code == 400, (value, r.text)
+        assert r.json()["error"]["param"] == "timeout"
+    r = httpx.post(
+        f"{live_gateway.url}/v1/images/generations",
+        headers={**AUTH, "x-gateway-timeout": "0.000001"},  # the body's 30 s wins
+        json=body,
+    )
+    assert r.status_code == 200, r.text
