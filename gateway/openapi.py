@@ -10,6 +10,7 @@ is never imported on the request path of the other routes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,11 +18,16 @@ import msgspec
 
 from . import __version__
 from .app import ChatRequest, EmbeddingRequest, ImageRequest
-from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
+from .frontdoors.completions import CompletionRequest
+from .frontdoors.messages import CountTokensRequest, MessagesRequest
+from .frontdoors.responses import ResponsesRequest
+from .keys.admin import DeleteRequest, GenerateRequest, UpdateRequest
+from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream, Usage
 
 __all__ = ["build_document"]
 
 _REF = "#/components/schemas/{name}"
+_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
 
 # Shapes the endpoints write as dicts or constants: described here as Structs so their
@@ -58,7 +64,33 @@ class Readiness(msgspec.Struct):
     models: list[str]
 
 
-_REQUESTS: tuple[type[msgspec.Struct], ...] = (ChatRequest, EmbeddingRequest, ImageRequest)
+class AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct):
+    """Errors of /v1/messages, Anthropic's shape (its SDK maps them to its exceptions)."""
+
+    type: str
+    error: AnthropicErrorDetail
+
+
+class InputTokens(msgspec.Struct):
+    input_tokens: int
+
+
+_REQUESTS: tuple[type[msgspec.Struct], ...] = (
+    ChatRequest,
+    EmbeddingRequest,
+    ImageRequest,
+    ResponsesRequest,
+    MessagesRequest,
+    CountTokensRequest,
+    CompletionRequest,
+)
+# The admin API's bodies: no model, and unknown fields refused.
+_ADMIN_REQUESTS: tuple[type[msgspec.Struct], ...] = (GenerateRequest, UpdateRequest, DeleteRequest)
 _RESPONSES: tuple[type[msgspec.Struct], ...] = (
     ModelResponse,
     ModelResponseStream,
@@ -67,6 +99,9 @@ _RESPONSES: tuple[type[msgspec.Struct], ...] = (
     ModelList,
     Readiness,
     ErrorResponse,
+    AnthropicError,
+    InputTokens,
+    Model,
 )
 
 
@@ -105,6 +140,55 @@ _TIMEOUT_HEADER = {
     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e7},
 }
 
+# The front doors' answers, built as dicts by their translations: the fields every
+# answer has.
+_RESPONSE_OBJECT = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "created_at": {"type": "integer"},
+        "status": {"type": "string"},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_DELETED = {
+    "type": "object",
+    "required": ["id", "object", "deleted"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response.deleted"},
+        "deleted": {"const": True},
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": {"type": "string"},
+        "content": {"type": "array", "items": {"type": "object"}},
+        "stop_reason": {"type": ["string", "null"]},
+        "usage": {"type": "object"},
+    },
+}
+_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object"}},
+        "usage": _ref(Usage),
+    },
+}
+
 # The statuses a model call answers besides 200; "4XX"/"5XX" cover a handler's own
 # CustomLLMError status and an upstream's.
 _CALL_ERRORS = {
@@ -117,6 +201,13 @@ _CALL_ERRORS = {
     "4XX": _ERROR,
     "5XX": _ERROR,
 }
+
+_ID_ERRORS = {"401": _ERROR, "404": _ERROR}
+_ANTHROPIC_ERROR = {"$ref": "#/components/responses/AnthropicError"}
+_ANTHROPIC_ERRORS = {
+    status: _ANTHROPIC_ERROR for status in ("400", "401", "404", "408", "413", "429", "4XX", "5XX")
+}
+
 
 # One server-sent event of a stream, as Open API 3.2 describes events (and tools read a
 # 3.1 document's text/event-stream schema): an object whose `data` is the payload.
@@ -141,6 +232,62 @@ _STREAM_EVENT = {
         }
     },
 }
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _routed_json(schema: dict[str, Any], description: str, *, stream: str) -> dict[str, Any]:
+    """A model call's 200: JSON, or with `stream: true` its API's server-sent events."""
+    return {
+        "description": description,
+        "headers": _ROUTED,
+        "content": {
+            "application/json": {"schema": schema},
+            "text/event-stream": {
+                "schema": {
+                    "description": f"{stream} stream: one server-sent event per step, its "
+                    "data JSON",
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"type": "string"},
+                        "data": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+
+
+def _admin(
+    operation_id: str,
+    summary: str,
+    request: type[msgspec.Struct] | None = None,
+    query: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": f"{summary} (master key only)",
+        "admin": True,
+        "responses": {
+            "200": _json({"type": "object"}, "The answer"),
+            "400": _ERROR,
+            "401": _ERROR,
+            "403": _ERROR,
+            "404": _ERROR,
+            "503": _ERROR,
+        },
+    }
+    if request is not None:
+        spec["request"] = request
+    if query:
+        spec["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in query
+        ]
+    return spec
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -207,6 +354,78 @@ def _operations() -> dict[str, dict[str, Any]]:
                 }
             },
         },
+        "Responses": {
+            "operationId": "createResponse",
+            "summary": "OpenAI's Responses API, answered through the chat handlers",
+            "request": ResponsesRequest,
+            "responses": {
+                "200": _routed_json(_RESPONSE_OBJECT, "The response", stream="A response.*"),
+                **_CALL_ERRORS,
+            },
+        },
+        "ResponseById": {
+            "operationId": "getResponse",
+            "summary": "A stored response (GET) or its deletion (DELETE)",
+            "parameters": [_path("response_id")],
+            "responses": {"200": _json(_RESPONSE_OBJECT, "The response"), **_ID_ERRORS},
+            "by_method": {
+                "DELETE": {"200": _json(_DELETED, "Deleted"), **_ID_ERRORS},
+            },
+        },
+        "Messages": {
+            "operationId": "createMessage",
+            "summary": "Anthropic's Messages API, answered through the chat handlers",
+            "request": MessagesRequest,
+            "responses": {
+                "200": _routed_json(_MESSAGE, "The message", stream="An Anthropic message"),
+                **_ANTHROPIC_ERRORS,
+            },
+        },
+        "CountTokens": {
+            "operationId": "countMessageTokens",
+            "summary": "Anthropic's token count of a Messages request (an estimate)",
+            "request": CountTokensRequest,
+            "responses": {"200": _json(_ref(InputTokens), "The count"), **_ANTHROPIC_ERRORS},
+        },
+        "Completions": {
+            "operationId": "createCompletion",
+            "summary": "Legacy completions, answered through the chat handlers",
+            "request": CompletionRequest,
+            "responses": {
+                "200": _routed_json(_COMPLETION, "The completion", stream="A completion"),
+                **_CALL_ERRORS,
+            },
+        },
+        "ModelById": {
+            "operationId": "retrieveModel",
+            "summary": "One model this gateway serves",
+            "parameters": [_path("model_id")],
+            "responses": {"200": _json(_ref(Model), "The model"), **_ID_ERRORS},
+        },
+        "KeyGenerate": _admin("generateKey", "Create a virtual key", GenerateRequest),
+        "KeyUpdate": _admin("updateKey", "Change a virtual key", UpdateRequest),
+        "KeyDelete": _admin("deleteKeys", "Delete virtual keys", DeleteRequest),
+        "KeyInfo": _admin("keyInfo", "A key's settings and spend", query=("key",)),
+        "KeyList": _admin(
+            "listKeys",
+            "Keys, a page at a time",
+            query=("page", "size", "key_alias", "user_id", "team_id", "return_full_object"),
+        ),
+        "SpendLogs": _admin(
+            "spendLogs",
+            "Calls and their cost",
+            query=("page", "page_size", "api_key", "key", "model", "start_date", "end_date"),
+        ),
+        "SpendReport": _admin(
+            "spendReport",
+            "Spend per day",
+            query=("api_key", "key", "model", "start_date", "end_date"),
+        ),
+        "AdminPage": {
+            "operationId": "adminPage",
+            "summary": "The admin page's files (public; its data needs the master key)",
+            "responses": {"200": {"description": "The file"}},
+        },
         "OpenAPIEndpoint": {
             "operationId": "openapi",
             "summary": "This document",
@@ -253,7 +472,9 @@ def build_document(
     routes: Iterable[tuple[str, Any]], *, model_names: list[str], auth: bool, root_path: str = ""
 ) -> dict[str, Any]:
     """The OpenAPI document of ``routes`` (path, endpoint), as a dict."""
-    _, components = msgspec.json.schema_components(_REQUESTS + _RESPONSES, ref_template=_REF)
+    _, components = msgspec.json.schema_components(
+        _REQUESTS + _ADMIN_REQUESTS + _RESPONSES, ref_template=_REF
+    )
     _always_sent(components)
     components["ChatCompletionStreamEvent"] = _STREAM_EVENT
     if model_names:
@@ -262,14 +483,15 @@ def build_document(
     operations = _operations()
     paths: dict[str, dict[str, Any]] = {}
     used_ids: set[str] = set()
-    for path, endpoint in routes:
+    for route_path, endpoint in routes:
         name = type(endpoint).__name__
         if name not in operations:
-            raise LookupError(f"no OpenAPI description for {name} at {path}")
+            raise LookupError(f"no OpenAPI description for {name} at {route_path}")
         spec = operations[name]
+        path = _PARAM.sub(r"{\1}", route_path)  # Starlette's {id:path} is OpenAPI's {id}
         operation_id = spec["operationId"]
         if operation_id in used_ids:  # the same endpoint at a second path (/v1 aliases)
-            operation_id += "_" + path.strip("/").replace("/", "_").replace(".", "_")
+            operation_id += "_" + re.sub(r"\W+", "_", path.strip("/"))
         used_ids.add(operation_id)
         item: dict[str, Any] = {}
         for method in endpoint.methods:
@@ -278,19 +500,25 @@ def build_document(
                 op["operationId"] = f"{operation_id}_{method.lower()}"
             if not endpoint.auth or not auth:
                 op["security"] = []
+            elif spec.get("admin"):
+                op["security"] = [{"bearer": []}]
+            parameters = list(spec.get("parameters", ()))
+            if "request" in spec and not spec.get("admin"):
+                parameters.append(_TIMEOUT_HEADER)
+            if parameters:
+                op["parameters"] = parameters
             if "request" in spec:
-                op["parameters"] = [_TIMEOUT_HEADER]
                 op["requestBody"] = {
-                    "required": True,
+                    "required": not spec.get("admin"),
                     "content": {"application/json": {"schema": _ref(spec["request"])}},
                 }
+            responses = spec.get("by_method", {}).get(method, spec["responses"])
             if method == "HEAD":  # GET's statuses, no body
                 op["responses"] = {
-                    status: {"description": "As GET, without a body"}
-                    for status in spec["responses"]
+                    status: {"description": "As GET, without a body"} for status in responses
                 }
             else:
-                op["responses"] = spec["responses"]
+                op["responses"] = responses
             item[method.lower()] = op
         paths[path] = item
     document: dict[str, Any] = {
@@ -306,6 +534,7 @@ def build_document(
             "schemas": components,
             "responses": {
                 "Error": _json(_ref(ErrorResponse), "An error, in OpenAI's shape"),
+                "AnthropicError": _json(_ref(AnthropicError), "An error, in Anthropic's shape"),
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},

@@ -21,12 +21,12 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from fake_upstream import ServerHandle, serve_in_thread
 from hypothesis import settings
 from starlette.testclient import TestClient
-from test_openapi import AUTH, MASTER_KEY, MODELS, app_config
 
 from gateway.app import create_app
+from tests.fake_upstream import ServerHandle, serve_in_thread
+from tests.test_openapi import AUTH, MASTER_KEY, MODELS, app_config
 
 pytestmark = pytest.mark.fuzz
 
