@@ -1,12 +1,13 @@
 """Schemathesis against a live gateway, driven by its own GET /openapi.json.
 
 A real uvicorn on loopback serves a custom handler and the mock provider (the handlers of
-test_openapi.py) behind the master key. Every operation of the document gets a bounded,
-deterministic run of valid and invalid requests (schemathesis' examples, coverage and
-fuzzing phases). Checked for every answer: never a 5xx, the status and content type the
-document names, the body fits its schema (each SSE event's data too), invalid data is
-rejected with a 4xx and valid data is not, and every error is in OpenAI's shape. After the
-run, the server still answers its health routes and a real completion.
+test_openapi.py) behind the master key. Every operation of the document (but the front
+doors' POST routes, see FRONT_DOORS) gets a bounded, deterministic run of valid and
+invalid requests (schemathesis' examples, coverage and fuzzing phases). Checked for every
+answer: never a 5xx, the status and content type the document names, the body fits its
+schema (each SSE event's data too), invalid data is rejected with a 4xx and valid data is
+not, and every error is in OpenAI's shape. After the run, the server still answers its
+health routes and a real completion.
 
 Select it alone with ``-m fuzz``; it runs with the rest by default.
 """
@@ -49,8 +50,8 @@ def _served_models_only(document: dict[str, Any]) -> dict[str, Any]:
     fuzzing that would almost never reach a handler. The test narrows it so valid cases
     are answered by the handlers, and invalid ones still send other strings.
     """
-    requests = ("ChatRequest", "EmbeddingRequest", "ImageRequest", "ResponsesRequest")
-    for name in (*requests, "MessagesRequest", "CountTokensRequest", "CompletionRequest"):
+    bodies = ("ChatRequest", "EmbeddingRequest", "ImageRequest", "ResponsesRequest")
+    for name in (*bodies, "MessagesRequest", "CountTokensRequest", "CompletionRequest"):
         model = document["components"]["schemas"][name]["properties"]["model"]
         model["enum"] = list(MODELS)
     return document
