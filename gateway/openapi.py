@@ -39,6 +39,7 @@ class ErrorDetail(msgspec.Struct):
     type: str
     param: str | None
     code: str | None
+    request_id: str | None = None  # the id the server's log lines carry too
 
 
 class ErrorResponse(msgspec.Struct):
@@ -425,6 +426,16 @@ def _operations() -> dict[str, dict[str, Any]]:
             "operationId": "adminPage",
             "summary": "The admin page's files (public; its data needs the master key)",
             "responses": {"200": {"description": "The file"}},
+        },
+        "RouterStateEndpoint": {
+            "operationId": "routerState",
+            "summary": "Every deployment as this worker's router sees it (master key only)",
+            "admin": True,
+            "responses": {
+                "200": _json({"type": "object"}, "The router's state"),
+                "401": _ERROR,
+                "403": _ERROR,
+            },
         },
         "OpenAPIEndpoint": {
             "operationId": "openapi",

@@ -144,7 +144,17 @@ def _assert_openai_error(response: schemathesis.Response) -> None:
     body = response.json()
     assert isinstance(body, dict) and set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
+    assert (
+        {"message", "type", "param", "code"}
+        <= set(error)
+        <= {
+            "message",
+            "type",
+            "param",
+            "code",
+            "request_id",
+        }
+    ), error
     assert isinstance(error["message"], str) and error["message"], error
     assert isinstance(error["type"], str) and error["type"], error
     assert "Traceback" not in error["message"]

@@ -130,6 +130,7 @@ def test_document_is_built_once(server: str) -> None:
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ROUTES = ["/health/liveliness", "/health/liveness", "/health/readiness", "/metrics"]
+ROUTES += ["/router/state"]
 ROUTES += ["/openapi.json"]
 for _path in (
     "/chat/completions",
