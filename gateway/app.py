@@ -72,19 +72,51 @@ _DONE = b"data: [DONE]\n\n"
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
 
 
-class _StreamOptions(msgspec.Struct):
+# Counts a client chooses, bounded where OpenAI bounds them: each multiplies what one call
+# costs the operator or builds in memory (a 400 naming the field beyond).
+_ChatChoices = Annotated[int, msgspec.Meta(ge=1, le=128)]
+_TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
+_Images = Annotated[int, msgspec.Meta(ge=1, le=10)]
+_Dimensions = Annotated[int, msgspec.Meta(ge=1, le=65536)]
+
+
+class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
+
+
+# What the endpoints check beyond the Structs, said in the OpenAPI document too
+# (``extra_json_schema`` is schema only: no cost when decoding).
+_Message = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        extra_json_schema={"required": ["role"], "properties": {"role": {"type": "string"}}}
+    ),
+]
+# A non-empty list of strings, of token ids, or of token-id lists (checked below).
+_EmbeddingList = Annotated[
+    list[Any],
+    msgspec.Meta(
+        extra_json_schema={
+            "minItems": 1,
+            "anyOf": [
+                {"items": {"type": "string"}},
+                {"items": {"type": "integer"}},
+                {"items": {"type": "array", "items": {"type": "integer"}}},
+            ],
+        }
+    ),
+]
 
 
 class ChatRequest(msgspec.Struct):
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[_Message]
     stream: bool | None = None
-    stream_options: _StreamOptions | None = None
+    stream_options: StreamOptions | None = None
     timeout: _Seconds | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: _ChatChoices | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
@@ -96,16 +128,16 @@ class ChatRequest(msgspec.Struct):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: _TopLogprobs | None = None
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
 
 
 class EmbeddingRequest(msgspec.Struct):
     model: str
-    input: str | list[Any]  # list of str, token ids, or token-id lists: checked below
+    input: str | _EmbeddingList
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = None
+    dimensions: _Dimensions | None = None
     user: str | None = None
     timeout: _Seconds | None = None
 
@@ -113,7 +145,7 @@ class EmbeddingRequest(msgspec.Struct):
 class ImageRequest(msgspec.Struct):
     model: str
     prompt: str
-    n: int | None = None
+    n: _Images | None = None
     size: str | None = None
     quality: str | None = None
     style: str | None = None
@@ -154,7 +186,44 @@ def _convert_body(data: dict[str, Any], kind: type[Any]) -> tuple[Any, dict[str,
     try:
         return msgspec.convert(data, kind), data
     except msgspec.ValidationError as exc:
-        raise _validation_error(exc) from None
+        error = exc
+    # JSON does not tell 8.0 from 8 (JSON Schema's "integer" takes both, and some
+    # clients write every number as a float): integral floats in integer fields are
+    # read as ints. Only on this error path, so a normal request pays nothing.
+    if _integral_floats_to_ints(data, kind):
+        try:
+            return msgspec.convert(data, kind), data
+        except msgspec.ValidationError as exc:
+            error = exc
+    raise _validation_error(error) from None
+
+
+_INT_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _integral_floats_to_ints(data: dict[str, Any], kind: type[Any]) -> bool:
+    names = _INT_FIELDS.get(kind)
+    if names is None:
+        import msgspec.inspect  # first bad request only: not at start-up
+
+        names = _INT_FIELDS[kind] = tuple(
+            f.encode_name
+            for f in msgspec.inspect.type_info(kind).fields  # type: ignore[attr-defined]
+            if _takes_int(f.type)
+        )
+    changed = False
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, float) and value.is_integer():
+            data[name] = int(value)
+            changed = True
+    return changed
+
+
+def _takes_int(info: Any) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(isinstance(t, msgspec.inspect.IntType) for t in info.types)
+    return isinstance(info, msgspec.inspect.IntType)
 
 
 # Wire helpers.
@@ -528,8 +597,8 @@ class _Endpoint:
         grant = scope.get("gateway.key")
         if grant is not None:
             grant.admit(request.model)
-        timeout = request.timeout if request.timeout is not None else _timeout_header(scope)
-        return request, data, timeout
+        header = _timeout_header(scope)  # checked even when the body's timeout wins
+        return request, data, request.timeout if request.timeout is not None else header
 
 
 async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
@@ -727,15 +796,19 @@ def _other_optional(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in _NOT_OPTIONAL_OTHER and v is not None}
 
 
-def _check_embedding_input(value: Any) -> None:
+def _embedding_input(value: Any) -> Any:
+    """``input`` checked: a string, or a non-empty list of strings, ids or id lists."""
     if isinstance(value, str):
-        return
+        return value
     if not value:
         raise BadRequestError("`input` must not be empty", param="input")
     if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
-        return
+        return value
     if all(isinstance(v, list) and all(type(t) is int for t in v) for v in value):
-        return
+        return value
+    ids = _integral_ids(value)  # token ids written as 8.0: ids all the same
+    if ids is not None:
+        return _embedding_input(ids)
     raise BadRequestError(
         "`input` must be a string, a list of strings, a list of token ids, or a list of "
         "token-id lists",
@@ -743,12 +816,27 @@ def _check_embedding_input(value: Any) -> None:
     )
 
 
+def _integral_ids(value: list[Any]) -> list[Any] | None:
+    """``value`` with its integral floats as ints, or None when it has none."""
+    found = False
+
+    def as_int(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, float) and v.is_integer():
+            found = True
+            return int(v)
+        return v
+
+    ids = [[as_int(t) for t in v] if isinstance(v, list) else as_int(v) for v in value]
+    return ids if found else None
+
+
 class Embeddings(_Endpoint):
     route = "embeddings"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, data, timeout = await self.read(scope, receive, EmbeddingRequest)
-        _check_embedding_input(request.input)
+        inputs = _embedding_input(request.input)
         router = self.runtime.router
         optional = _other_optional(data)
         if request.encoding_format != "base64":
@@ -757,13 +845,13 @@ class Embeddings(_Endpoint):
                 send,
                 _tapped(
                     scope,
-                    lambda: router.embed(request.model, request.input, optional, timeout=timeout),
+                    lambda: router.embed(request.model, inputs, optional, timeout=timeout),
                 ),
             )
             return
 
         async def call() -> Routed:
-            routed = await router.embed(request.model, request.input, optional, timeout=timeout)
+            routed = await router.embed(request.model, inputs, optional, timeout=timeout)
             for item in routed.result.data:
                 item.embedding = _base64_floats(item.embedding)
             return routed
@@ -893,6 +981,39 @@ class RouterStateEndpoint(_Endpoint):
         await _send_json(send, 200, _encode(payload))
 
 
+class OpenAPIEndpoint(_Endpoint):
+    """The OpenAPI document of the app's routes. No key needed: it holds no secret."""
+
+    methods = ("GET", "HEAD")
+    auth = False
+    route = "openapi"
+
+    def __init__(self, runtime: Runtime, routes: list[Route]) -> None:
+        super().__init__(runtime)
+        self._routes = routes
+        self._payloads: dict[str, bytes] = {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Built on first use (a few ms, and the module is not imported before), once per
+        # mount point: the root path is the app's placement, not the client's choice.
+        root_path = scope.get("root_path", "")
+        payload = self._payloads.get(root_path)
+        if payload is None:
+            from .openapi import build_document
+
+            payload = _encode(
+                build_document(
+                    [(route.path, route.endpoint) for route in self._routes],
+                    model_names=self.runtime.router.model_names(),
+                    auth=self.runtime.master_key is not None,
+                    root_path=root_path,
+                )
+            )
+            if len(self._payloads) < 16:
+                self._payloads[root_path] = payload
+        await _send_json(send, 200, payload)
+
+
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
@@ -935,6 +1056,7 @@ class GatewayApp(Router):
             from .keys.admin import admin_routes
 
             routes.extend(admin_routes(runtime))
+        routes.append(Route("/openapi.json", OpenAPIEndpoint(runtime, routes)))
         super().__init__(routes, default=_not_found, lifespan=self._lifespan)
         self._exact: dict[str, Any] = {
             route.path: route.endpoint for route in routes if "{" not in route.path

@@ -196,8 +196,8 @@ class Metrics:
                     _merge(by_deployment[name], where, getattr(series, name))
                 for direction, n in (("input", series.tokens_in), ("output", series.tokens_out)):
                     if n:
-                        k = (model, deployment, direction)
-                        tokens[k] = tokens.get(k, 0) + n
+                        where3 = (model, deployment, direction)
+                        tokens[where3] = tokens.get(where3, 0) + n
         return {
             "requests": requests,
             "durations": durations,

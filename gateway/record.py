@@ -7,7 +7,7 @@ and handlers' threads find it without plumbing), and fills it in as the request 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
@@ -140,7 +140,7 @@ class _CountedStream:
     def __anext__(self) -> Awaitable[Any]:
         return self._gen.__anext__()
 
-    async def _chunks(self) -> AsyncIterator[Any]:
+    async def _chunks(self) -> AsyncGenerator[Any, None]:
         count = 0
         chunk: Any = None
         try:

@@ -311,3 +311,61 @@ def test_http_injected_failure_keeps_its_status(server: str) -> None:
                 model="mocked", messages=MESSAGES, extra_body={"mock_ttft_ms": "soon"}
             )
         assert "mock_ttft_ms" in str(bad.value)
+
+
+# Sizes a client chooses are bounded: a 500 or a server that builds 10**12 items on its
+# event loop before, now a 400 naming the field, and the server answers at once after.
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/v1/embeddings", {"input": "x", "dimensions": 10**12}, "dimensions"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 2**70}, "dimensions"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 0}, "dimensions"),
+        ("/v1/embeddings", {"input": "x", "dimensions": "8"}, "dimensions"),
+        ("/v1/images/generations", {"prompt": "x", "n": 10**12}, "n"),
+        ("/v1/images/generations", {"prompt": "x", "n": 0}, "n"),
+        ("/v1/chat/completions", {"messages": MESSAGES, "mock_tokens": 10**9}, "mock_tokens"),
+    ],
+)
+def test_http_client_sizes_are_bounded(
+    server: str, route: str, body: dict[str, Any], param: str
+) -> None:
+    import httpx
+
+    r = httpx.post(f"{server}{route}", json={"model": "mocked", **body}, timeout=5)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert httpx.get(f"{server}/health/liveliness", timeout=1).status_code == 200
+
+
+def test_http_sizes_within_bounds_answer(server: str) -> None:
+    import httpx
+
+    r = httpx.post(
+        f"{server}/v1/embeddings", json={"model": "mocked", "input": "x", "dimensions": 3}
+    )
+    assert [d["embedding"] for d in r.json()["data"]] == [[0.1, 0.1, 0.1]]
+    r = httpx.post(
+        f"{server}/v1/images/generations", json={"model": "mocked", "prompt": "x", "n": 10}
+    )
+    assert len(r.json()["data"]) == 10
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_http_mock_response_without_choices(server: str, stream: bool) -> None:
+    import httpx
+
+    body = {
+        "model": "mocked",
+        "messages": MESSAGES,
+        "mock_response": {"choices": []},
+        "mock_ttft_ms": 0,
+    }
+    r = httpx.post(f"{server}/v1/chat/completions", json={**body, "stream": stream}, timeout=10)
+    assert r.status_code == 200, r.text  # was 500 "list index out of range"
+    if stream:
+        assert r.text.endswith("data: [DONE]\n\n")
+    else:
+        assert r.json()["choices"] == []

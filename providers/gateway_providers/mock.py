@@ -60,6 +60,12 @@ _WORDS = (
 # Randomness only decides injected failures; the text never depends on it.
 _random = random.Random()
 
+# Sizes a request can choose, bounded like any client input: a reply of 10**12 tokens,
+# embeddings or images would be built in memory on the event loop.
+_MAX_TOKENS = 100_000
+_MAX_DIMENSIONS = 65_536
+_MAX_IMAGES = 10  # OpenAI's own bound for n
+
 
 def _param(call: Any, name: str, default: Any = None) -> Any:
     """A mock setting from the request (optional_params) or the deployment (litellm_params)."""
@@ -81,6 +87,15 @@ def _number(call: Any, name: str, default: float, *, upper: float | None = None)
         bound = f"between 0 and {upper:g}" if upper is not None else ">= 0"
         raise BadRequestError(f"{name} must be {bound}, got {value!r}", param=name)
     return number
+
+
+def _count(call: Any, name: str, default: int, upper: int) -> int:
+    value = _param(call, name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise BadRequestError(
+            f"{name} must be an integer between 1 and {upper}, got {value!r}", param=name
+        )
+    return value
 
 
 @lru_cache(maxsize=256)
@@ -125,12 +140,13 @@ class _Plan:
             return
         if mock is not None:
             self.response = _response(call)
+            choices = self.response.choices
             self.pieces: Sequence[str] = _PIECES.findall(
-                self.response.choices[0].message.content or ""
+                (choices[0].message.content or "") if choices else ""
             )
             return
         if _param(call, "mock_tokens") is not None:
-            count = int(_number(call, "mock_tokens", 0))
+            count = int(_number(call, "mock_tokens", 0, upper=_MAX_TOKENS))
             self.pieces = generated_tokens(count)
             text = generated_text(count)
         else:
@@ -155,12 +171,13 @@ class _Plan:
 
     def items(self) -> list[Any]:
         """The stream items: one per token, then the finish item with usage."""
-        choice = self.response.choices[0]
+        choices = self.response.choices
         items: list[Any] = [
             {"text": piece, "is_finished": False, "finish_reason": None, "index": 0, "usage": None}
             for piece in self.pieces
         ]
-        items.append(_finish_item(choice.finish_reason, self.response.usage))
+        finish_reason = choices[0].finish_reason if choices else None
+        items.append(_finish_item(finish_reason, self.response.usage))
         return items
 
     def offsets(self) -> Iterator[float]:
@@ -265,7 +282,7 @@ class MockProvider(Provider):
         inputs = call.input if isinstance(call.input, list) else [call.input]
         if inputs and isinstance(inputs[0], int):  # one token array
             inputs = [inputs]
-        dims = int(_param(call, "dimensions", 8))
+        dims = _count(call, "dimensions", 8, _MAX_DIMENSIONS)
         return EmbeddingResponse(
             data=[
                 Embedding(embedding=[round(0.1 * (i + 1), 3)] * dims, index=i)
@@ -279,7 +296,7 @@ class MockProvider(Provider):
         return self.image_generation(call)
 
     def image_generation(self, call: ImageCall) -> ImageResponse:
-        n = int(_param(call, "n", 1))
+        n = _count(call, "n", 1, _MAX_IMAGES)
         url = _param(call, "mock_response", "https://example.com/mock.png")
         return ImageResponse(data=[ImageObject(url=str(url)) for _ in range(n)])
 
