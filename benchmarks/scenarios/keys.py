@@ -82,7 +82,9 @@ def _start(ctx: Context) -> Server:
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (r"\{" + labels + r"[^}]*\}" if labels else "") + r" ([0-9.e+]+)"
+    # Label order is the renderer's (prometheus-client sorts them): match ours anywhere.
+    where = r"\{[^}]*" + re.escape(labels) + r"[^}]*\}" if labels else r"(?:\{[^}]*\})?"
+    pattern = re.escape(name) + where + r" ([0-9.e+]+)"
     return sum(float(v) for v in re.findall(pattern, text))
 
 
