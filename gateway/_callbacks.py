@@ -495,8 +495,7 @@ class RequestLog:
             from .streaming import stream_chunk_builder
 
             try:
-                raw = msgspec.Raw
-                chunks = [msgspec.json.decode(c) if c.__class__ is raw else c for c in chunks]
+                chunks = [_chunk_data(c) for c in chunks]
                 for chunk in reversed(chunks):
                     usage, _ = chunk_usage(chunk)
                     if usage is not None:
@@ -655,6 +654,16 @@ def build_kwargs(
             "hidden_params": {"model_id": deployment, "api_base": api_base},
         },
     }
+
+
+def _chunk_data(chunk: Any) -> Any:
+    """A kept stream chunk as the chunk builder reads it: the HTTP app's pre-encoded
+    chunks decoded, a front door's text chunks (plain strings) as their delta."""
+    if chunk.__class__ is msgspec.Raw:
+        return msgspec.json.decode(chunk)
+    if chunk.__class__ is str:
+        return {"choices": [{"delta": {"content": chunk}}]}
+    return chunk
 
 
 class _LoggedStream:

@@ -250,7 +250,12 @@ async def run_acompletion(
 
 
 async def astream_chunks(
-    provider: Provider, call: ChatCall, model_name: str | None, *, raw_dicts: bool = False
+    provider: Provider,
+    call: ChatCall,
+    model_name: str | None,
+    *,
+    raw_dicts: bool = False,
+    plain_text: bool = False,
 ) -> AsyncIterator[Any]:
     """OpenAI chunks for a streaming call.
 
@@ -259,7 +264,12 @@ async def astream_chunks(
     provider's stream (the handler's generator runs its ``finally``).
     """
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
-    state = StreamState(model_name, include_usage=_include_usage(call), raw_dicts=raw_dicts)
+    state = StreamState(
+        model_name,
+        include_usage=_include_usage(call),
+        raw_dicts=raw_dicts,
+        plain_text=plain_text,
+    )
     try:
         iterator = provider.astream(call)
     except GatewayError:

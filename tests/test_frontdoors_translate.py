@@ -15,10 +15,11 @@ from gateway.frontdoors.store import ResponseStore
 from gateway.streaming import StreamState
 
 
-def _chunks(*items: Any, raw: bool = True) -> list[Any]:
+def _chunks(*items: Any, text: bool = True) -> list[Any]:
     """What the router hands a front door: handler items normalised to chat chunks
-    (its HTTP mode, ``raw``: text chunks pre-encoded as ``msgspec.Raw``)."""
-    state = StreamState("m", include_usage=True, raw_dicts=raw)
+    (its front-door mode, ``text``: text chunks as the text itself; else as chunk
+    objects, as a library stream has them)."""
+    state = StreamState("m", include_usage=True, raw_dicts=text, plain_text=text)
     out = [c for item in items for c in state.feed(item)]
     return out + state.close()
 
@@ -35,9 +36,9 @@ def _generic(text: str = "", **extra: Any) -> dict[str, Any]:
     return {**chunk, **extra}
 
 
-def _events(raw: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+def _events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for block in b"".join(raw).decode().split("\n\n"):
+    for block in raw.decode().split("\n\n"):
         if block:
             event, data = block.split("\n")
             out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
@@ -195,8 +196,8 @@ def test_chat_answer_to_response() -> None:
     assert r["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
-@pytest.mark.parametrize("raw", [True, False])
-def test_response_events_for_text_and_tool_calls(raw: bool) -> None:
+@pytest.mark.parametrize("text", [True, False])
+def test_response_events_for_text_and_tool_calls(text: bool) -> None:
     request, _ = _responses_request()
     events = responses.ResponseEvents(request)
     tool = {"id": "c9", "type": "function", "function": {"name": "f", "arguments": '{"a"'}}
@@ -211,7 +212,7 @@ def test_response_events_for_text_and_tool_calls(raw: bool) -> None:
             finish_reason="tool_calls",
             usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
         ),
-        raw=raw,
+        text=text,
     ):
         sent += events.feed(chunk)
     sent += events.close()
@@ -252,6 +253,43 @@ def test_response_events_for_text_and_tool_calls(raw: bool) -> None:
         "logprobs": [],
         "sequence_number": 4,
     }
+    # So do the closing events, made from templates: the same item and part as an
+    # answer's, and the final response is the object the store keeps.
+    assert message == responses.to_response(TOOL_ANSWER, request)["output"][0] | {
+        "id": message["id"],
+        "content": [{"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []}],
+    }
+    ids = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    opened = {**message, "status": "in_progress", "content": []}
+    assert decoded[2][1] == {
+        "type": "response.output_item.added",
+        "output_index": 0,
+        "item": opened,
+        "sequence_number": 2,
+    }
+    empty_part = {**message["content"][0], "text": ""}
+    assert decoded[3][1] == {
+        "type": "response.content_part.added",
+        **ids,
+        "part": empty_part,
+        "sequence_number": 3,
+    }
+    assert decoded[9][1] == {
+        "type": "response.output_text.done",
+        **ids,
+        "text": "Hello",
+        "logprobs": [],
+        "sequence_number": 9,
+    }
+    assert decoded[10][1] == {
+        "type": "response.content_part.done",
+        **ids,
+        "part": message["content"][0],
+        "sequence_number": 10,
+    }
+    assert decoded[11][1]["item"] == message and decoded[13][1]["item"] == call
+    assert json.loads(events.body) == final
+    assert events.response["output"] == final["output"]
 
 
 def test_response_events_failure_and_empty_answer() -> None:
@@ -259,7 +297,7 @@ def test_response_events_failure_and_empty_answer() -> None:
     events = responses.ResponseEvents(request)
     events.start()
     events.feed(_chunks(_generic("part"))[0])
-    [(kind, data)] = _events([events.fail(InternalServerError("boom"))])
+    [(kind, data)] = _events(events.fail(InternalServerError("boom")))
     assert kind == "response.failed"
     assert data["response"]["status"] == "failed"
     assert data["response"]["error"] == {"code": "server_error", "message": "boom"}
@@ -428,8 +466,8 @@ def test_chat_answer_to_message() -> None:
         assert messages.to_message(answer, "m")["stop_reason"] == reason
 
 
-@pytest.mark.parametrize("raw", [True, False])
-def test_message_events(raw: bool) -> None:
+@pytest.mark.parametrize("text", [True, False])
+def test_message_events(text: bool) -> None:
     events = messages.MessageEvents("m")
     sent = events.start()
     tool = {"id": "t1", "type": "function", "function": {"name": "w", "arguments": '{"c":'}}
@@ -443,7 +481,7 @@ def test_message_events(raw: bool) -> None:
             finish_reason="tool_calls",
             usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
         ),
-        raw=raw,
+        text=text,
     ):
         sent += events.feed(chunk)
     sent += events.close()
@@ -479,7 +517,7 @@ def test_message_events(raw: bool) -> None:
     assert [d["index"] for _, d in decoded[6:10]] == [1, 1, 1, 1]
     assert decoded[10][1]["delta"]["stop_reason"] == "tool_use"
     assert decoded[10][1]["usage"] == {"input_tokens": 4, "output_tokens": 6}
-    [(kind, data)] = _events([events.fail(NotFoundError("gone"))])
+    [(kind, data)] = _events(events.fail(NotFoundError("gone")))
     assert (kind, data) == (
         "error",
         {"type": "error", "error": {"type": "not_found_error", "message": "gone"}},
@@ -582,7 +620,7 @@ def test_completion_chunks() -> None:
     ):
         sent += chunks.feed(chunk)
     sent += chunks.close()
-    datas = [b.removeprefix(b"data: ").strip() for b in sent]
+    datas = [b.removeprefix(b"data: ") for b in sent.split(b"\n\n") if b]
     assert datas[-1] == b"[DONE]"
     decoded = [json.loads(d) for d in datas[:-1]]
     assert [d["choices"][0]["text"] for d in decoded[:-1]] == ["p", "a", "b", ""]
@@ -602,8 +640,8 @@ def test_text_survives_every_stream_translation(door: str) -> None:
         events = messages.MessageEvents("m")
     else:
         events = completions.CompletionChunks(_completion_request()[0])
-    sent = events.start() + [b for c in chunks for b in events.feed(c)] + events.close()
-    text = b"".join(sent).decode()
+    sent = events.start() + b"".join(events.feed(c) for c in chunks) + events.close()
+    text = sent.decode()
     if door == "completions":
         datas = [json.loads(line[6:]) for line in text.split("\n\n") if line[6:7] == "{"]
         got = [d["choices"][0]["text"] for d in datas if d["choices"]]
@@ -612,3 +650,36 @@ def test_text_survives_every_stream_translation(door: str) -> None:
     else:
         got = [d["delta"]["text"] for e, d in _events(sent) if e == "content_block_delta"]
     assert "".join(got) == "".join(pieces)
+
+
+def test_a_front_doors_stream_hands_text_as_strings_to_every_reader() -> None:
+    """The router's front-door mode: text chunks are the text itself, no chunk has a
+    role; whatever counts or logs a stream reads them as the chat chunks they stand for."""
+    from gateway._callbacks import _chunk_data
+    from gateway.keys.spend import chunk_usage
+    from gateway.record import usage_of
+    from gateway.router.streams import _chunk_tokens
+    from gateway.streaming import stream_chunk_builder
+
+    usage = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+    chunks = _chunks(
+        _generic("Hel"),
+        _generic("lo"),
+        _generic(is_finished=True, finish_reason="stop", usage=usage),
+    )
+    assert chunks[:2] == ["Hel", "lo"]
+    finish, usage_chunk = chunks[2:]
+    assert isinstance(finish, gateway.ModelResponseStream) and finish.choices[0].delta.role is None
+    assert [_chunk_tokens(c) for c in chunks] == [(None, 3), (None, 2), (None, 0), (10, 0)]
+    assert [chunk_usage(c) for c in chunks] == [(None, 3), (None, 2), (None, 0), ((4, 6), 0)]
+    assert usage_of("Hel") == (None, None) and usage_of(usage_chunk) == (4, 6)
+    rebuilt = stream_chunk_builder([_chunk_data(c) for c in chunks], "m")
+    assert rebuilt.choices[0].message.content == "Hello"
+    assert rebuilt.choices[0].finish_reason == "stop"
+    assert rebuilt.usage.total_tokens == 10
+    # The chat endpoint's own stream is unchanged: pre-encoded text chunks.
+    chat = StreamState("m", raw_dicts=True)
+    assert [type(c) for c in chat.feed("a") + chat.feed("b")] == [
+        gateway.ModelResponseStream,
+        msgspec.Raw,
+    ]

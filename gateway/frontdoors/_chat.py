@@ -20,7 +20,6 @@ __all__ = [
     "plain",
     "sse",
     "text_of",
-    "text_of_raw",
     "usage_counts",
 ]
 
@@ -29,13 +28,14 @@ _encode = msgspec.json.Encoder().encode
 
 class EventWriter(Protocol):
     """A front door's stream translator: the encoded events to send at the start, for
-    each chat chunk, at the end, and (instead of the end) for a failure."""
+    each chat chunk (often one event, sometimes none: ``b""``), at the end, and
+    (instead of the end) for a failure."""
 
-    def start(self) -> list[bytes]: ...
+    def start(self) -> bytes: ...
 
-    def feed(self, chunk: Any) -> list[bytes]: ...
+    def feed(self, chunk: Any) -> bytes: ...
 
-    def close(self) -> list[bytes]: ...
+    def close(self) -> bytes: ...
 
     def fail(self, exc: GatewayError) -> bytes: ...
 
@@ -127,39 +127,17 @@ def _tool_delta(value: Any) -> ToolDelta:
     )
 
 
-class _RawDelta(msgspec.Struct):
-    content: str | None = None
-
-
-class _RawChoice(msgspec.Struct):
-    delta: _RawDelta
-
-
-class _RawChunk(msgspec.Struct):
-    choices: list[_RawChoice]
-
-
-# The router's pre-encoded text chunks: only the text is read back (1 us, where
-# building the chunk as three Structs in the first place costs 7).
-_decode_raw = msgspec.json.Decoder(_RawChunk).decode
-
-
-def text_of_raw(chunk: msgspec.Raw) -> str | None:
-    """The text of one of the router's pre-encoded text chunks."""
-    return _decode_raw(chunk).choices[0].delta.content
-
-
 def chunk_parts(
     chunk: Any,
 ) -> tuple[str | None, list[ToolDelta] | None, str | None, Any]:
     """One chat stream chunk as (text, tool-call pieces, finish reason, usage).
 
-    Chunks come from the router's HTTP mode (``raw_dicts``): text chunks as
-    ``msgspec.Raw``, an OpenAI-compatible upstream's chunks as dicts, the rest as
+    Chunks come from the router's front-door mode (``plain_text``): text chunks as
+    the text itself, an OpenAI-compatible upstream's chunks as dicts, the rest as
     ``ModelResponseStream``.
     """
-    if type(chunk) is msgspec.Raw:
-        return text_of_raw(chunk), None, None, None
+    if chunk.__class__ is str:
+        return chunk, None, None, None
     if isinstance(chunk, dict):
         usage = chunk.get("usage")
         choices = chunk.get("choices")

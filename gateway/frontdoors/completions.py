@@ -148,20 +148,22 @@ class CompletionChunks:
     def _chunk(self, text: str) -> bytes:
         return self._prefix + _encode(text) + self._suffix
 
-    def start(self) -> list[bytes]:
+    def start(self) -> bytes:
         if self._request.echo and isinstance(self._request.prompt, str):
-            return [self._chunk(self._request.prompt)]
-        return []
+            return self._chunk(self._request.prompt)
+        return b""
 
-    def feed(self, chunk: Any) -> list[bytes]:
+    def feed(self, chunk: Any) -> bytes:
+        if chunk.__class__ is str:
+            return self._prefix + _encode(chunk) + self._suffix  # most chunks: text
         text, _, finish, usage = chunk_parts(chunk)
         if finish is not None:
             self._finish = finish
         if usage:
             self._usage = usage
-        return [self._chunk(text)] if text else []
+        return self._chunk(text) if text else b""
 
-    def close(self) -> list[bytes]:
+    def close(self) -> bytes:
         finish = b'"length"' if self._finish == "length" else b'"stop"'
         out = [
             self._prefix
@@ -173,7 +175,7 @@ class CompletionChunks:
             usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
             out.append(b"data: " + _encode({**self._head, "choices": [], "usage": usage}) + b"\n\n")
         out.append(b"data: [DONE]\n\n")
-        return out
+        return b"".join(out)
 
     def fail(self, exc: GatewayError) -> bytes:
         return b"data: " + _encode(exc.to_dict()) + b"\n\n"

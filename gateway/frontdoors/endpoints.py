@@ -58,14 +58,13 @@ async def _write_events(
         pending = events.start()  # sent with the first chunk's events: one send fewer
         feed = events.feed
         async for chunk in routed.result:
-            out = feed(chunk)
+            body = feed(chunk)
             if pending:
-                out = pending + out
-                pending = []
-            if out:
-                body = out[0] if len(out) == 1 else b"".join(out)
+                body = pending + body
+                pending = b""
+            if body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-        tail = b"".join(pending + events.close())
+        tail = pending + events.close()
         done()
     except GatewayError as exc:
         exc = _public(scope, exc)
@@ -137,6 +136,7 @@ async def _chat(
                 chat.optional_params,
                 stream=True,
                 timeout=timeout,
+                plain_text=True,
             ),
             chat.messages,
         ),
@@ -167,7 +167,7 @@ class Responses(_Endpoint):
                     param="previous_response_id",
                     code="previous_response_not_found",
                 )
-            history = stored.conversation
+            history = stored.messages()
         chat = responses.to_chat(request, data, history)
         # The conversation a later request continues: without this one's instructions,
         # which (as in OpenAI's API) do not carry over.
@@ -186,7 +186,7 @@ class Responses(_Endpoint):
         def done() -> None:
             if keep and events is not None:
                 conversation = asked + responses.conversation(events.response)
-                store.put(events.response, conversation, caller)
+                store.put(events.response, conversation, caller, events.body)
 
         return await _chat(self, scope, receive, send, chat, timeout, answer, events, done)
 

@@ -58,30 +58,11 @@ class CountTokensRequest(msgspec.Struct):
 # Fields the translation consumes, and Anthropic-only ones that mean nothing to a chat
 # call (an OpenAI-compatible upstream would reject them); the rest pass through.
 _CONSUMED = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "messages",
-        "system",
-        "stop_sequences",
-        "tools",
-        "tool_choice",
-        "stream",
-        "metadata",
-        "timeout",
-        "output_config",
-        "thinking",
-        "service_tier",
-        "container",
-        "mcp_servers",
-        "cache_control",
-        "context_management",
-        "diagnostics",
-        "inference_geo",
-        "speed",
-        "user_profile_id",
-        "workspace_id",
-    }
+    (
+        "model max_tokens messages system stop_sequences tools tool_choice stream metadata "
+        "timeout output_config thinking service_tier container mcp_servers cache_control "
+        "context_management diagnostics inference_geo speed user_profile_id workspace_id"
+    ).split()
 )
 
 
@@ -391,6 +372,7 @@ def error_body(exc: GatewayError) -> bytes:
 
 
 _PING = sse("ping", {"type": "ping"})
+_STOP = sse("message_stop", {"type": "message_stop"})
 
 
 class MessageEvents:
@@ -398,6 +380,7 @@ class MessageEvents:
     ``close`` (or ``fail``); each returns the encoded events to send.
 
     Blocks are sent one after another, as Anthropic does: text, then each tool call.
+    Every text delta is one bytes template filled in (no dict, no encoder walk).
     """
 
     __slots__ = (
@@ -423,7 +406,7 @@ class MessageEvents:
         self._finish_reason: str | None = None
         self._usage: Any = None
 
-    def start(self) -> list[bytes]:
+    def start(self) -> bytes:
         message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
@@ -434,7 +417,7 @@ class MessageEvents:
             "stop_sequence": None,
             "usage": _usage(0, 0),
         }
-        return [sse("message_start", {"type": "message_start", "message": message}), _PING]
+        return sse("message_start", {"type": "message_start", "message": message}) + _PING
 
     def _open(self, kind: Any, block: dict[str, Any], out: list[bytes]) -> int:
         self._stop(out)
@@ -452,7 +435,9 @@ class MessageEvents:
             self._block = -1
             self._kind = None
 
-    def feed(self, chunk: Any) -> list[bytes]:
+    def feed(self, chunk: Any) -> bytes:
+        if chunk.__class__ is str and self._kind == "text":
+            return self._text_prefix + _encode(chunk) + b"}}\n\n"  # most chunks: more text
         text, tools, finish, usage = chunk_parts(chunk)
         out: list[bytes] = []
         if text:
@@ -465,29 +450,32 @@ class MessageEvents:
             out.append(self._text_prefix + _encode(text) + b"}}\n\n")
         if tools:
             for piece in tools:
-                index = self._tools.get(piece.index)
-                if index is None:
-                    block = {
-                        "type": "tool_use",
-                        "id": piece.id or new_id("toolu_"),
-                        "name": piece.name or "",
-                        "input": {},
-                    }
-                    index = self._tools[piece.index] = self._open(piece.index, block, out)
-                if piece.arguments:
-                    delta = {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": piece.arguments},
-                    }
-                    out.append(sse("content_block_delta", delta))
+                self._tool(piece, out)
         if finish is not None:
             self._finish_reason = finish
         if usage:
             self._usage = usage
-        return out
+        return b"".join(out)
 
-    def close(self) -> list[bytes]:
+    def _tool(self, piece: Any, out: list[bytes]) -> None:
+        index = self._tools.get(piece.index)
+        if index is None:
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": piece.id or new_id("toolu_"),
+                "name": piece.name or "",
+                "input": {},
+            }
+            index = self._tools[piece.index] = self._open(piece.index, block, out)
+        if piece.arguments:
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": piece.arguments},
+            }
+            out.append(sse("content_block_delta", delta))
+
+    def close(self) -> bytes:
         out: list[bytes] = []
         self._stop(out)
         prompt, completion = usage_counts(self._usage)
@@ -497,8 +485,8 @@ class MessageEvents:
             "usage": {"input_tokens": prompt, "output_tokens": completion},
         }
         out.append(sse("message_delta", delta))
-        out.append(sse("message_stop", {"type": "message_stop"}))
-        return out
+        out.append(_STOP)
+        return b"".join(out)
 
     def fail(self, exc: GatewayError) -> bytes:
         return sse("error", error_object(exc))

@@ -13,22 +13,22 @@ from typing import Annotated, Any
 import msgspec
 
 from ..errors import BadRequestError, GatewayError
-from ._chat import (
-    ChatIn,
-    answer_parts,
-    chunk_parts,
-    new_id,
-    sse,
-    text_of,
-    text_of_raw,
-    usage_counts,
-)
+from ._chat import ChatIn, answer_parts, chunk_parts, new_id, text_of, usage_counts
 
 __all__ = ["ResponseEvents", "ResponsesRequest", "conversation", "to_chat", "to_response"]
 
 _encode = msgspec.json.Encoder().encode
 
 _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
+
+# A text delta's end, after its JSON string; made once for the first 1024 (0.3 us a delta).
+_DELTA_END = b',"logprobs":[],"sequence_number":%d}\n\n'
+_DELTA_ENDS = tuple(_DELTA_END % seq for seq in range(1024))
+# A message item and its text part as ``_message_item`` makes them, for the stream's
+# events (which the tests decode and compare with it).
+_MESSAGE = b'{"id":"%s","type":"message","status":"%s","role":"assistant","content":[%s]}'
+_PART = b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}'
+_EVENT = b'event: %s\ndata: {"type":"%s",%s,"sequence_number":%d}\n\n'
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -54,25 +54,11 @@ class ResponsesRequest(msgspec.Struct):
 
 # Request fields the translation consumes; every other field set passes to the handler.
 _CONSUMED = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "tools",
-        "tool_choice",
-        "max_output_tokens",
-        "stream",
-        "previous_response_id",
-        "store",
-        "metadata",
-        "text",
-        "reasoning",
-        "background",
-        "timeout",
-        "include",
-        "truncation",
-        "stream_options",
-    }
+    (
+        "model input instructions tools tool_choice max_output_tokens stream "
+        "previous_response_id store metadata text reasoning background timeout include "
+        "truncation stream_options"
+    ).split()
 )
 
 
@@ -134,11 +120,9 @@ def input_messages(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise BadRequestError(
                     f"{where} needs a `name` and `arguments` (a JSON string)", param=where
                 )
-            call = {
-                "id": item.get("call_id") or item.get("id") or new_id("call_"),
-                "type": "function",
-                "function": {"name": name, "arguments": arguments},
-            }
+            call_id = item.get("call_id") or item.get("id") or new_id("call_")
+            function = {"name": name, "arguments": arguments}
+            call = {"id": call_id, "type": "function", "function": function}
             last = messages[-1] if messages else None
             # Parallel calls are one assistant message in chat, several items here.
             if last is not None and last["role"] == "assistant":
@@ -219,10 +203,9 @@ def to_chat(
         optional["tools"] = _tools(request.tools)
     if request.tool_choice is not None:
         optional["tool_choice"] = _tool_choice(request.tool_choice)
-    if request.text:
-        response_format = _response_format(request.text)
-        if response_format is not None:
-            optional["response_format"] = response_format
+    response_format = _response_format(request.text) if request.text else None
+    if response_format is not None:
+        optional["response_format"] = response_format
     if request.reasoning and request.reasoning.get("effort"):
         optional["reasoning_effort"] = request.reasoning["effort"]
     stream = bool(request.stream)
@@ -235,10 +218,10 @@ def to_chat(
 # -- chat -> response -----------------------------------------------------------------------
 
 
-def skeleton(request: ResponsesRequest, response_id: str | None = None) -> dict[str, Any]:
+def skeleton(request: ResponsesRequest) -> dict[str, Any]:
     """A response object before its output: what the request asked for, echoed."""
     return {
-        "id": response_id or new_id("resp_"),
+        "id": new_id("resp_"),
         "object": "response",
         "created_at": int(time.time()),
         "status": "in_progress",
@@ -296,15 +279,14 @@ def _call_item(item_id: str, call: dict[str, Any], status: str = "completed") ->
     }
 
 
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
 def _finish(response: dict[str, Any], finish_reason: str | None) -> None:
-    if finish_reason == "length":
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "max_output_tokens"}
-    elif finish_reason == "content_filter":
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": "content_filter"}
-    else:
-        response["status"] = "completed"
+    reason = _INCOMPLETE.get(finish_reason or "")
+    response["status"] = "incomplete" if reason else "completed"
+    if reason:
+        response["incomplete_details"] = {"reason": reason}
 
 
 def to_response(answer: Any, request: ResponsesRequest) -> dict[str, Any]:
@@ -329,13 +311,8 @@ def conversation(response: dict[str, Any]) -> list[dict[str, Any]]:
         if item["type"] == "message":
             text.extend(part.get("text", "") for part in item["content"])
         elif item["type"] == "function_call":
-            calls.append(
-                {
-                    "id": item["call_id"],
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]},
-                }
-            )
+            function = {"name": item["name"], "arguments": item["arguments"]}
+            calls.append({"id": item["call_id"], "type": "function", "function": function})
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if calls:
         message["tool_calls"] = calls
@@ -345,103 +322,77 @@ def conversation(response: dict[str, Any]) -> list[dict[str, Any]]:
 # -- chat chunks -> events ------------------------------------------------------------------
 
 
-class _Call:
-    __slots__ = ("call_id", "item_id", "name", "output_index", "parts")
+class _Call(msgspec.Struct):
+    """A function call being streamed: its output item and its arguments so far."""
 
-    def __init__(self, output_index: int, call_id: str, name: str) -> None:
-        self.output_index = output_index
-        self.item_id = new_id("fc_")
-        self.call_id = call_id
-        self.name = name
-        self.parts: list[str] = []
+    output_index: int
+    item_id: str
+    call_id: str
+    name: str
+    parts: list[str]
 
 
 class ResponseEvents:
     """The Responses event stream for one chat stream: ``start``, ``feed`` per chunk,
     then ``close`` (or ``fail``). Each returns the encoded events to send.
 
-    Every text delta is one bytes template filled in (no dict, no encoder walk),
-    as the chat stream does for its own text chunks.
+    Every text delta is one bytes template filled in (no dict, no encoder walk), and
+    the response object is encoded once for the events that carry it whole.
     """
 
     __slots__ = (
         "_calls",
         "_finish_reason",
         "_msg_id",
+        "_msg_ids",
         "_msg_index",
         "_next_index",
         "_seq",
         "_text",
         "_text_prefix",
         "_usage",
+        "body",
         "response",
     )
 
     def __init__(self, request: ResponsesRequest) -> None:
         self.response = skeleton(request)
+        self.body = b""  # the final response as sent in the last event (for the store)
         self._seq = 0
         self._next_index = 0
         self._msg_index = -1
         self._msg_id = ""
+        self._msg_ids = b""  # the open message's "item_id", "output_index", "content_index"
         self._text: list[str] = []
         self._text_prefix = b""
         self._calls: dict[int, _Call] = {}
         self._finish_reason: str | None = None
         self._usage: Any = None
 
-    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
-        data["sequence_number"] = self._seq
-        self._seq += 1
-        return sse(kind, {"type": kind, **data})
+    def _raw(self, kind: bytes, fields: bytes) -> bytes:
+        """An event from its fields, encoded (``"name":value,...``: a dict's JSON unbraced)."""
+        seq = self._seq
+        self._seq = seq + 1
+        return _EVENT % (kind, kind, fields, seq)
 
-    def start(self) -> list[bytes]:
-        return [
-            self._event("response.created", {"response": self.response}),
-            self._event("response.in_progress", {"response": self.response}),
-        ]
+    def start(self) -> bytes:
+        fields = b'"response":' + _encode(self.response)
+        return self._raw(b"response.created", fields) + self._raw(b"response.in_progress", fields)
 
-    def _open_message(self, out: list[bytes]) -> None:
-        self._msg_index = index = self._next_index
-        self._next_index += 1
-        self._msg_id = item_id = new_id("msg_")
-        item = _message_item(item_id, "", "in_progress")
-        item["content"] = []
-        out.append(self._event("response.output_item.added", {"output_index": index, "item": item}))
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        added = {"item_id": item_id, "output_index": index, "content_index": 0, "part": part}
-        out.append(self._event("response.content_part.added", added))
-        self._text_prefix = (
-            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-            b'"item_id":"%s","output_index":%d,"content_index":0,"delta":'
-            % (item_id.encode(), index)
-        )
-
-    def feed(self, chunk: Any) -> list[bytes]:
-        if type(chunk) is msgspec.Raw and self._msg_index >= 0:
+    def feed(self, chunk: Any) -> bytes:
+        if chunk.__class__ is str and self._msg_index >= 0:
             # Most chunks: more text for the open message.
-            text = text_of_raw(chunk)
-            if not text:
-                return []
-            self._text.append(text)
+            self._text.append(chunk)
             seq = self._seq
             self._seq = seq + 1
-            return [
-                self._text_prefix
-                + _encode(text)
-                + b',"logprobs":[],"sequence_number":%d}\n\n' % seq
-            ]
+            end = _DELTA_ENDS[seq] if seq < 1024 else _DELTA_END % seq
+            return self._text_prefix + _encode(chunk) + end
         text, tools, finish, usage = chunk_parts(chunk)
         out: list[bytes] = []
         if text:
             if self._msg_index < 0:
                 self._open_message(out)
-            self._text.append(text)
-            out.append(
-                self._text_prefix
-                + _encode(text)
-                + b',"logprobs":[],"sequence_number":%d}\n\n' % self._seq
-            )
-            self._seq += 1
+            out.append(self.feed(text))
         if tools:
             for piece in tools:
                 self._tool(piece, out)
@@ -449,34 +400,45 @@ class ResponseEvents:
             self._finish_reason = finish
         if usage:
             self._usage = usage
-        return out
+        return b"".join(out)
+
+    def _open_message(self, out: list[bytes]) -> None:
+        self._msg_index = index = self._next_index
+        self._next_index += 1
+        self._msg_id = item_id = new_id("msg_")
+        item = _MESSAGE % (item_id.encode(), b"in_progress", b"")
+        out.append(
+            self._raw(b"response.output_item.added", b'"output_index":%d,"item":%s' % (index, item))
+        )
+        ids = self._msg_ids = b'"item_id":"%s","output_index":%d,"content_index":0' % (
+            item_id.encode(),
+            index,
+        )
+        out.append(self._raw(b"response.content_part.added", ids + b',"part":' + _PART % b'""'))
+        self._text_prefix = (
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            + ids
+            + b',"delta":'
+        )
 
     def _tool(self, piece: Any, out: list[bytes]) -> None:
         call = self._calls.get(piece.index)
         if call is None:
-            call = _Call(self._next_index, piece.id or new_id("call_"), piece.name or "")
+            call_id = piece.id or new_id("call_")
+            call = _Call(self._next_index, new_id("fc_"), call_id, piece.name or "", [])
             self._next_index += 1
             self._calls[piece.index] = call
-            item = _call_item(
-                call.item_id,
-                {"id": call.call_id, "name": call.name, "arguments": ""},
-                "in_progress",
-            )
-            out.append(
-                self._event(
-                    "response.output_item.added", {"output_index": call.output_index, "item": item}
-                )
-            )
+            opened = {"id": call.call_id, "name": call.name, "arguments": ""}
+            item = _call_item(call.item_id, opened, "in_progress")
+            added = {"output_index": call.output_index, "item": item}
+            out.append(self._raw(b"response.output_item.added", _encode(added)[1:-1]))
         elif piece.name and not call.name:
             call.name = piece.name
-        if piece.arguments:
-            call.parts.append(piece.arguments)
-            delta = {
-                "item_id": call.item_id,
-                "output_index": call.output_index,
-                "delta": piece.arguments,
-            }
-            out.append(self._event("response.function_call_arguments.delta", delta))
+        arguments = piece.arguments
+        if arguments:
+            call.parts.append(arguments)
+            delta = {"item_id": call.item_id, "output_index": call.output_index, "delta": arguments}
+            out.append(self._raw(b"response.function_call_arguments.delta", _encode(delta)[1:-1]))
 
     def _output(self) -> list[tuple[int, dict[str, Any]]]:
         items: list[tuple[int, dict[str, Any]]] = []
@@ -488,40 +450,45 @@ class ResponseEvents:
         items.sort(key=lambda pair: pair[0])
         return items
 
-    def close(self) -> list[bytes]:
+    def _message_done(self, item: dict[str, Any], out: list[bytes]) -> msgspec.Raw:
+        """The message's closing events, the answer's text encoded once for all of them
+        (and for the whole response): the message item, encoded."""
+        text = _encode(item["content"][0]["text"])
+        ids = self._msg_ids
+        part = _PART % text
+        out.append(
+            self._raw(b"response.output_text.done", b'%s,"text":%s,"logprobs":[]' % (ids, text))
+        )
+        out.append(self._raw(b"response.content_part.done", b'%s,"part":%s' % (ids, part)))
+        return msgspec.Raw(_MESSAGE % (self._msg_id.encode(), b"completed", part))
+
+    def close(self) -> bytes:
         """The events that end a stream: each item done, then the whole response."""
         out: list[bytes] = []
         if self._msg_index < 0 and not self._calls:
             self._open_message(out)  # an empty answer is still one (empty) message
         items = self._output()
+        encoded: list[Any] = []
         for index, item in items:
             if item["type"] == "message":
-                text = item["content"][0]["text"]
-                ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
-                out.append(
-                    self._event("response.output_text.done", {**ids, "text": text, "logprobs": []})
-                )
-                out.append(
-                    self._event("response.content_part.done", {**ids, "part": item["content"][0]})
-                )
+                sent: Any = self._message_done(item, out)
             else:
-                done = {
-                    "item_id": item["id"],
-                    "output_index": index,
-                    "name": item["name"],
-                    "arguments": item["arguments"],
-                }
-                out.append(self._event("response.function_call_arguments.done", done))
-            out.append(
-                self._event("response.output_item.done", {"output_index": index, "item": item})
-            )
+                done = {"item_id": item["id"], "output_index": index, "name": item["name"]}
+                done["arguments"] = item["arguments"]
+                done_fields = _encode(done)[1:-1]
+                out.append(self._raw(b"response.function_call_arguments.done", done_fields))
+                sent = item
+            encoded.append(sent)
+            fields = b'"output_index":%d,"item":%s' % (index, _encode(sent))
+            out.append(self._raw(b"response.output_item.done", fields))
         response = self.response
         response["output"] = [item for _, item in items]
         response["usage"] = _usage(*usage_counts(self._usage))
         _finish(response, self._finish_reason)
-        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
-        out.append(self._event(kind, {"response": response}))
-        return out
+        self.body = _encode({**response, "output": encoded})
+        kind = b"response." + response["status"].encode()  # completed or incomplete
+        out.append(self._raw(kind, b'"response":' + self.body))
+        return b"".join(out)
 
     def fail(self, exc: GatewayError) -> bytes:
         """The event for a failure after the stream started: ``response.failed``."""
@@ -530,4 +497,4 @@ class ResponseEvents:
         response["output"] = [item for _, item in self._output()]
         code = "rate_limit_exceeded" if exc.status_code == 429 else "server_error"
         response["error"] = {"code": code, "message": exc.message}
-        return self._event("response.failed", {"response": response})
+        return self._raw(b"response.failed", b'"response":' + _encode(response))

@@ -10,12 +10,22 @@ import msgspec
 
 __all__ = ["ResponseStore", "Stored", "owner"]
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(list[dict[str, Any]]).decode
+
 
 class Stored(msgspec.Struct, gc=False):
-    response: bytes  # the response object as sent (encoded once, when stored)
-    conversation: list[dict[str, Any]]  # chat messages up to and including its answer
+    """One stored response. Only bytes: thousands of them add nothing for the garbage
+    collector to walk (a conversation kept as dicts would, on every full collection)."""
+
+    response: bytes  # the response object as sent (encoded once)
+    conversation: bytes  # chat messages up to and including its answer, encoded
     size: int
     owner: bytes | None  # who may read it: see ``owner``
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation, for the request that continues it."""
+        return _decode(self.conversation)
 
 
 def owner(scope: Any) -> bytes | None:
@@ -35,14 +45,12 @@ def owner(scope: Any) -> bytes | None:
     return None
 
 
-_encode = msgspec.json.Encoder().encode
-
-
 class ResponseStore:
     """Responses by id, oldest dropped first once ``max_items`` or ``max_bytes`` is passed.
 
     A client cannot grow it past those bounds (a conversation longer than ``max_bytes``
-    is simply not kept); the cost per stored response is one encode and a dict insert.
+    is simply not kept); the cost per stored response is an encode (or two) and a dict
+    insert.
     """
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
@@ -59,17 +67,21 @@ class ResponseStore:
         response: dict[str, Any],
         conversation: list[dict[str, Any]],
         owner: bytes | None = None,
+        body: bytes | None = None,
     ) -> bool:
-        """Keep ``response``; False when it alone is larger than the store."""
-        body = _encode(response)
-        size = len(body) + len(_encode(conversation))
+        """Keep ``response`` (``body``: as already encoded); False when it alone is
+        larger than the store."""
+        if body is None:
+            body = _encode(response)
+        messages = _encode(conversation)
+        size = len(body) + len(messages)
         if size > self.max_bytes or self.max_items <= 0:
             return False
         items = self._items
         old = items.pop(response["id"], None)
         if old is not None:
             self.bytes -= old.size
-        items[response["id"]] = Stored(body, conversation, size, owner)
+        items[response["id"]] = Stored(body, messages, size, owner)
         self.bytes += size
         while len(items) > self.max_items or self.bytes > self.max_bytes:
             _, old = items.popitem(last=False)

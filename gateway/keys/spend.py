@@ -102,6 +102,8 @@ def text_chars(value: Any) -> int:
 
 def chunk_usage(chunk: Any) -> tuple[tuple[int, int] | None, int]:
     """(reported usage, characters of content) of one stream chunk."""
+    if chunk.__class__ is str:  # a front door's stream: the text itself
+        return None, len(chunk)
     if isinstance(chunk, msgspec.Raw):
         chunk = msgspec.json.decode(chunk)
     if isinstance(chunk, dict):

@@ -338,16 +338,20 @@ class Router:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         raw_dicts: bool = True,
+        plain_text: bool = False,
     ) -> Routed:
         """A chat completion; with ``stream`` the result is a ``RoutedStream`` whose
-        first chunk has already arrived (so failures before it are raised here)."""
+        first chunk has already arrived (so failures before it are raised here).
+        ``plain_text``: a stream's text chunks are the text itself (a front door's)."""
         if stream:
 
             def run(d: Deployment, t: float) -> Any:
                 call = self._call(
                     ChatCall, d, optional_params, headers, t, messages=messages, stream=True
                 )
-                return astream_chunks(provider_of(d), call, model_name, raw_dicts=raw_dicts)
+                return astream_chunks(
+                    provider_of(d), call, model_name, raw_dicts=raw_dicts, plain_text=plain_text
+                )
 
             chars = text_length(messages) if self._count_prompts else 0
             return await self._route(model_name, run, True, timeout, chars)

@@ -52,6 +52,8 @@ def usage_tokens(usage: Any) -> int | None:
 
 def _chunk_tokens(chunk: Any) -> tuple[int | None, int]:
     """(reported total tokens, characters of content) in one stream chunk."""
+    if chunk.__class__ is str:  # a front door's stream: the text itself
+        return None, len(chunk)
     if isinstance(chunk, msgspec.Raw):  # the HTTP app's pre-encoded text chunks
         chunk = msgspec.json.decode(chunk)
     if isinstance(chunk, dict):
