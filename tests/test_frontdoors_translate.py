@@ -683,3 +683,30 @@ def test_a_front_doors_stream_hands_text_as_strings_to_every_reader() -> None:
         gateway.ModelResponseStream,
         msgspec.Raw,
     ]
+
+
+# Objects where the request Structs allow any value: each was a 500 (AttributeError on
+# a string), found by fuzzing the front doors.
+IMAGE_FROM_A_STRING = [{"role": "user", "content": [{"type": "image", "source": "x"}]}]
+
+
+@pytest.mark.parametrize(
+    ("door", "fields", "param"),
+    [
+        ("responses", {"text": {"format": "x"}}, "text"),
+        ("messages", {"messages": IMAGE_FROM_A_STRING}, "messages[0].content[0].source"),
+        ("messages", {"output_config": {"format": "x"}}, "output_config.format"),
+    ],
+)
+def test_a_string_where_an_object_belongs_is_a_400(
+    door: str, fields: dict[str, Any], param: str
+) -> None:
+    if door == "responses":
+        request, data = _responses_request(**fields)
+        call: Any = lambda: responses.to_chat(request, data)  # noqa: E731
+    else:
+        request, data = _messages_request(**fields)
+        call = lambda: messages.to_chat(request, data)  # noqa: E731
+    with pytest.raises(BadRequestError) as raised:
+        call()
+    assert raised.value.param == param

@@ -70,7 +70,8 @@ _CONSUMED = frozenset(
 
 
 def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
+    source = block.get("source")
+    source = source if isinstance(source, dict) else {}
     if source.get("type") == "base64" and source.get("data"):
         url = f"data:{source.get('media_type', 'image/png')};base64,{source['data']}"
     elif source.get("type") == "url" and source.get("url"):
@@ -238,13 +239,14 @@ def _tool_choice(choice: dict[str, Any], optional: dict[str, Any]) -> None:
 def _output_config(config: dict[str, Any], optional: dict[str, Any]) -> None:
     fmt = config.get("format")
     if fmt:
-        if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        schema = fmt.get("schema") if isinstance(fmt, dict) else None
+        if not isinstance(schema, dict) or fmt.get("type") != "json_schema":
             raise BadRequestError(
                 "output_config.format must be a json_schema with a schema",
                 param="output_config.format",
             )
-        schema = {"name": "output", "schema": fmt["schema"], "strict": True}
-        optional["response_format"] = {"type": "json_schema", "json_schema": schema}
+        spec = {"name": "output", "schema": schema, "strict": True}
+        optional["response_format"] = {"type": "json_schema", "json_schema": spec}
     if config.get("effort"):
         optional["reasoning_effort"] = config["effort"]
 

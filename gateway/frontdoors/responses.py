@@ -24,8 +24,7 @@ _Seconds = Annotated[float, msgspec.Meta(gt=0, le=1e7)]
 # A text delta's end, after its JSON string; made once for the first 1024 (0.3 us a delta).
 _DELTA_END = b',"logprobs":[],"sequence_number":%d}\n\n'
 _DELTA_ENDS = tuple(_DELTA_END % seq for seq in range(1024))
-# A message item and its text part as ``_message_item`` makes them, for the stream's
-# events (which the tests decode and compare with it).
+# A message item and its text part, as ``_message_item`` makes them (a test compares).
 _MESSAGE = b'{"id":"%s","type":"message","status":"%s","role":"assistant","content":[%s]}'
 _PART = b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}'
 _EVENT = b'event: %s\ndata: {"type":"%s",%s,"sequence_number":%d}\n\n'
@@ -174,12 +173,13 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
 
 
 def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
-    fmt = text.get("format")
-    if not fmt or fmt.get("type") == "text":
+    fmt = text.get("format") or {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
         return None
-    if fmt.get("type") == "json_object":
+    if kind == "json_object":
         return {"type": "json_object"}
-    if fmt.get("type") == "json_schema":
+    if kind == "json_schema":
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise BadRequestError("text.format.type must be text, json_object or json_schema", param="text")
