@@ -48,7 +48,7 @@ class StreamState:
     stream, come out as ``msgspec.Raw`` JSON made from a per-stream template (the
     same bytes the Structs encode to, without building three Structs per chunk).
 
-    ``plain_text=True`` (with ``raw_dicts``) is the front doors' mode: text chunks
+    ``plain_text=True`` (``raw_dicts`` implied) is the front doors' mode: text chunks
     come out as the text itself, a ``str``, and no chunk is given a role. A front door
     frames each text in its own API's event, so a chat chunk built only to be decoded
     back would be wasted work (2 us a chunk, a fifth of a Responses stream's cost).
