@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -26,10 +27,33 @@ from .types import (
     _chat_id,
 )
 
-__all__ = ["StreamState", "is_single_item", "stream_chunk_builder"]
+__all__ = ["RelayHint", "StreamState", "is_single_item", "relay_hint", "stream_chunk_builder"]
 
 _UNSET = msgspec.UNSET
 _encode = msgspec.json.Encoder().encode
+
+
+class RelayHint:
+    """Which chunk has another right behind it, already in memory.
+
+    An upstream's network read often holds several SSE events. A provider relaying
+    them sets ``held`` to the item it is about to yield when the next event of the
+    same read is queued and will surely make a chunk too; the HTTP stream writer then
+    writes that item's chunk together with the next one: one send, not one each.
+    Nothing waits for the network: what one read brought is written before the next
+    read. The item itself marks it (an identity test), so an item of another stream
+    (a hedged attempt that lost) can never hold a chunk back. Providers that never
+    set it keep one send a chunk.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: Any = None
+
+
+# Set by the HTTP app for each stream it answers (None elsewhere).
+relay_hint: ContextVar[RelayHint | None] = ContextVar("gateway_relay_hint", default=None)
 
 
 def is_single_item(value: Any) -> bool:

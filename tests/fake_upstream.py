@@ -270,6 +270,12 @@ class FakeUpstream:
             async def send_body(data: bytes, more: bool) -> None:
                 await plain(data.replace(b"\n", ending), more)
 
+        if fake.get("one_write"):
+            # Every event in one write: the gateway gets them in one network read.
+            events = [b"data: " + _encoder.encode(c) + b"\n\n" for c in _stream_chunks(fake, body)]
+            seen.chunks_sent = len(events)
+            await send_body(b"".join(events) + b"data: [DONE]\n\n", False)
+            return
         interval = float(fake.get("interval", 0))
         drop_after = fake.get("drop_after")
         error_after = fake.get("stream_error_after")

@@ -233,6 +233,61 @@ async def test_first_chunk_reaches_the_client_while_the_upstream_still_streams(
     assert open_at_arrival[0] == 1, open_at_arrival  # the second chunk is 0.5 s away
 
 
+async def _body_sends(app: GatewayApp, fake: dict[str, Any]) -> list[bytes]:
+    """The body messages the app sends for one streamed request (scripted ASGI, so each
+    ``send`` is seen as it is, not as a client's reads merge them)."""
+    body = msgspec.json.encode({"model": "m", "messages": MESSAGES, "stream": True, "fake": fake})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    return [m["body"] for m in sent[1:]]
+
+
+async def test_events_of_one_upstream_read_go_out_in_one_send(
+    upstream_server: FakeUpstream,
+) -> None:
+    app = create_app(_config(upstream_server.base_url))
+    # Every event in one upstream write (so one read here): one send for all of them,
+    # the same bytes as one send each.
+    together = await _body_sends(app, {"chunks": 12, "one_write": True})
+    apart = await _body_sends(app, {"chunks": 12, "interval": 0.02})
+    assert len(together) <= 3, together
+    assert len(apart) >= 12, apart
+
+    def choices(sends: list[bytes]) -> list[Any]:
+        events = b"".join(sends).split(b"\n\n")
+        assert events[-2:] == [b"data: [DONE]", b""]
+        return [msgspec.json.decode(e.removeprefix(b"data: "))["choices"] for e in events[:-2]]
+
+    assert len(choices(together)) == 14  # the role, 12 pieces and the finish chunk
+    assert choices(together) == choices(apart)
+
+
 # Disconnects and the pool.
 
 

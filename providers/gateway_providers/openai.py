@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from gateway.streaming import relay_hint
 from gateway.types import EmbeddingResponse, ImageResponse, ModelResponse
 
 __all__ = ["DEFAULT_API_BASE", "OpenAIProvider"]
@@ -521,6 +522,13 @@ def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
         ) from None
 
 
+def _finishes(item: dict[str, Any]) -> bool:
+    for choice in item.get("choices") or ():
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return True
+    return False
+
+
 class OpenAIProvider(Provider):
     """Forwards chat completions, embeddings and image generation to an OpenAI-style API."""
 
@@ -580,26 +588,50 @@ class OpenAIProvider(Provider):
         path = "/chat/completions"
         response, _ = await self._send(target, path, body, stream=True)
         done = finished = False
+        parser = _SSEParser(current().max_event_bytes)
+        reads = response.content.iter_any()
         try:
-            events = _sse_events(response.content.iter_any(), current().max_event_bytes)
-            try:
-                with _mapped(target, path):
-                    async for event, data in events:
+            with _mapped(target, path):
+                async for chunk in reads:
+                    # One read's events, each decoded before the one ahead of it is
+                    # yielded: that one is marked held (see RelayHint) when the next
+                    # will surely make a chunk too (choices, not a second finish).
+                    hint = relay_hint.get()
+                    ahead: Any = None
+                    for event, data in parser.feed(chunk):
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        try:
+                            item = self._stream_item(event, data, target, path)
+                        except GatewayError:
+                            if ahead is not None:
+                                yield ahead
+                            raise
+                        ends = _finishes(item)
+                        if ahead is not None:
+                            if hint is not None and item.get("choices") and not (finished and ends):
+                                hint.held = ahead
+                            yield ahead
+                        finished = finished or ends
+                        ahead = item
+                    if ahead is not None:
+                        yield ahead
+                    if done:
+                        break
+                if done:
+                    # Read the body's end so the connection goes back to the pool.
+                    with anyio.move_on_after(_DRAIN_AFTER_DONE):
+                        async for _ in reads:
+                            pass
+                else:
+                    for event, data in parser.end():
                         if data == b"[DONE]":
                             done = True
                             break
                         item = self._stream_item(event, data, target, path)
-                        for choice in item.get("choices") or ():
-                            if isinstance(choice, dict) and choice.get("finish_reason"):
-                                finished = True
+                        finished = finished or _finishes(item)
                         yield item
-                    if done:
-                        # Read the body's end so the connection goes back to the pool.
-                        with anyio.move_on_after(_DRAIN_AFTER_DONE):
-                            async for _ in events:
-                                pass
-            finally:
-                await events.aclose()
             if not done and not finished:
                 raise BadGatewayError("upstream stream ended before [DONE] (truncated stream)")
         finally:
