@@ -23,7 +23,8 @@ from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall
 from gateway.registry import provider_for
 from gateway.streaming import stream_chunk_builder
-from gateway_providers.openai import OpenAIProvider, _sse_events
+from gateway_providers.openai import OpenAIProvider
+from gateway_providers.openai._sse import sse_events as _sse_events
 from tests.fake_upstream import FakeUpstream, run_fake_upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -1,0 +1,277 @@
+"""Any OpenAI-compatible upstream: OpenAI, vLLM, TGI, llama.cpp, Ollama, another gateway.
+
+Serves the ``openai/``, ``hosted_vllm/`` and ``openai_like/`` prefixes. Requests go
+through the runtime's pooled aiohttp session (``gateway.http.HTTPClients``, one per app
+and event loop); streams are relayed event by event as they arrive, and every upstream
+failure becomes a ``gateway.errors`` error that keeps its status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import aiohttp
+import anyio
+import msgspec
+
+from gateway.errors import BadGatewayError, GatewayError, InternalServerError
+from gateway.http import HTTPClients, current
+from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
+from gateway.streaming import relay_hint
+from gateway.types import EmbeddingResponse, ImageResponse, ModelResponse
+
+from ._errors import event_error, is_error, log, mapped, upstream_error
+from ._sse import SSEParser
+from ._target import DEFAULT_API_BASE, Target
+
+__all__ = ["DEFAULT_API_BASE", "OpenAIProvider"]
+
+T = TypeVar("T")
+
+
+def _enc_hook(obj: Any) -> Any:
+    # Messages may hold LiteLLM/pydantic objects; send them as plain JSON.
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.json.Decoder()
+_chat_decoder = msgspec.json.Decoder(ModelResponse)
+_embedding_decoder = msgspec.json.Decoder(EmbeddingResponse)
+_image_decoder = msgspec.json.Decoder(ImageResponse)
+
+_DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
+
+
+def _decode(
+    content: bytes,
+    decoder: msgspec.json.Decoder[T],
+    cls: type[T],
+    what: str,
+    target: Target,
+    path: str,
+) -> T:
+    data: Any = None
+    try:
+        # Every field of the response types has a default, so an error object would
+        # decode as an empty answer: look for one first (a substring scan is cheap).
+        if b'"error"' in content:
+            data = _decoder.decode(content)
+            if is_error(data):
+                raise event_error(data, target)
+        return decoder.decode(content)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        detail = f"{exc}: {content[:2000].decode('utf-8', 'replace')!r}"
+        log(logging.WARNING, f"upstream sent a {what} that is not JSON", target, path, detail)
+        raise BadGatewayError(f"upstream sent a {what} that is not valid JSON") from None
+    # Valid JSON of another shape: tolerate nulls some servers send for absent fields.
+    if data is None:
+        data = _decoder.decode(content)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if v is not None}
+    try:
+        return msgspec.convert(data, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadGatewayError(f"upstream sent an invalid {what}: {exc}") from None
+
+
+async def _read(response: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+    """The whole body, decompressed, of at most ``cap`` bytes: more is a 502 (or, with
+    ``truncate``, cut). Counted as it arrives, so a 1 GB answer or a gzip bomb is
+    stopped at the cap, not held in memory."""
+    length = response.content_length
+    encoded = "content-encoding" in response.headers
+    if length is not None and length <= cap and not encoded:
+        return await response.read()  # the framing bounds it
+    if length is not None and length > cap and not encoded and not truncate:
+        raise _too_big(cap)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            if truncate:
+                parts.append(chunk[: cap - size])
+                break
+            raise _too_big(cap)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_big(cap: int) -> BadGatewayError:
+    return BadGatewayError(
+        f"upstream answer is over {cap} bytes (gateway_settings.upstream.max_response_bytes)"
+    )
+
+
+_ERROR_BODY_CAP = 64 * 1024  # of an error answer, only the message is used
+
+
+def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
+    clients = current()
+    try:
+        return clients, clients.upstream_session()
+    except RuntimeError:
+        raise InternalServerError(
+            "the OpenAI-compatible provider runs on an asyncio event loop (uvloop included)"
+        ) from None
+
+
+def _finishes(item: dict[str, Any]) -> bool:
+    for choice in item.get("choices") or ():
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return True
+    return False
+
+
+class OpenAIProvider(Provider):
+    """Forwards chat completions, embeddings and image generation to an OpenAI-style API."""
+
+    name = "openai"
+
+    async def astart(self, settings: Any = None) -> None:
+        # The app's session now, on its loop, so the first request does not make it.
+        _session()
+
+    async def _send(
+        self, target: Target, path: str, body: dict[str, Any], *, stream: bool
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The upstream's response and, unless streaming, its whole body."""
+        clients, session = _session()
+        timeout = clients.upstream_timeout(target.timeout) or session.timeout
+        with mapped(target, path):
+            response = await session.post(
+                target.url(path),
+                data=_encoder.encode(body),
+                headers=target.headers,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+            try:
+                if response.status >= 300:
+                    content = await _read(response, _ERROR_BODY_CAP, truncate=True)
+                    raise upstream_error(response, content, target, path)
+                if stream:
+                    return response, b""
+                content = await _read(response, clients.max_response_bytes)
+            except BaseException:
+                # Unread or cut short: drop the connection rather than pool it.
+                response.close()
+                raise
+        response.release()
+        return response, content
+
+    def _chat_body(self, call: ChatCall, target: Target) -> dict[str, Any]:
+        body = target.body(call.optional_params, {"model": call.model, "messages": call.messages})
+        if call.stream:
+            body["stream"] = True
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+    async def acompletion(self, call: ChatCall) -> ModelResponse:
+        target = Target(self, call)
+        path = "/chat/completions"
+        _, content = await self._send(target, path, self._chat_body(call, target), stream=False)
+        return _decode(content, _chat_decoder, ModelResponse, "chat completion", target, path)
+
+    async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
+        target = Target(self, call)
+        body = self._chat_body(call, target)
+        body["stream"] = True
+        path = "/chat/completions"
+        response, _ = await self._send(target, path, body, stream=True)
+        done = finished = False
+        parser = SSEParser(current().max_event_bytes)
+        reads = response.content.iter_any()
+        try:
+            with mapped(target, path):
+                async for chunk in reads:
+                    # One read's events, each decoded before the one ahead of it is
+                    # yielded: that one is marked held (see RelayHint) when the next
+                    # will surely make a chunk too (choices, not a second finish).
+                    hint = relay_hint.get()
+                    ahead: Any = None
+                    for event, data in parser.feed(chunk):
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        try:
+                            item = self._stream_item(event, data, target, path)
+                        except GatewayError:
+                            if ahead is not None:
+                                yield ahead
+                            raise
+                        ends = _finishes(item)
+                        if ahead is not None:
+                            if hint is not None and item.get("choices") and not (finished and ends):
+                                hint.held = ahead
+                            yield ahead
+                        finished = finished or ends
+                        ahead = item
+                    if ahead is not None:
+                        yield ahead
+                    if done:
+                        break
+                if done:
+                    # Read the body's end so the connection goes back to the pool.
+                    with anyio.move_on_after(_DRAIN_AFTER_DONE):
+                        async for _ in reads:
+                            pass
+                else:
+                    for event, data in parser.end():
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        item = self._stream_item(event, data, target, path)
+                        finished = finished or _finishes(item)
+                        yield item
+            if not done and not finished:
+                raise BadGatewayError("upstream stream ended before [DONE] (truncated stream)")
+        finally:
+            # On a client disconnect this runs while cancelled; closing an unfinished
+            # response drops the upstream connection at once (and it is not async).
+            if done and response.content.at_eof():
+                response.release()
+            else:
+                response.close()
+
+    def _stream_item(self, event: bytes, data: bytes, target: Target, path: str) -> Any:
+        try:
+            item = _decoder.decode(data)
+        except msgspec.DecodeError:
+            detail = repr(data[:2000].decode("utf-8", "replace"))
+            log(
+                logging.WARNING,
+                "upstream sent a stream event that is not JSON",
+                target,
+                path,
+                detail,
+            )
+            raise BadGatewayError("upstream sent a stream event that is not valid JSON") from None
+        if not isinstance(item, dict):
+            raise BadGatewayError("upstream sent a stream event that is not an object")
+        if event == b"error" or ("error" in item and "choices" not in item):
+            raise event_error(item, target)
+        return item
+
+    async def aembedding(self, call: EmbeddingCall) -> EmbeddingResponse:
+        target = Target(self, call)
+        path = "/embeddings"
+        body = target.body(call.optional_params, {"model": call.model, "input": call.input})
+        _, content = await self._send(target, path, body, stream=False)
+        return _decode(content, _embedding_decoder, EmbeddingResponse, "embedding", target, path)
+
+    async def aimage_generation(self, call: ImageCall) -> ImageResponse:
+        target = Target(self, call)
+        path = "/images/generations"
+        body = target.body(call.optional_params, {"model": call.model, "prompt": call.prompt})
+        _, content = await self._send(target, path, body, stream=False)
+        return _decode(content, _image_decoder, ImageResponse, "image response", target, path)
