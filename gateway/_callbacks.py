@@ -31,7 +31,7 @@ from .errors import GatewayError, as_gateway_error
 from .integrations.custom_logger import CustomLogger
 from .keys.spend import Prices, chunk_usage, result_usage
 from .proxy._types import UserAPIKeyAuth
-from .request_id import request_id
+from .record import SCOPE_KEY
 
 __all__ = ["CALLBACK_METHODS", "Callbacks", "Event", "RequestLog", "build_kwargs", "hook_error"]
 
@@ -113,11 +113,10 @@ def _plain(value: Any) -> Any:
         return repr(value)
 
 
-def _request_id(scope: Any) -> str:
-    """The request's id: as the request-id feature stored it, else ``request_id``'s
-    (the caller's safe ``x-request-id``, or a new one)."""
-    rid = scope.get("gateway.request_id")
-    return str(rid) if rid is not None else request_id(scope)
+def _request_id(scope: Any) -> str | None:
+    """The request's id (None with ``gateway_settings.request_ids: false``)."""
+    record = scope.get(SCOPE_KEY)
+    return None if record is None else record.id
 
 
 class Event:

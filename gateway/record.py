@@ -44,8 +44,8 @@ class RequestRecord:
         "upstream",
     )
 
-    def __init__(self, request_id: str, started: float, client: str | None) -> None:
-        self.id = request_id
+    def __init__(self, request_id: str | None, started: float, client: str | None) -> None:
+        self.id = request_id  # None with ``gateway_settings.request_ids: false``
         self.started = started
         self.client = client
         self.route: str | None = None  # the endpoint's metrics label
