@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime
+import dis
+import inspect
 import logging
 import random
 import sys
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -69,6 +72,37 @@ def _overrides(callback: Any, name: str) -> bool:
     if method is None:
         return callable(getattr(callback, name, None))  # duck-typed, or set on the instance
     return method is not getattr(CustomLogger, name, None)
+
+
+# A frame's locals are visible to code that names one of these: a method that does
+# reads all its arguments as far as we can tell.
+_INTROSPECTION = frozenset(
+    {"locals", "vars", "eval", "exec", "_getframe", "currentframe", "stack", "f_locals"}
+)
+_ALL_READ = (True, True, True, True)
+
+
+def reads(method: Any) -> tuple[bool, bool, bool, bool]:
+    """Which of ``(kwargs, response_obj, start_time, end_time)`` a logging method can
+    read. A plain Python function that never loads a parameter (no ``LOAD_FAST`` of it,
+    no closure over it, no ``locals()`` or frame access) cannot observe it, so the event
+    skips building it: a no-op callback costs no kwargs. Anything else reads all four."""
+    func = getattr(method, "__func__", method)
+    code = getattr(func, "__code__", None)
+    if code is None or not isinstance(func, types.FunctionType):
+        return _ALL_READ
+    bound = 1 if inspect.ismethod(method) else 0
+    params = code.co_varnames[: code.co_argcount]
+    if len(params) < bound + 4 or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return _ALL_READ
+    if _INTROSPECTION.intersection(code.co_names):
+        return _ALL_READ
+    loaded: set[str] = set(code.co_cellvars)
+    for ins in dis.get_instructions(code):
+        if ins.opname.startswith(("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "DELETE_FAST")):
+            arg = ins.argval
+            loaded.update(arg if isinstance(arg, tuple) else (arg,))
+    return tuple(name in loaded for name in params[bound : bound + 4])  # type: ignore[return-value]
 
 
 def hook_error(exc: BaseException) -> GatewayError:
@@ -126,14 +160,23 @@ class Event:
     __slots__ = ("args", "prefer_async", "success")
 
     def __init__(
-        self, success: bool, kwargs: dict[str, Any], response: Any, prefer_async: bool = True
+        self,
+        success: bool,
+        kwargs: dict[str, Any] | None,
+        response: Any,
+        prefer_async: bool = True,
+        times: tuple[datetime.datetime | None, datetime.datetime | None] | None = None,
     ) -> None:
         self.success = success
-        self.args = (kwargs, response, kwargs["start_time"], kwargs["end_time"])
+        if times is None:
+            assert kwargs is not None
+            times = (kwargs["start_time"], kwargs["end_time"])
+        self.args = (kwargs, response, *times)
         self.prefer_async = prefer_async
 
     @property
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self) -> dict[str, Any] | None:
+        """None where no logger reads it (see ``reads``)."""
         return self.args[0]
 
     @property
@@ -204,6 +247,14 @@ class Callbacks:
         self._methods: tuple[tuple[Any, dict[bool, tuple[str, bool]]], ...] = tuple(
             (c, {ok: _pick(c, ok) for ok in (True, False)}) for c in self.loggers
         )
+        # Per outcome, which of (kwargs, response_obj, start_time, end_time) any logger
+        # reads: what nobody reads is never built.
+        self.needs: dict[bool, tuple[bool, bool, bool, bool]] = {}
+        for ok in (True, False):
+            used = [reads(getattr(c, m[ok][0])) for c, m in self._methods if m[ok][0]]
+            self.needs[ok] = tuple(any(u[i] for u in used) for i in range(4))  # type: ignore[assignment]
+        # A stream's chunks are kept only to rebuild its answer for a logger that reads it.
+        self.keep_chunks = any(self.needs[True][:2]) or self.needs[False][0]
         self.max_queue = max_queue
         self.dropped = 0
         self.cache = DualCache()
@@ -448,7 +499,7 @@ class RequestLog:
             result = routed.result
             if hasattr(result, "__aiter__") and hasattr(result, "aclose"):
                 self.first_token_at = time.time()
-                if self.callbacks.loggers:
+                if self.callbacks.keep_chunks:
                     self.stream_chunks = []
                     routed.result = _LoggedStream(result, self)
                 return routed
@@ -488,9 +539,12 @@ class RequestLog:
         self.callbacks.emit(_Pending(self, status, error, time.time()))
 
     def event(self, status: int, error: BaseException | None, ended: float) -> Event:
+        """The event, with only what some logger reads (``Callbacks.needs``) built."""
+        success = error is None
+        needs_kwargs, needs_response, needs_start, needs_end = self.callbacks.needs[success]
         response = self.response
         chunks = self.stream_chunks
-        if chunks is not None:
+        if chunks is not None and (needs_kwargs or needs_response):
             from .streaming import stream_chunk_builder
 
             try:
@@ -506,8 +560,14 @@ class RequestLog:
             except Exception:
                 logger.warning("could not rebuild a stream's answer for callbacks", exc_info=True)
                 response = None
-        kwargs = self.kwargs(status, error, response, ended)
-        return Event(error is None, kwargs, response or error)
+        if needs_kwargs:
+            kwargs = self.kwargs(status, error, response, ended)
+            return Event(success, kwargs, response or error)
+        times = (
+            _datetime(self.started) if needs_start else None,
+            _datetime(ended) if needs_end else None,
+        )
+        return Event(success, None, response or error, times=times)
 
     def kwargs(
         self, status: int, error: BaseException | None, response: Any, ended: float
