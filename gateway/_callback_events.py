@@ -113,11 +113,10 @@ class Event:
         times: tuple[datetime.datetime | None, datetime.datetime | None] | None = None,
     ) -> None:
         self.success = success
-        if times is None:
-            assert kwargs is not None
-            times = (kwargs["start_time"], kwargs["end_time"])
-        self.args = (kwargs, response, *times)
         self.prefer_async = prefer_async
+        if times is None:
+            times = (kwargs["start_time"], kwargs["end_time"])  # type: ignore[index]
+        self.args = (kwargs, response, *times)
 
     @property
     def kwargs(self) -> dict[str, Any] | None:

@@ -16,7 +16,8 @@ from ._callback_events import _NOT_OPTIONAL, Event, _datetime, _report, build_kw
 from .errors import GatewayError
 from .keys.spend import chunk_usage, result_usage
 from .proxy._types import UserAPIKeyAuth
-from .record import SCOPE_KEY
+
+_UNREAD = (None, None)  # an event's times when no logger reads them
 
 if TYPE_CHECKING:
     from ._callbacks import Callbacks
@@ -53,14 +54,7 @@ def hook_error(exc: BaseException) -> GatewayError:
     return GatewayError(message, status_code=status, type=kind, retryable=False)
 
 
-def _request_id(scope: Any) -> str | None:
-    """The request's id (None with ``gateway_settings.request_ids: false``)."""
-    record = scope.get(SCOPE_KEY)
-    return None if record is None else record.id
-
-
-def _user(scope: Any) -> UserAPIKeyAuth:
-    grant = scope.get("gateway.key")
+def _user(grant: Any) -> UserAPIKeyAuth:
     entry = getattr(grant, "entry", None)
     if entry is None:
         return UserAPIKeyAuth()
@@ -73,48 +67,31 @@ def _user(scope: Any) -> UserAPIKeyAuth:
     )
 
 
-class RequestLog:
+class RequestLog(msgspec.Struct):
     """One HTTP request as the callbacks see it: made after auth, finished in the
-    endpoint's ``finally`` (after the response went out)."""
+    endpoint's ``finally`` (after the response went out), then queued as it is. A Struct:
+    its defaults are set in C, per request."""
 
-    __slots__ = (
-        "call_id",
-        "call_type",
-        "callbacks",
-        "called",
-        "data",
-        "deployment",
-        "ended",
-        "error",
-        "first_token_at",
-        "response",
-        "route",
-        "scope",
-        "started",
-        "status",
-        "stream_chunks",
-        "stream_usage",
-        "user",
-    )
-
-    def __init__(self, callbacks: Callbacks, scope: Any, route: str) -> None:
-        self.callbacks = callbacks
-        self.scope = scope
-        self.route = route
-        self.call_type = CALL_TYPES.get(route, route)
-        self.started = time.time()
-        self.call_id = ""  # made with the event, off the request path
-        self.data: dict[str, Any] = {}
-        self.user: UserAPIKeyAuth | None = None
-        self.called = False
-        self.deployment: str | None = None
-        self.response: Any = None
-        self.error: BaseException | None = None
-        self.first_token_at: float | None = None
-        self.stream_chunks: list[Any] | None = None
-        self.stream_usage: tuple[int, int] | None = None
-        self.status = 200
-        self.ended = 0.0
+    callbacks: Callbacks
+    # The request's virtual key grant and record (from its scope; not the scope itself,
+    # which holds this log: a cycle would leave every request to the garbage collector).
+    grant: Any
+    request_id: str | None
+    route: str
+    call_type: str
+    started: float  # epoch seconds
+    call_id: str = ""  # made with the event, off the request path
+    data: dict[str, Any] = {}
+    user: UserAPIKeyAuth | None = None
+    called: bool = False
+    deployment: str | None = None
+    response: Any = None
+    error: BaseException | None = None
+    first_token_at: float | None = None
+    stream_chunks: list[Any] | None = None
+    stream_usage: tuple[int, int] | None = None
+    status: int = 200
+    ended: float = 0.0
 
     async def before(self, data: dict[str, Any]) -> dict[str, Any]:
         """The pre-call hooks, in order; each may return a changed body or raise."""
@@ -122,7 +99,7 @@ class RequestLog:
         callbacks = self.callbacks
         if not callbacks.pre_call:
             return data
-        self.user = user = _user(self.scope)
+        self.user = user = _user(self.grant)
         for callback in callbacks.pre_call:
             try:
                 changed = await callback.async_pre_call_hook(
@@ -163,7 +140,7 @@ class RequestLog:
                 return routed
             for callback in self.callbacks.post_success:
                 if self.user is None:
-                    self.user = _user(self.scope)
+                    self.user = _user(self.grant)
                 try:
                     changed = await callback.async_post_call_success_hook(
                         self.data, self.user, result
@@ -180,7 +157,7 @@ class RequestLog:
     async def _failed(self, exc: BaseException) -> None:
         for callback in self.callbacks.post_failure:
             if self.user is None:
-                self.user = _user(self.scope)
+                self.user = _user(self.grant)
             try:
                 await callback.async_post_call_failure_hook(self.data, exc, self.user)
             except Exception:
@@ -199,7 +176,11 @@ class RequestLog:
 
     def resolve(self) -> Event:
         """The queued request's event (run by the callbacks' task)."""
-        return self.event(self.status, self.error, self.ended)
+        error = self.error
+        success = error is None
+        if not any(self.callbacks.needs[success]):  # no logger reads any of it
+            return Event(success, None, self.response or error, True, _UNREAD)
+        return self.event(self.status, error, self.ended)
 
     def event(self, status: int, error: BaseException | None, ended: float) -> Event:
         """The event, with only what some logger reads (``Callbacks.needs``) built."""
@@ -247,7 +228,7 @@ class RequestLog:
         if usage is None and error is None:
             usage = result_usage(response)
         prompt, completion = usage or (0, 0)
-        entry = getattr(self.scope.get("gateway.key"), "entry", None)
+        entry = getattr(self.grant, "entry", None)
         requested = data.get("metadata")
         return build_kwargs(
             call_id=self.call_id,
@@ -269,7 +250,7 @@ class RequestLog:
             started=self.started,
             ended=ended,
             first_token_at=self.first_token_at,
-            request_id=_request_id(self.scope),
+            request_id=self.request_id,
             key_alias=getattr(entry, "alias", None),
             key_hash=getattr(entry, "token", None),
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -32,9 +33,10 @@ from ._callback_events import (
     build_kwargs,
     reads,
 )
-from ._callback_requests import RequestLog, hook_error
+from ._callback_requests import CALL_TYPES, RequestLog, hook_error
 from .caching.dual_cache import DualCache
 from .keys.spend import Prices
+from .record import SCOPE_KEY
 
 __all__ = [
     "CALLBACK_METHODS",
@@ -86,6 +88,11 @@ class Callbacks:
         self._methods: tuple[tuple[Any, dict[bool, tuple[str, bool]]], ...] = tuple(
             (c, {ok: _pick(c, ok) for ok in (True, False)}) for c in self.loggers
         )
+        # Per outcome (success?): (logger, method name, is async) of each that has one.
+        self._calls = {
+            ok: tuple((c, m[ok][0], m[ok][1]) for c, m in self._methods if m[ok][0])
+            for ok in (True, False)
+        }
         # Per outcome, which of (kwargs, response_obj, start_time, end_time) any logger
         # reads: what nobody reads is never built.
         self.needs: dict[bool, tuple[bool, bool, bool, bool]] = {}
@@ -167,40 +174,36 @@ class Callbacks:
             )
 
     async def _drain(self) -> None:
+        """Every logging callback for each queued event, one after another; failures
+        are logged. (Inline, not a coroutine per event: this runs once per request.)"""
         loop = asyncio.get_running_loop()
         queue = self._queue
+        calls = self._calls
         while True:
             while queue:
-                await self.run(queue.popleft())
+                try:
+                    event = queue.popleft().resolve()
+                except Exception:
+                    logger.exception("building a callback event failed")
+                    continue
+                args = event.args
+                for callback, name, is_async in calls[event.success]:
+                    try:
+                        if is_async:
+                            await getattr(callback, name)(*args)
+                        else:
+                            await self._run_sync(getattr(callback, name), event)
+                    except Exception:
+                        _report(callback, name)
             self._waiter = waiter = loop.create_future()
             await waiter
 
-    async def run(self, event: Event | RequestLog) -> None:
-        """Every logging callback for ``event``, one after another; failures are logged."""
-        try:
-            event = event.resolve()
-        except Exception:
-            logger.exception("building a callback event failed")
-            return
-        for callback, methods in self._methods:
-            name, is_async = methods[event.success]
-            if not name:
-                continue
-            try:
-                if is_async:
-                    await getattr(callback, name)(*event.args)
-                else:
-                    if self._thread_limiter is None:
-                        self._thread_limiter = anyio.CapacityLimiter(1)
-                    await anyio.to_thread.run_sync(
-                        _call_sync,
-                        getattr(callback, name),
-                        event,
-                        limiter=self._thread_limiter,
-                        abandon_on_cancel=True,
-                    )
-            except Exception:
-                _report(callback, name)
+    async def _run_sync(self, method: Callable[..., Any], event: Event) -> None:
+        if self._thread_limiter is None:
+            self._thread_limiter = anyio.CapacityLimiter(1)
+        await anyio.to_thread.run_sync(
+            _call_sync, method, event, limiter=self._thread_limiter, abandon_on_cancel=True
+        )
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Let queued events run for up to ``timeout`` seconds (at shutdown), then stop."""
@@ -222,7 +225,15 @@ class Callbacks:
     # -- per request ----------------------------------------------------------------
 
     def request(self, scope: Any, route: str) -> RequestLog:
-        return RequestLog(self, scope, route)
+        record = scope.get(SCOPE_KEY)
+        return RequestLog(
+            self,
+            scope.get("gateway.key"),
+            None if record is None else record.id,
+            route,
+            CALL_TYPES.get(route, route),
+            time.time(),
+        )
 
 
 class _DropsCollector:
