@@ -1041,23 +1041,6 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await _send_json(send, exc.status_code, _encode(body))
 
 
-def _recording_send(send: Send, record: RequestRecord) -> Send:
-    """``send`` noting when and with what status the response started, and adding the
-    request's id to its headers."""
-    rid = record.id
-    header = None if rid is None else (b"x-request-id", rid.encode())
-
-    def recording_send(message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            record.responded = perf_counter()
-            record.status = message["status"]
-            if header is not None:
-                message["headers"] = [*message.get("headers", ()), header]
-        return send(message)
-
-    return recording_send
-
-
 class GatewayApp(Router):
     """The gateway's ASGI app: a Starlette router over pure ASGI endpoints.
 
@@ -1121,7 +1104,18 @@ class GatewayApp(Router):
             record = scope[SCOPE_KEY] = RequestRecord(
                 rid, perf_counter(), client[0] if client else None
             )
-            send = _recording_send(send, record)
+            header = None if rid is None else (b"x-request-id", rid.encode())
+            inner = send
+
+            def send(message: Message) -> Awaitable[None]:
+                # When and with what status the response started; the id on its headers.
+                if message["type"] == "http.response.start":
+                    record.responded = perf_counter()
+                    record.status = message["status"]
+                    if header is not None:
+                        message["headers"] = [*message.get("headers", ()), header]
+                return inner(message)
+
             token = current.set(record)
         try:
             if runtime.tracing is not None:
