@@ -116,7 +116,7 @@ class Event:
         self.prefer_async = prefer_async
         if times is None:
             times = (kwargs["start_time"], kwargs["end_time"])  # type: ignore[index]
-        self.args = (kwargs, response, *times)
+        self.args = (kwargs, response, times[0], times[1])
 
     @property
     def kwargs(self) -> dict[str, Any] | None:

@@ -178,7 +178,7 @@ class RequestLog(msgspec.Struct):
         """The queued request's event (run by the callbacks' task)."""
         error = self.error
         success = error is None
-        if not any(self.callbacks.needs[success]):  # no logger reads any of it
+        if not self.callbacks.reads_any[success]:  # no logger reads any of it
             return Event(success, None, self.response or error, True, _UNREAD)
         return self.event(self.status, error, self.ended)
 

@@ -99,6 +99,7 @@ class Callbacks:
         for ok in (True, False):
             used = [reads(getattr(c, m[ok][0])) for c, m in self._methods if m[ok][0]]
             self.needs[ok] = tuple(any(u[i] for u in used) for i in range(4))  # type: ignore[assignment]
+        self.reads_any = {ok: any(needs) for ok, needs in self.needs.items()}
         # A stream's chunks are kept only to rebuild its answer for a logger that reads it.
         self.keep_chunks = any(self.needs[True][:2]) or self.needs[False][0]
         self.max_queue = max_queue
