@@ -225,12 +225,26 @@ class Server:
 
 TARGET_LABELS = {
     "gateway": "this gateway (python -m gateway)",
+    "gw-observed": "this gateway with metrics, request ids and a no-op logging callback",
+    "gw-off": "this gateway with metrics and request ids off, no callbacks",
     "baseline": "bare Starlette + uvicorn + msgspec",
     "raw": "bare ASGI callable on uvicorn",
     "litellm": "LiteLLM proxy",
     "mock": "the mock timing served by the bare Starlette app",
     "upstream": "the upstream (bare Starlette app) called directly",
     "forwarder": "bare Starlette endpoint forwarding with one shared aiohttp session",
+}
+
+
+# The gateway with its per-request observability on and off (the chat scenario's A/B):
+# each a change to gateway_config().
+GATEWAY_VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "gw-observed": lambda config: config["litellm_settings"].update(
+        callbacks=["benchmarks.handlers.noop_logger"]
+    ),
+    "gw-off": lambda config: config.update(
+        gateway_settings={"metrics": False, "request_ids": False}
+    ),
 }
 
 
@@ -337,9 +351,12 @@ class Context:
         log_path = self.work_dir / f"{target}-{port}.log"
         py = sys.executable
         env = {"PYTHONPATH": str(REPO)}
-        if target == "gateway":
+        if target == "gateway" or target in GATEWAY_VARIANTS:
+            settings = gateway_config(upstream_port)
+            if target in GATEWAY_VARIANTS:
+                GATEWAY_VARIANTS[target](settings)
             config = self.work_dir / f"gateway-{port}.yaml"
-            config.write_text(yaml.safe_dump(gateway_config(upstream_port), sort_keys=False))
+            config.write_text(yaml.safe_dump(settings, sort_keys=False))
             argv = [py, "-m", "gateway", "--config", str(config)]
             argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         elif target in ("baseline", "mock", "upstream"):

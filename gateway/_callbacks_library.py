@@ -17,17 +17,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ._callbacks import (
-    DEFAULT_MAX_QUEUE,
-    Callbacks,
-    Event,
-    _methods,
-    _overrides,
-    _Pending,
-    _report,
-    build_kwargs,
-    new_call_id,
-)
+from ._callback_events import Event, _methods, _overrides, _report, build_kwargs, new_call_id
+from ._callback_requests import RequestLog
+from ._callbacks import DEFAULT_MAX_QUEUE, Callbacks
 from .calls import _logging
 from .errors import GatewayError
 from .keys.spend import result_usage
@@ -41,11 +33,11 @@ class _Drain:
     """The daemon thread and its bounded queue."""
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
-        self._queue: queue.Queue[tuple[Callbacks, Event | _Pending]] = queue.Queue(max_queue)
+        self._queue: queue.Queue[tuple[Callbacks, Event | RequestLog]] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, callbacks: Callbacks, event: Event | _Pending) -> None:
+    def put(self, callbacks: Callbacks, event: Event | RequestLog) -> None:
         try:
             self._queue.put_nowait((callbacks, event))
         except queue.Full:
@@ -74,9 +66,8 @@ class _Drain:
         self._queue.join()
 
 
-async def _run(callbacks: Callbacks, event: Event | _Pending) -> None:
-    if isinstance(event, _Pending):
-        event = event.resolve()
+async def _run(callbacks: Callbacks, event: Event | RequestLog) -> None:
+    event = event.resolve()
     for callback in callbacks.loggers:
         async_name, sync_name = _methods(callback, event)
         first, second = (async_name, sync_name) if event.prefer_async else (sync_name, async_name)

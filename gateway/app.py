@@ -18,6 +18,7 @@ import sys
 import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
+from logging import INFO
 from time import perf_counter
 from typing import Annotated, Any, Literal
 
@@ -256,8 +257,9 @@ def _unexpected(scope: Scope, exc: BaseException, logged: bool = False) -> Gatew
             rid,
             exc_info=exc,
         )
-    # Through GatewayApp every response carries the id already.
-    headers = {} if SCOPE_KEY in scope else {"x-request-id": rid}
+    # Through GatewayApp every response carries the id already (unless ids are off).
+    record = scope.get(SCOPE_KEY)
+    headers = {} if record is not None and record.id is not None else {"x-request-id": rid}
     return GatewayError(f"Internal server error (request id {rid})", headers=headers)
 
 
@@ -315,6 +317,9 @@ class Runtime:
         )
         self.metrics = Metrics(self.router.model_names(), self.router, self.threads)
         self.metrics_auth = settings.metrics_auth
+        # What reads a request's record: with neither (nor the access log) none is made.
+        self.count_requests = settings.metrics
+        self.request_ids = settings.request_ids
         metrics_dir = os.environ.get(METRICS_DIR_ENV)
         if metrics_dir:  # several workers: each scrape answers for all of them
             self.metrics.snapshots = Snapshots(self.metrics, metrics_dir)
@@ -506,14 +511,18 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Errors reach here only before a response started: streams report theirs
         # in the stream.
-        metrics = self.runtime.metrics
-        metrics.in_flight += 1
+        runtime = self.runtime
+        metrics = runtime.metrics if runtime.count_requests else None
         record: RequestRecord | None = scope.get(SCOPE_KEY)
-        if record is None:  # called bare, not through GatewayApp
-            record = scope[SCOPE_KEY] = RequestRecord(
-                new_request_id(scope["headers"]), perf_counter(), None
-            )
-        record.route = self.route
+        if record is None and metrics is not None:  # called bare, not through GatewayApp
+            rid = new_request_id(scope["headers"]) if runtime.request_ids else None
+            record = scope[SCOPE_KEY] = RequestRecord(rid, perf_counter(), None)
+        if metrics is not None:
+            metrics.in_flight += 1
+        rid = None
+        if record is not None:
+            record.route = self.route
+            rid = record.id
         status = 200
         grant = None
         error: BaseException | None = None
@@ -525,7 +534,7 @@ class _Endpoint:
                     status_code=405,
                     type="invalid_request_error",
                 )
-                await _send_json(send, 405, self.render_error(exc, record.id), self._allow)
+                await _send_json(send, 405, self.render_error(exc, rid), self._allow)
                 return
             if self.auth:
                 presented = self.runtime.check_auth(scope)
@@ -538,8 +547,9 @@ class _Endpoint:
             exc = _public(scope, exc)
             status = exc.status_code
             error = exc
-            record.error = exc
-            await self._send_error(send, exc, record.id)
+            if record is not None:
+                record.error = exc
+            await self._send_error(send, exc, rid)
         except BaseException as exc:
             # SystemExit, KeyboardInterrupt or CancelledError from a handler too: a 500,
             # and the server stays up. A real cancellation goes on.
@@ -549,16 +559,20 @@ class _Endpoint:
                 # (a stream) already started, uvicorn refuses this one, harmlessly.
                 status = 503
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self._send_error(send, _CANCELLED, record.id)
+                    await self._send_error(send, _CANCELLED, rid)
                 raise
             status = 500
             error = exc
-            record.error = exc
-            await self._send_error(send, _unexpected(scope, exc), record.id)
+            if record is not None:
+                record.error = exc
+            unexpected = _unexpected(scope, exc)
+            await self._send_error(send, unexpected, rid or unexpected.headers.get("x-request-id"))
         finally:
-            metrics.in_flight -= 1
-            record.status = status
-            metrics.observe(record, perf_counter())
+            if record is not None:
+                record.status = status
+                if metrics is not None:
+                    metrics.in_flight -= 1
+                    metrics.observe(record, perf_counter())
             if grant is not None:
                 grant.finish(status)
             # Callbacks' events, queued now the answer is out (one `if` when none are set).
@@ -577,7 +591,7 @@ class _Endpoint:
             body["error"]["request_id"] = request_id
         return _encode(body)
 
-    async def _send_error(self, send: Send, exc: GatewayError, request_id: str) -> None:
+    async def _send_error(self, send: Send, exc: GatewayError, request_id: str | None) -> None:
         body = self.render_error(exc, request_id)
         await _send_json(send, exc.status_code, body, _error_headers(exc))
 
@@ -594,7 +608,9 @@ class _Endpoint:
                 request, data = _convert_body(await log.before(data), kind)
             else:
                 log.data = data
-        scope[SCOPE_KEY].model = request.model
+        record = scope.get(SCOPE_KEY)
+        if record is not None:
+            record.model = request.model
         grant = scope.get("gateway.key")
         if grant is not None:
             grant.admit(request.model)
@@ -1036,7 +1052,7 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     exc = NotFoundError(f"No route for {scope['method']} {scope['path']}", code="not_found")
     body = exc.to_dict()
     record = scope.get(SCOPE_KEY)
-    if record is not None:
+    if record is not None and record.id is not None:
         body["error"]["request_id"] = record.id
     await _send_json(send, exc.status_code, _encode(body))
 
@@ -1066,7 +1082,8 @@ class GatewayApp(Router):
         routes.append(Route("/health/liveliness", Liveliness(runtime)))
         routes.append(Route("/health/liveness", Liveliness(runtime)))
         routes.append(Route("/health/readiness", Readiness(runtime)))
-        routes.append(Route("/metrics", MetricsEndpoint(runtime)))
+        if runtime.count_requests:
+            routes.append(Route("/metrics", MetricsEndpoint(runtime)))
         routes.append(Route("/router/state", RouterStateEndpoint(runtime)))
         if runtime.keys is not None:
             from .keys.admin import admin_routes
@@ -1092,29 +1109,34 @@ class GatewayApp(Router):
             current_runtime.reset(token)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The request's record: its id echoed on the response, in its log lines, to
-        # handlers and upstreams; what metrics and the access log read when it ends.
-        client = scope.get("client")
-        record = RequestRecord(
-            new_request_id(scope["headers"]), perf_counter(), client[0] if client else None
-        )
-        scope[SCOPE_KEY] = record
-        header = (b"x-request-id", record.id.encode())
+        runtime = self.runtime
+        record = token = None
+        if runtime.count_requests or runtime.request_ids or access_logger.isEnabledFor(INFO):
+            # The request's record: its id echoed on the response, in its log lines, to
+            # handlers and upstreams; what metrics and the access log read when it ends.
+            # With none of them on, none is made: no context variable, no send wrapper.
+            client = scope.get("client")
+            rid = new_request_id(scope["headers"]) if runtime.request_ids else None
+            record = scope[SCOPE_KEY] = RequestRecord(
+                rid, perf_counter(), client[0] if client else None
+            )
+            header = None if rid is None else (b"x-request-id", rid.encode())
+            inner = send
 
-        def send_with_id(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                record.responded = perf_counter()
-                record.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            return send(message)
+            def send(message: Message) -> Awaitable[None]:
+                # When and with what status the response started; the id on its headers.
+                if message["type"] == "http.response.start":
+                    record.responded = perf_counter()
+                    record.status = message["status"]
+                    if header is not None:
+                        message["headers"] = [*message.get("headers", ()), header]
+                return inner(message)
 
-        token = current.set(record)
+            token = current.set(record)
         try:
-            if self.runtime.tracing is not None:
+            if runtime.tracing is not None:
                 route = self._route_of(scope)
-                await self.runtime.tracing.server(
-                    scope, receive, send_with_id, self._dispatch, route
-                )
+                await runtime.tracing.server(scope, receive, send, self._dispatch, route)
                 return
             # Exact paths go straight to their endpoint: Starlette's route matching costs
             # 1 us a request (7% of a whole request here). Everything else (prefixes from
@@ -1122,13 +1144,14 @@ class GatewayApp(Router):
             # not a call to _dispatch: a coroutine less per request.
             endpoint = None if scope.get("root_path") else self._exact.get(scope["path"])
             if endpoint is not None:
-                await endpoint(scope, receive, send_with_id)
+                await endpoint(scope, receive, send)
             else:
-                await super().__call__(scope, receive, send_with_id)
+                await super().__call__(scope, receive, send)
         finally:
-            current.reset(token)
-            if access_logger.isEnabledFor(logging.INFO):
-                access_log(record, scope)
+            if record is not None:
+                current.reset(token)  # type: ignore[arg-type]
+                if access_logger.isEnabledFor(INFO):
+                    access_log(record, scope)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):

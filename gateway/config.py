@@ -113,6 +113,12 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     otel: bool = False
     # GET /metrics asks for the master key (scrapers can send a bearer token).
     metrics_auth: bool = False
+    # False: no per-request metrics and no /metrics (404), for a gateway nobody scrapes.
+    metrics: bool = True
+    # False: no request ids made or echoed (x-request-id, error bodies, log lines,
+    # upstream headers), for a gateway behind a proxy that assigns its own. An
+    # unexpected 500 still gets one, to match the client's error with the log.
+    request_ids: bool = True
 
 
 # -- router_settings ------------------------------------------------------------------

@@ -152,10 +152,9 @@ class Metrics:
 
     def observe(self, rec: RequestRecord, ended: float) -> None:
         """Count one finished request."""
-        key = (rec.route, rec.model, rec.deployment)
-        series = self.series.get(key)
+        series = self.series.get((rec.route, rec.model, rec.deployment))
         if series is None:
-            series = self._new_series(key)
+            series = self._new_series((rec.route, rec.model, rec.deployment))
         series.count(rec, ended)
         self.version += 1
 

@@ -14,55 +14,39 @@ from typing import Any
 
 import msgspec
 
+from .types import Usage
+
 __all__ = ["SCOPE_KEY", "RequestRecord", "current", "usage_of"]
 
 SCOPE_KEY = "gateway.request"
 
 
-class RequestRecord:
+class RequestRecord(msgspec.Struct):
     """One HTTP request as the gateway saw it. Times are ``perf_counter()`` seconds;
     ``None`` where a step never happened (no model: an admin call; no first token: not a
-    stream, or it failed first)."""
+    stream, or it failed first).
 
-    __slots__ = (
-        "attempts",
-        "chunks",
-        "client",
-        "deployment",
-        "ended",
-        "error",
-        "first_token",
-        "id",
-        "model",
-        "responded",
-        "route",
-        "started",
-        "status",
-        "stream",
-        "tokens_in",
-        "tokens_out",
-        "upstream",
-    )
+    A Struct: made per request, its defaults are set in C (a third of the cost of a
+    class with ``__slots__`` and an ``__init__``)."""
 
-    def __init__(self, request_id: str, started: float, client: str | None) -> None:
-        self.id = request_id
-        self.started = started
-        self.client = client
-        self.route: str | None = None  # the endpoint's metrics label
-        self.model: str | None = None  # as the client asked: a label only if configured
-        self.deployment: str | None = None  # the one that answered, else the last tried
-        self.attempts = 0  # calls on deployments (retries and hedges included)
-        self.status = 200
-        self.stream = False
-        self.responded: float | None = None  # when the response's headers went out
-        self.first_token: float | None = None  # a stream's first chunk from the router
-        self.ended: float | None = None
-        self.upstream = 0.0  # seconds spent waiting on the router (handler or upstream)
-        self.tokens_in: int | None = None
-        self.tokens_out: int | None = None
-        self.chunks = 0  # a stream's chunks
-        # The error that answered the request, if any (read by callbacks).
-        self.error: BaseException | None = None
+    id: str | None  # None with ``gateway_settings.request_ids: false``
+    started: float
+    client: str | None
+    route: str | None = None  # the endpoint's metrics label
+    model: str | None = None  # as the client asked: a label only if configured
+    deployment: str | None = None  # the one that answered, else the last tried
+    attempts: int = 0  # calls on deployments (retries and hedges included)
+    status: int = 200
+    stream: bool = False
+    responded: float | None = None  # when the response's headers went out
+    first_token: float | None = None  # a stream's first chunk from the router
+    ended: float | None = None
+    upstream: float = 0.0  # seconds spent waiting on the router (handler or upstream)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    chunks: int = 0  # a stream's chunks
+    # The error that answered the request, if any (read by callbacks).
+    error: BaseException | None = None
 
     def answered(self, routed: Any, started: float) -> None:
         """The routed call begun at ``started`` answered (a whole answer)."""
@@ -113,6 +97,13 @@ def _tokens(usage: Any) -> tuple[int | None, int | None]:
 
 def usage_of(result: Any) -> tuple[int | None, int | None]:
     """(prompt, completion) tokens an answer or a stream chunk reports."""
+    usage = getattr(result, "usage", None)
+    if usage.__class__ is Usage:  # a handler's ModelResponse: the common case, 5x faster
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        return (
+            prompt if type(prompt) is int else None,
+            completion if type(completion) is int else None,
+        )
     if isinstance(result, msgspec.Raw):  # the HTTP app's pre-encoded chunks
         try:
             result = msgspec.json.decode(result)

@@ -537,3 +537,45 @@ async def test_the_app_on_asyncio_and_trio(anyio_backend: str) -> None:
             callbacks_module.flush()
             await anyio.sleep(0.01)
     assert recorder.events == [("ok", "rewritten")]
+
+
+class _Counts(CustomLogger):
+    """Reads nothing it is given: its events build no kwargs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+        self.calls += 1
+
+
+class _ReadsEnd(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[Any] = []
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+        self.ends.append(end_time)
+
+
+def test_only_what_a_logger_reads_is_built() -> None:
+    from gateway._callbacks import Callbacks, reads
+
+    counts, ends = _Counts(), _ReadsEnd()
+    assert reads(counts.async_log_success_event) == (False, False, False, False)
+    assert reads(ends.log_success_event) == (False, False, False, True)
+    assert reads(lambda *args: None) == (True, True, True, True)  # can't tell: all
+    assert Callbacks([counts, ends]).needs[True] == (False, False, False, True)
+
+    config = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
+        "litellm_settings": {"callbacks": [counts, ends]},
+    }
+    with serve_in_thread(create_app(config)) as server:
+        for stream in (False, True):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": stream})
+            assert r.status_code == 200
+        _wait(lambda: counts.calls == 2 and len(ends.ends) == 2)
+    assert all(type(end).__name__ == "datetime" for end in ends.ends)

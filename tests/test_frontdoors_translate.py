@@ -655,7 +655,7 @@ def test_text_survives_every_stream_translation(door: str) -> None:
 def test_a_front_doors_stream_hands_text_as_strings_to_every_reader() -> None:
     """The router's front-door mode: text chunks are the text itself, no chunk has a
     role; whatever counts or logs a stream reads them as the chat chunks they stand for."""
-    from gateway._callbacks import _chunk_data
+    from gateway._callback_requests import _chunk_data
     from gateway.keys.spend import chunk_usage
     from gateway.record import usage_of
     from gateway.router.streams import _chunk_tokens

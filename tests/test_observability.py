@@ -254,3 +254,32 @@ def test_metrics_auth_asks_for_the_master_key() -> None:
         )
         r = httpx.get(f"{handle.url}/metrics", headers=AUTH)
         assert r.status_code == 200 and "gateway_requests_total" in r.text
+
+
+def test_metrics_and_request_ids_can_be_switched_off() -> None:
+    app = create_app(config(metrics=False, request_ids=False))
+    with serve_in_thread(app) as handle:
+        r = chat(handle.url, "m", headers={"x-request-id": "mine"})
+        assert r.status_code == 200 and "x-request-id" not in r.headers
+        assert httpx.get(f"{handle.url}/metrics", headers=AUTH).status_code == 404
+        r = chat(handle.url, "nope", headers={"x-request-id": "err-1"})
+        assert r.status_code == 404 and "x-request-id" not in r.headers
+        assert "request_id" not in r.json()["error"]
+        SEEN.headers.clear()
+        assert chat(handle.url, "seen", headers={"x-request-id": "x"}).status_code == 200
+        assert SEEN.headers == [{}]  # nothing passed on (the handler gets the headers it had)
+        r = chat(handle.url, "boom")
+        assert r.status_code == 500 and "Traceback" not in r.text
+    # Nothing counted: no record was made.
+    assert app.runtime.metrics.series == {} and app.runtime.metrics.in_flight == 0
+
+    # Either alone: ids without metrics, metrics without ids.
+    with serve_in_thread(create_app(config(metrics=False))) as handle:
+        assert chat(handle.url, "m", headers={"x-request-id": "kept"}).headers["x-request-id"] == (
+            "kept"
+        )
+        assert httpx.get(f"{handle.url}/metrics", headers=AUTH).status_code == 404
+    with serve_in_thread(create_app(config(request_ids=False))) as handle:
+        assert "x-request-id" not in chat(handle.url, "m").headers
+        text = httpx.get(f"{handle.url}/metrics").text
+        assert 'model_group="m"' in text and 'status="200"' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..harness import Context, http_request
@@ -71,14 +72,17 @@ def run_throughput(
     stream: bool = False,
     events_per_response: int = 0,
     checks: list[tuple[str, str, str, float]],
+    pairs: Sequence[tuple[str, str, str]] = (),
 ) -> dict[str, Any]:
     """Throughput and latency of each target at each concurrency level, interleaved.
 
-    ``checks`` are (figure, ratio key, op, bound) read at the headline level.
+    ``checks`` are (figure, ratio key, op, bound) read at the headline level; ``pairs``
+    are more ratios, (key, target, target), their targets measured with the others.
     """
     from ..payloads import chat_body
 
     targets = ctx.targets("gateway", "baseline", "raw", "litellm")
+    targets += [t for _, *pair in pairs for t in pair if t not in targets]
     body = chat_body(model, stream=stream)
     levels = ctx.connections
     servers, failed = ctx.start_all(targets)
@@ -118,6 +122,7 @@ def run_throughput(
     columns += ["gateway/baseline", "gateway/raw"]
     if has_litellm:
         columns.append("gateway/LiteLLM")
+    columns += [key for key, _, _ in pairs]
     columns += ["p50 ms gw / base / raw", "p99 ms gw / base / raw", "errors"]
     rows, ratios = [], []
     for connections in levels:
@@ -132,6 +137,8 @@ def run_throughput(
         }
         if has_litellm:
             level["gateway/litellm"] = ratio(gw, get("litellm", connections, metric))
+        for key, a, b in pairs:
+            level[key] = ratio(get(a, connections, metric), get(b, connections, metric))
         ratios.append(level)
         row = [connections, gw]
         row += [get("baseline", connections, metric), get("raw", connections, metric)]
@@ -140,6 +147,7 @@ def run_throughput(
         row += [level["gateway/baseline"], level["gateway/raw"]]
         if has_litellm:
             row.append(level["gateway/litellm"])
+        row += [level[key] for key, _, _ in pairs]
         for key in ("p50_ms", "p99_ms"):
             cells = (fmt(get(t, connections, key)) for t in ("gateway", "baseline", "raw"))
             row.append(" / ".join(cells))

@@ -311,10 +311,13 @@ class Router:
         if record is not None:
             record.attempts += 1
             record.deployment = d.id  # the last one tried, until one answers
-            if headers is None:
-                headers = {"x-request-id": record.id}
+            rid = record.id
+            if rid is None:  # request ids off
+                pass
+            elif headers is None:
+                headers = {"x-request-id": rid}
             elif "x-request-id" not in headers:
-                headers = {**headers, "x-request-id": record.id}
+                headers = {**headers, "x-request-id": rid}
         return call_type(
             model=d.provider_model,
             optional_params=optional_params,
