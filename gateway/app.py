@@ -595,8 +595,8 @@ class _Endpoint:
                 log.data = data
         scope[SCOPE_KEY].model = request.model
         grant = scope.get("gateway.key")
-        if grant is not None:
-            grant.admit(request.model)
+        if grant is not None:  # with Redis: reads the key's and the group's counters at once
+            await grant.admit(request.model, self.runtime.router)
         header = _timeout_header(scope)  # checked even when the body's timeout wins
         return request, data, request.timeout if request.timeout is not None else header
 

@@ -385,3 +385,77 @@ def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
         assert time.monotonic() < deadline, client.hkeys(key)
         time.sleep(0.01)
     client.close()
+
+
+class Monitor:
+    """Redis' MONITOR on a raw socket: every command clients send, as argument lists."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        self.sock.sendall(b"MONITOR\r\n")
+        assert self.sock.recv(5) == b"+OK\r\n"
+        self.buffer = b""
+
+    def commands(self, quiet: float = 0.2) -> list[list[str]]:
+        """The commands run since the last call, read until ``quiet`` s pass without one."""
+        self.sock.settimeout(quiet)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            self.buffer += data
+        lines, _, self.buffer = self.buffer.rpartition(b"\r\n")
+        return [
+            [
+                arg.encode().decode("unicode_escape")
+                for arg in re.findall(r'"((?:[^"\\]|\\.)*)"', line)
+            ]
+            for line in lines.decode(errors="replace").split("\r\n")
+            if line.startswith("+") and " lua] " not in line  # not the script's own
+        ]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def reads(commands: list[list[str]]) -> list[list[str]]:
+    """The round trips a request awaited: every command but a script call that only
+    writes (queued counters sent on their own, after the answer or meanwhile)."""
+    out = []
+    for cmd in commands:
+        if cmd[0].upper() == "EVALSHA":
+            args = cmd[3 + int(cmd[2]) :]  # instance, triples, spend keys, writes
+            if args[1] == "0" and args[2] == "0":
+                continue
+        out.append(cmd)
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_limited_per_key_and_per_deployment_makes_one_round_trip(
+    redis_server: RedisServer, pair: Any, tmp_path: Path, stream: bool
+) -> None:
+    config = keys_config(redis_server, tmp_path)
+    config["model_list"][0]["litellm_params"]["rpm"] = 1000
+    config["model_list"][0]["litellm_params"]["max_parallel_requests"] = 50
+    (a,) = pair(config, n=1)
+    key = new_key(a.url, rpm_limit=1000, tpm_limit=100_000, max_parallel_requests=50)
+    assert keyed_chat(a.url, key, stream=stream).status_code == 200  # loads key and script
+    monitor = Monitor(redis_server.port)
+    try:
+        for _ in range(5):
+            time.sleep(0.05)  # both views stale (> 20 ms): each request must read both
+            monitor.commands(0.05)
+            answer = keyed_chat(a.url, key, stream=stream)
+            assert answer.status_code == 200, answer.text
+            seen = reads(monitor.commands())
+            assert len(seen) == 1, seen
+            keys = seen[0][3 : 3 + int(seen[0][2])]
+            # The deployment's three keys and the key's three, plus its spend.
+            assert {k.split(":")[1] for k in keys} == {"cd", "use", "if", "k"}, keys
+            assert sum(k.startswith("{gw}:k:") for k in keys) == 4, keys
+    finally:
+        monitor.close()

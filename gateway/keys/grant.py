@@ -47,8 +47,11 @@ class Grant:
     def is_master(self) -> bool:
         return self.entry.master
 
-    def admit(self, model: str) -> None:
-        """Check this key may call ``model`` now; raises the error to answer if not."""
+    async def admit(self, model: str, router: Any = None) -> None:
+        """Check this key may call ``model`` now; raises the error to answer if not.
+
+        A key whose counters are shared through Redis reads them here, where the model
+        is known, in the same round trip as ``router``'s group (see ``shared``)."""
         e = self.entry
         manager = self.manager
         now = manager.clock()
@@ -66,6 +69,9 @@ class Grant:
                 )
             if e.reset_at is not None and now >= e.reset_at:
                 manager.reset_budget(e, now)
+            counters = manager.counters
+            if counters is not None and e.shares:
+                await counters.sync(e, now, router, model)  # at most one Redis round trip
             view = e.view
             if view is not None and view.spend > e.spend:
                 e.spend = view.spend  # other instances' costs, ahead of the database
