@@ -374,6 +374,7 @@ class RequestLog:
     endpoint's ``finally`` (after the response went out)."""
 
     __slots__ = (
+        "cached_body",
         "call_id",
         "call_type",
         "callbacks",
@@ -407,6 +408,7 @@ class RequestLog:
         self.first_token_at: float | None = None
         self.stream_chunks: list[Any] | None = None
         self.stream_usage: tuple[int, int] | None = None
+        self.cached_body: bytes | None = None
 
     async def before(self, data: dict[str, Any]) -> dict[str, Any]:
         """The pre-call hooks, in order; each may return a changed body or raise."""
@@ -469,6 +471,13 @@ class RequestLog:
 
         return tapped
 
+    def cached(self, body: bytes) -> None:
+        """The answer came from the response cache (``body``, JSON or a stream's events):
+        a success event with LiteLLM's ``cache_hit: true`` and no cost. Decoded later,
+        by the callback task."""
+        self.called = True
+        self.cached_body = body
+
     async def _failed(self, exc: BaseException) -> None:
         for callback in self.callbacks.post_failure:
             if self.user is None:
@@ -490,6 +499,22 @@ class RequestLog:
 
     def event(self, status: int, error: BaseException | None, ended: float) -> Event:
         response = self.response
+        body = self.cached_body
+        if body is not None:
+            try:
+                if body.startswith(b"data: "):
+                    self.stream_chunks = [
+                        msgspec.json.decode(line[6:])
+                        for line in body.split(b"\n\n")
+                        if line.startswith(b"data: {")
+                    ]
+                else:
+                    from .types import EmbeddingResponse, ModelResponse
+
+                    kind = {"completion": ModelResponse, "embeddings": EmbeddingResponse}
+                    response = msgspec.json.decode(body, type=kind.get(self.call_type, Any))
+            except msgspec.MsgspecError:
+                logger.warning("could not decode a cached answer for callbacks", exc_info=True)
         chunks = self.stream_chunks
         if chunks is not None:
             from .streaming import stream_chunk_builder
@@ -543,6 +568,7 @@ class RequestLog:
             prompt=prompt,
             completion=completion,
             cost=callbacks.prices.cost(group or "", deployment, prompt, completion),
+            cache_hit=self.cached_body is not None,
             started=self.started,
             ended=ended,
             first_token_at=self.first_token_at,
@@ -580,6 +606,7 @@ def build_kwargs(
     key_alias: str | None,
     key_hash: str | None = None,
     custom_llm_provider: str | None = None,
+    cache_hit: bool = False,
 ) -> dict[str, Any]:
     """The ``kwargs`` LiteLLM gives logging callbacks, with its ``standard_logging_object``.
 
@@ -601,6 +628,10 @@ def build_kwargs(
     }
     end_time = _datetime(ended)
     first = first_token_at if first_token_at is not None else ended
+    # LiteLLM's accounting of a cache hit: it cost nothing, and saved what it would have.
+    saved = 0.0
+    if cache_hit:
+        saved, cost = cost, 0.0
     return {
         "model": model,
         "messages": messages,
@@ -615,6 +646,7 @@ def build_kwargs(
         "call_type": call_type,
         "stream": stream,
         "response_cost": cost,
+        "cache_hit": cache_hit,
         "litellm_call_id": call_id,
         "start_time": _datetime(started),
         "end_time": end_time,
@@ -638,6 +670,8 @@ def build_kwargs(
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "response_cost": cost,
+            "cache_hit": cache_hit,
+            "saved_cache_cost": saved,
             "startTime": started,
             "endTime": ended,
             "completionStartTime": first,

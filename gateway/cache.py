@@ -1,14 +1,18 @@
 """The response cache (``litellm_settings.cache: true`` and ``cache_params``).
 
-An answer is reused for a request with the same model group, messages and parameters
-that change an answer (everything in the body but ``user``, ``metadata``, ``timeout``
-and ``cache``), streamed or not: a streamed answer is stored as the exact bytes of its
-events and replayed as a stream. Only complete answers are stored: an error, a stream
-that ended in an error event, or an answer cut off by the client never is.
+An answer of ``/v1/chat/completions`` or ``/v1/embeddings`` is reused for a request to
+the same endpoint with the same model group, messages (or input) and parameters that
+change an answer (everything in the body but ``user``, ``metadata``, ``timeout`` and
+``cache``), streamed or not: a streamed answer is stored as the exact bytes of its
+events and replayed as a stream. The front doors (completions, responses, messages)
+are not cached: a Responses answer has an id of its own that may be stored and chained.
+Only complete answers are stored: an error, a stream that ended in an error event, or
+an answer cut off by the client never is.
 
 Scope: the model group is part of the key, and a virtual key is admitted to the model
 before the cache is looked at, so a key never gets an answer for a model it may not
-call. A hit costs no tokens (the spend row says 0) and no upstream call.
+call. A hit costs no tokens (the spend row says 0) and no upstream call; callbacks get
+a success event with LiteLLM's ``cache_hit: true`` and ``response_cost`` 0.
 
 A request controls it with LiteLLM's ``"cache": {"no-cache": true}`` (do not look),
 ``"no-store": true`` (do not keep this answer) and ``"ttl": N`` (keep it N seconds, at
@@ -130,12 +134,20 @@ class ResponseCache:
             self.backend = _Local(settings.max_size)
 
     def lookup(
-        self, model: str, messages: Any, optional: dict[str, Any], stream: bool, control: Any
+        self,
+        model: str,
+        messages: Any,
+        optional: dict[str, Any],
+        stream: bool,
+        control: Any,
+        kind: str = "chat",
     ) -> Lookup | None:
-        """The request's key and rules; None if it asked not to use the cache at all."""
+        """The request's key and rules; None if it asked not to use the cache at all.
+        ``kind`` (``chat``, ``embeddings``) keeps each API's answers apart."""
         rules = _control(control)
         params = {k: v for k, v in optional.items() if k not in _IGNORED}
-        digest = hashlib.sha256(_encode_sorted((model, stream, messages, params))).hexdigest()
+        key = (kind, model, stream, messages, params)
+        digest = hashlib.sha256(_encode_sorted(key)).hexdigest()
         ttl = self.settings.ttl
         if rules.ttl is not None:
             ttl = min(ttl, rules.ttl)
