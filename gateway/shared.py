@@ -237,10 +237,12 @@ class SharedRedis:
         if self._ops and self.up:
             self.spawn(self.sync((), ()))
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """``coro`` as a task this object cancels when it closes."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def sync(self, counted: Sequence[str], spends: Sequence[str]) -> list[Any] | None:
         """Queued writes, then a read, in one script call (one round trip).

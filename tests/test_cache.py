@@ -3,10 +3,12 @@ replayed, errors never stored, hits free of spend (local LRU, in process)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -14,8 +16,11 @@ from gateway.app import create_app
 from gateway.cache import ResponseCache
 from gateway.config import CacheSettings, ConfigError, parse_config
 from gateway.errors import BadRequestError
+from gateway.shared import SharedRedis
 from tests.fake_upstream import serve_in_thread
 from tests.keys_fixtures import ADMIN, MOCK_COST, bearer, flush, keys_config
+from tests.redis_server import RedisServer
+from tests.test_scaleout import Monitor
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -294,3 +299,33 @@ def test_a_hit_is_a_success_event_with_cache_hit_and_no_cost(
         re.search(r'deployment="([^"]*)"', labels)[1]: float(n) for labels, n in counted
     }  # type: ignore[index]
     assert by_deployment == {"": 2, "m/0": 2}, counted
+
+
+async def test_concurrent_redis_lookups_share_one_mget(redis_server: RedisServer) -> None:
+    shared = SharedRedis(redis_server.url, timeout=1.0)
+    cache = ResponseCache(CacheSettings(type="redis", namespace="b"), shared)
+    lookups = [
+        cache.lookup("m", [{"role": "user", "content": str(i)}], {}, False, None) for i in range(20)
+    ]
+    assert all(lookups)
+    for i, lookup in enumerate(lookups[:10]):
+        assert lookup is not None
+        cache.put(lookup, f"answer {i}".encode())
+    monitor = Monitor(redis_server.port)
+    try:
+        await anyio.sleep(0.2)  # the SETs are sent by tasks of their own
+        monitor.commands(0.05)
+        found = await asyncio.gather(*(cache.get(lookup) for lookup in lookups if lookup))
+        assert found == [f"answer {i}".encode() for i in range(10)] + [None] * 10
+        sent = monitor.commands()
+        assert [cmd[0].upper() for cmd in sent] == ["MGET"], sent
+        assert cache.hits == 10 and cache.misses == 10
+    finally:
+        monitor.close()
+
+    # Redis gone: every waiting look-up is a miss, none hangs.
+    redis_server.kill()
+    with anyio.fail_after(5):
+        found = await asyncio.gather(*(cache.get(lookup) for lookup in lookups if lookup))
+    assert found == [None] * 20
+    await shared.aclose()
