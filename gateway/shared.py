@@ -12,7 +12,8 @@ the next read of any request, or on their own within 2 ms: a request awaits at m
 one round trip, and other instances see this one's counts at most 2 ms plus a round
 trip late. Everything is one Lua script (``_SCRIPT``), so a write
 and a read are atomic and cost one command, not a pipeline (redis-py's pipeline costs
-twice a single command's time in Python).
+twice a single command's time in Python); the reads of every request of one event-loop
+turn share that command.
 
 Times are Redis' own (``TIME``), so instances need no synchronized clocks. Requests and
 tokens are counted in one-second buckets of a hash per counted thing, summed over the
@@ -124,6 +125,9 @@ logger = logging.getLogger("gateway.shared")
 # Distinct keys with queued writes; beyond this new ones are dropped (counters then run a
 # little low, never the process out of memory).
 _MAX_QUEUED = 10_000
+# Requests whose reads share one script call, at most.
+_MAX_READS = 64
+_Read = tuple[Sequence[str], Sequence[str], "asyncio.Future[list[Any] | None]"]
 # Writes ride along with the next read (under load: at once); without one, they go on
 # their own after this long. It bounds how late other instances see this one's counts.
 _WRITE_LAG = 0.002
@@ -189,6 +193,7 @@ class SharedRedis:
         # the last, a cooldown keeps the longest. A batch is small however busy we are.
         self._ops: dict[tuple[str, str], list[Any]] = {}
         self._flush_scheduled = False
+        self._reads: list[_Read] | None = None  # this loop turn's reads, if any
         self._reconnecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_resume: list[Callable[[], None]] = []
@@ -235,7 +240,11 @@ class SharedRedis:
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
         if self._ops and self.up:
-            self.spawn(self.sync((), ()))
+            self.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        if self._ops and self.up:  # else a read took them since
+            await self._script((), ())
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         """``coro`` as a task this object cancels when it closes."""
@@ -251,9 +260,47 @@ class SharedRedis:
         [cooldown ms left, requests, tokens, ms until the oldest request and token
         buckets leave the minute, other instances' in flight]; ``spends`` are counters
         read as strings. None if Redis is down or failed: use local counters.
+
+        Reads asked for in the same event-loop turn share one script call (each
+        costs this process ~150 us of redis-py however many keys it reads).
         """
         if not self.up:
             return None
+        batch = self._reads
+        if batch is None or len(batch) >= _MAX_READS:
+            # The task's first step runs in a later loop turn, after this turn's reads.
+            batch = self._reads = []
+            task = self.spawn(self._read(batch))
+            task.add_done_callback(lambda _: _settle(batch))
+        future: asyncio.Future[list[Any] | None] = asyncio.get_running_loop().create_future()
+        batch.append((counted, spends, future))
+        return await future
+
+    async def _read(self, batch: list[_Read]) -> None:
+        if self._reads is batch:
+            self._reads = None
+        triples: dict[tuple[str, ...], int] = {}
+        counters: dict[str, int] = {}
+        for counted, spends, _ in batch:
+            for i in range(0, len(counted), 3):
+                triples.setdefault(tuple(counted[i : i + 3]), len(triples))
+            for key in spends:
+                counters.setdefault(key, len(counters))
+        out = await self._script([k for t in triples for k in t], list(counters))
+        if out is None:
+            return  # _settle answers None to all
+        if not isinstance(out, list) or len(out) != len(triples) + len(counters):
+            self.failed(ValueError(f"unexpected script answer {out!r:.80}: not our Redis?"))
+            return
+        n = len(triples)
+        for counted, spends, future in batch:
+            if not future.done():
+                rows = [out[triples[tuple(counted[i : i + 3])]] for i in range(0, len(counted), 3)]
+                rows += [out[n + counters[key]] for key in spends]
+                future.set_result(rows)
+
+    async def _script(self, counted: Sequence[str], spends: Sequence[str]) -> Any:
+        """The script call: this instance's queued writes, then the reads."""
         ops, self._ops = self._ops, {}
         keys = [*counted, *spends]
         args: list[Any] = [self.instance, len(counted) // 3, len(spends), len(ops)]
@@ -359,6 +406,14 @@ class SharedRedis:
             except Exception:  # closing a broken connection: nothing to do about it
                 pass
             self._client = None
+
+
+def _settle(batch: list[_Read]) -> None:
+    """Reads the script call did not answer (Redis failed, or shutdown cancelled it):
+    None, so their requests use local counters."""
+    for _, _, future in batch:
+        if not future.done():
+            future.set_result(None)
 
 
 def _safe(url: str) -> str:

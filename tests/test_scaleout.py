@@ -459,3 +459,40 @@ def test_a_request_limited_per_key_and_per_deployment_makes_one_round_trip(
             assert sum(k.startswith("{gw}:k:") for k in keys) == 4, keys
     finally:
         monitor.close()
+
+
+async def test_reads_of_one_loop_turn_share_one_script_call(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from gateway.shared import SharedRedis
+
+    shared = SharedRedis(redis_server.url, timeout=1.0)
+    a = [shared.key(part, "a") for part in ("cd", "use", "if")]
+    b = [shared.key(part, "b") for part in ("cd", "use", "if")]
+    spend = shared.key("spend", "k")
+    assert await shared.sync(a, ()) is not None  # connected, script loaded
+    shared.queue("r", a[1], 3)
+    shared.queue("r", b[1], 5)
+    shared.queue("s", spend, 1.5, 60)
+    monitor = Monitor(redis_server.port)
+    try:
+        monitor.commands(0.05)
+        only_a, b_and_spend, both = await asyncio.gather(
+            shared.sync(a, ()), shared.sync(b, [spend]), shared.sync([*a, *b], ())
+        )
+        sent = monitor.commands()
+    finally:
+        monitor.close()
+    assert [cmd[0].upper() for cmd in sent] == ["EVALSHA"], sent
+    assert sent[0][2] == "10"  # two triples (a once, though asked twice), a spend, 3 writes
+    assert only_a is not None and b_and_spend is not None and both is not None
+    assert [row[1] for row in only_a] == [3]  # requests in the last minute
+    assert b_and_spend[0][1] == 5 and float(b_and_spend[1]) == 1.5
+    assert [row[1] for row in both] == [3, 5]
+
+    redis_server.kill()  # every waiting read is answered None (local counters), at once
+    import anyio
+
+    with anyio.fail_after(5):
+        assert await asyncio.gather(shared.sync(a, ()), shared.sync(b, ())) == [None, None]
+    await shared.aclose()

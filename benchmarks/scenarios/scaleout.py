@@ -16,6 +16,7 @@ after the run must be 0.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -38,6 +39,7 @@ def _redis(ctx: Context) -> tuple[subprocess.Popen[bytes], int]:
     if binary is None:
         raise ServerError("redis-server not found: apt-get install -y redis-server")
     port = free_port()
+    cpus = ctx.load_cpus
     proc = subprocess.Popen(
         [
             *(binary, "--port", str(port), "--bind", "127.0.0.1"),
@@ -45,6 +47,9 @@ def _redis(ctx: Context) -> tuple[subprocess.Popen[bytes], int]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # On the load generator's CPU, as Redis would be on a machine of its own: the
+        # gateway's CPU is then measured alone, as with the in-memory run.
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
