@@ -188,6 +188,7 @@ class SharedRedis:
         self.up = True
         self.errors = 0
         self.outages = 0
+        self.late = 0  # timeouts put down to a busy event loop (see ``failed``)
         self._client: Any = None
         # Queued writes, merged per (op, key): counts add up, an in-flight count replaces
         # the last, a cooldown keeps the longest. A batch is small however busy we are.
@@ -308,6 +309,7 @@ class SharedRedis:
             keys.append(key)
             args += (op, repr(x) if op == "s" else x, y)
         client = self.client
+        started = asyncio.get_running_loop().time()
         try:
             try:
                 return await client.evalsha(_SHA, len(keys), *keys, *args)
@@ -315,25 +317,35 @@ class SharedRedis:
                 await client.script_load(_SCRIPT)
                 return await client.evalsha(_SHA, len(keys), *keys, *args)
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "not now"
-            self.failed(exc)
+            self.failed(exc, started)
             return None
 
     async def call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """``fn(client)``; None if Redis is down or failed."""
         if not self.up:
             return None
+        started = asyncio.get_running_loop().time()
         try:
             return await fn(self.client)  # socket_timeout bounds it
         except Exception as exc:
-            self.failed(exc)
+            self.failed(exc, started)
             return None
 
     # -- health ----------------------------------------------------------------------
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, started: float | None = None) -> None:
+        """A call failed: Redis is down until a ping answers. Not for a timeout that
+        fired over twice late (the call began at ``started``): then this process's
+        event loop was busy, not Redis slow, and only this call answers locally (a
+        saturated loop would otherwise flap between Redis and local counters)."""
         self.errors += 1
         if not self.up:
             return
+        if started is not None and _is_timeout(exc):
+            late = asyncio.get_running_loop().time() - started
+            if late > 2 * self.timeout + 0.005:
+                self.late += 1
+                return
         self.up = False
         self.outages += 1
         self._ops.clear()
@@ -392,6 +404,12 @@ class SharedRedis:
         yield CounterMetricFamily(
             "gateway_redis_outages", "Times this instance fell back to local state", self.outages
         )
+        yield CounterMetricFamily(
+            "gateway_redis_late",
+            "Redis timeouts put down to this process's busy event loop (answered locally, "
+            "Redis not marked down)",
+            self.late,
+        )
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)
@@ -406,6 +424,11 @@ class SharedRedis:
             except Exception:  # closing a broken connection: nothing to do about it
                 pass
             self._client = None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # redis-py's TimeoutError is its own class, not the builtin.
+    return isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError"
 
 
 def _settle(batch: list[_Read]) -> None:

@@ -504,3 +504,34 @@ async def test_reads_of_one_loop_turn_share_one_script_call(redis_server: RedisS
     with anyio.fail_after(5):
         assert await asyncio.gather(shared.sync(a, ()), shared.sync(b, ())) == [None, None]
     await shared.aclose()
+
+
+async def test_a_timeout_a_busy_event_loop_caused_does_not_mark_redis_down(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    from gateway.shared import SharedRedis
+
+    shared = SharedRedis(redis_server.url, timeout=0.05)
+    keys = [shared.key(part, "x") for part in ("cd", "use", "if")]
+    for _ in range(50):  # connected and the script loaded (a loaded machine may be slow)
+        shared.up = True
+        if await shared.sync(keys, ()) is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert shared.up
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # Redis answers nothing now
+    try:
+        read = asyncio.ensure_future(shared.sync(keys, ()))
+        await asyncio.sleep(0.01)  # the call is sent and waiting
+        time.sleep(0.3)  # then the loop is busy far past the 50 ms timeout
+        assert await read is None  # answered locally...
+        assert shared.up and shared.late == 1 and shared.outages == 0  # ...Redis not down
+        # On an idle loop the same timeout is Redis' fault: down, local counters.
+        assert await shared.sync(keys, ()) is None
+        assert not shared.up and shared.outages == 1
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+        await shared.aclose()
