@@ -180,6 +180,7 @@ def build_kwargs(
     key_alias: str | None,
     key_hash: str | None = None,
     custom_llm_provider: str | None = None,
+    cache_hit: bool = False,
 ) -> dict[str, Any]:
     """The ``kwargs`` LiteLLM gives logging callbacks, with its ``standard_logging_object``.
 
@@ -200,6 +201,10 @@ def build_kwargs(
         "deployment": deployment,
     }
     end_time = _datetime(ended)
+    # LiteLLM's accounting of a cache hit: it cost nothing, and saved what it would have.
+    saved = 0.0
+    if cache_hit:
+        saved, cost = cost, 0.0
     first = first_token_at if first_token_at is not None else ended
     return {
         "model": model,
@@ -215,6 +220,7 @@ def build_kwargs(
         "call_type": call_type,
         "stream": stream,
         "response_cost": cost,
+        "cache_hit": cache_hit,
         "litellm_call_id": call_id,
         "start_time": _datetime(started),
         "end_time": end_time,
@@ -238,6 +244,8 @@ def build_kwargs(
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "response_cost": cost,
+            "cache_hit": cache_hit,
+            "saved_cache_cost": saved,
             "startTime": started,
             "endTime": ended,
             "completionStartTime": first,

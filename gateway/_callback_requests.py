@@ -90,6 +90,7 @@ class RequestLog(msgspec.Struct):
     first_token_at: float | None = None
     stream_chunks: list[Any] | None = None
     stream_usage: tuple[int, int] | None = None
+    cached_body: bytes | None = None
     status: int = 200
     ended: float = 0.0
 
@@ -154,6 +155,13 @@ class RequestLog(msgspec.Struct):
 
         return tapped
 
+    def cached(self, body: bytes) -> None:
+        """The answer came from the response cache (``body``, JSON or a stream's events):
+        a success event with LiteLLM's ``cache_hit: true`` and no cost. Decoded later,
+        by the callback task."""
+        self.called = True
+        self.cached_body = body
+
     async def _failed(self, exc: BaseException) -> None:
         for callback in self.callbacks.post_failure:
             if self.user is None:
@@ -187,6 +195,22 @@ class RequestLog(msgspec.Struct):
         success = error is None
         needs_kwargs, needs_response, needs_start, needs_end = self.callbacks.needs[success]
         response = self.response
+        body = self.cached_body
+        if body is not None and (needs_kwargs or needs_response):
+            try:
+                if body.startswith(b"data: "):
+                    self.stream_chunks = [
+                        msgspec.json.decode(line[6:])
+                        for line in body.split(b"\n\n")
+                        if line.startswith(b"data: {")
+                    ]
+                else:
+                    from .types import EmbeddingResponse, ModelResponse
+
+                    kind = {"completion": ModelResponse, "embeddings": EmbeddingResponse}
+                    response = msgspec.json.decode(body, type=kind.get(self.call_type, Any))
+            except msgspec.MsgspecError:
+                logger.warning("could not decode a cached answer for callbacks", exc_info=True)
         chunks = self.stream_chunks
         if chunks is not None and (needs_kwargs or needs_response):
             from .streaming import stream_chunk_builder
@@ -246,6 +270,7 @@ class RequestLog(msgspec.Struct):
             prompt=prompt,
             completion=completion,
             cost=callbacks.prices.cost(group or "", deployment, prompt, completion),
+            cache_hit=self.cached_body is not None,
             started=self.started,
             ended=ended,
             first_token_at=self.first_token_at,

@@ -612,8 +612,8 @@ class _Endpoint:
         if record is not None:
             record.model = request.model
         grant = scope.get("gateway.key")
-        if grant is not None:
-            grant.admit(request.model)
+        if grant is not None:  # with Redis: reads the key's and the group's counters at once
+            await grant.admit(request.model, self.runtime.router)
         header = _timeout_header(scope)  # checked even when the body's timeout wins
         return request, data, request.timeout if request.timeout is not None else header
 
@@ -647,11 +647,10 @@ class ChatCompletions(_Endpoint):
         if cache is not None:
             lookup = cache.lookup(request.model, request.messages, optional, stream, control)
             if lookup is not None:
-                hit = await cache.get(lookup)
-                if hit is not None:
-                    await _send_cached(send, hit, stream)
+                keeping = await _from_cache(scope, send, cache, lookup, stream)
+                if keeping is None:
                     return None
-                send = cache.capture(send, lookup)
+                send = keeping
         router = self.runtime.router
         if not stream:
             await _answer(
@@ -682,15 +681,26 @@ class ChatCompletions(_Endpoint):
         )
 
 
-async def _send_cached(send: Send, body: bytes, stream: bool) -> None:
-    """A cached answer: the same bytes, a stream replayed as one."""
+async def _from_cache(
+    scope: Scope, send: Send, cache: Any, lookup: Any, stream: bool
+) -> Send | None:
+    """Answer from the response cache (None: answered; the callbacks see a hit), else
+    ``send`` that keeps a good answer for the next request."""
     from .cache import HIT
 
+    body = await cache.get(lookup)
+    if body is None:
+        return cache.capture(send, lookup)
     if not stream:
         await _send_json(send, 200, body, [HIT])
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, HIT]})
-    await send({"type": "http.response.body", "body": body})
+    else:
+        start = {"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, HIT]}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+    log = scope.get("gateway.log")
+    if log is not None:
+        log.cached(body)
+    return None
 
 
 def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = None) -> Any:
@@ -870,7 +880,16 @@ class Embeddings(_Endpoint):
         request, data, timeout = await self.read(scope, receive, EmbeddingRequest)
         inputs = _embedding_input(request.input)
         router = self.runtime.router
+        cache = self.runtime.cache
+        control = data.pop("cache", None) if cache is not None else None
         optional = _other_optional(data)
+        if cache is not None:
+            lookup = cache.lookup(request.model, inputs, optional, False, control, "embeddings")
+            if lookup is not None:
+                keeping = await _from_cache(scope, send, cache, lookup, False)
+                if keeping is None:
+                    return
+                send = keeping
         if request.encoding_format != "base64":
             await _answer(
                 receive,

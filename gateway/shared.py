@@ -12,7 +12,8 @@ the next read of any request, or on their own within 2 ms: a request awaits at m
 one round trip, and other instances see this one's counts at most 2 ms plus a round
 trip late. Everything is one Lua script (``_SCRIPT``), so a write
 and a read are atomic and cost one command, not a pipeline (redis-py's pipeline costs
-twice a single command's time in Python).
+twice a single command's time in Python); the reads of every request of one event-loop
+turn share that command.
 
 Times are Redis' own (``TIME``), so instances need no synchronized clocks. Requests and
 tokens are counted in one-second buckets of a hash per counted thing, summed over the
@@ -124,6 +125,9 @@ logger = logging.getLogger("gateway.shared")
 # Distinct keys with queued writes; beyond this new ones are dropped (counters then run a
 # little low, never the process out of memory).
 _MAX_QUEUED = 10_000
+# Requests whose reads share one script call, at most.
+_MAX_READS = 64
+_Read = tuple[Sequence[str], Sequence[str], "asyncio.Future[list[Any] | None]"]
 # Writes ride along with the next read (under load: at once); without one, they go on
 # their own after this long. It bounds how late other instances see this one's counts.
 _WRITE_LAG = 0.002
@@ -184,11 +188,13 @@ class SharedRedis:
         self.up = True
         self.errors = 0
         self.outages = 0
+        self.late = 0  # timeouts put down to a busy event loop (see ``failed``)
         self._client: Any = None
         # Queued writes, merged per (op, key): counts add up, an in-flight count replaces
         # the last, a cooldown keeps the longest. A batch is small however busy we are.
         self._ops: dict[tuple[str, str], list[Any]] = {}
         self._flush_scheduled = False
+        self._reads: list[_Read] | None = None  # this loop turn's reads, if any
         self._reconnecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_resume: list[Callable[[], None]] = []
@@ -235,12 +241,18 @@ class SharedRedis:
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
         if self._ops and self.up:
-            self.spawn(self.sync((), ()))
+            self.spawn(self._flush())
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    async def _flush(self) -> None:
+        if self._ops and self.up:  # else a read took them since
+            await self._script((), ())
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """``coro`` as a task this object cancels when it closes."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def sync(self, counted: Sequence[str], spends: Sequence[str]) -> list[Any] | None:
         """Queued writes, then a read, in one script call (one round trip).
@@ -249,9 +261,47 @@ class SharedRedis:
         [cooldown ms left, requests, tokens, ms until the oldest request and token
         buckets leave the minute, other instances' in flight]; ``spends`` are counters
         read as strings. None if Redis is down or failed: use local counters.
+
+        Reads asked for in the same event-loop turn share one script call (each
+        costs this process ~150 us of redis-py however many keys it reads).
         """
         if not self.up:
             return None
+        batch = self._reads
+        if batch is None or len(batch) >= _MAX_READS:
+            # The task's first step runs in a later loop turn, after this turn's reads.
+            batch = self._reads = []
+            task = self.spawn(self._read(batch))
+            task.add_done_callback(lambda _: _settle(batch))
+        future: asyncio.Future[list[Any] | None] = asyncio.get_running_loop().create_future()
+        batch.append((counted, spends, future))
+        return await future
+
+    async def _read(self, batch: list[_Read]) -> None:
+        if self._reads is batch:
+            self._reads = None
+        triples: dict[tuple[str, ...], int] = {}
+        counters: dict[str, int] = {}
+        for counted, spends, _ in batch:
+            for i in range(0, len(counted), 3):
+                triples.setdefault(tuple(counted[i : i + 3]), len(triples))
+            for key in spends:
+                counters.setdefault(key, len(counters))
+        out = await self._script([k for t in triples for k in t], list(counters))
+        if out is None:
+            return  # _settle answers None to all
+        if not isinstance(out, list) or len(out) != len(triples) + len(counters):
+            self.failed(ValueError(f"unexpected script answer {out!r:.80}: not our Redis?"))
+            return
+        n = len(triples)
+        for counted, spends, future in batch:
+            if not future.done():
+                rows = [out[triples[tuple(counted[i : i + 3])]] for i in range(0, len(counted), 3)]
+                rows += [out[n + counters[key]] for key in spends]
+                future.set_result(rows)
+
+    async def _script(self, counted: Sequence[str], spends: Sequence[str]) -> Any:
+        """The script call: this instance's queued writes, then the reads."""
         ops, self._ops = self._ops, {}
         keys = [*counted, *spends]
         args: list[Any] = [self.instance, len(counted) // 3, len(spends), len(ops)]
@@ -259,6 +309,7 @@ class SharedRedis:
             keys.append(key)
             args += (op, repr(x) if op == "s" else x, y)
         client = self.client
+        started = asyncio.get_running_loop().time()
         try:
             try:
                 return await client.evalsha(_SHA, len(keys), *keys, *args)
@@ -266,25 +317,35 @@ class SharedRedis:
                 await client.script_load(_SCRIPT)
                 return await client.evalsha(_SHA, len(keys), *keys, *args)
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "not now"
-            self.failed(exc)
+            self.failed(exc, started)
             return None
 
     async def call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """``fn(client)``; None if Redis is down or failed."""
         if not self.up:
             return None
+        started = asyncio.get_running_loop().time()
         try:
             return await fn(self.client)  # socket_timeout bounds it
         except Exception as exc:
-            self.failed(exc)
+            self.failed(exc, started)
             return None
 
     # -- health ----------------------------------------------------------------------
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, started: float | None = None) -> None:
+        """A call failed: Redis is down until a ping answers. Not for a timeout that
+        fired over twice late (the call began at ``started``): then this process's
+        event loop was busy, not Redis slow, and only this call answers locally (a
+        saturated loop would otherwise flap between Redis and local counters)."""
         self.errors += 1
         if not self.up:
             return
+        if started is not None and _is_timeout(exc):
+            late = asyncio.get_running_loop().time() - started
+            if late > 2 * self.timeout + 0.005:
+                self.late += 1
+                return
         self.up = False
         self.outages += 1
         self._ops.clear()
@@ -343,6 +404,12 @@ class SharedRedis:
         yield CounterMetricFamily(
             "gateway_redis_outages", "Times this instance fell back to local state", self.outages
         )
+        yield CounterMetricFamily(
+            "gateway_redis_late",
+            "Redis timeouts put down to this process's busy event loop (answered locally, "
+            "Redis not marked down)",
+            self.late,
+        )
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)
@@ -357,6 +424,19 @@ class SharedRedis:
             except Exception:  # closing a broken connection: nothing to do about it
                 pass
             self._client = None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # redis-py's TimeoutError is its own class, not the builtin.
+    return isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError"
+
+
+def _settle(batch: list[_Read]) -> None:
+    """Reads the script call did not answer (Redis failed, or shutdown cancelled it):
+    None, so their requests use local counters."""
+    for _, _, future in batch:
+        if not future.done():
+            future.set_result(None)
 
 
 def _safe(url: str) -> str:

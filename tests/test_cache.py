@@ -3,8 +3,12 @@ replayed, errors never stored, hits free of spend (local LRU, in process)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -12,8 +16,11 @@ from gateway.app import create_app
 from gateway.cache import ResponseCache
 from gateway.config import CacheSettings, ConfigError, parse_config
 from gateway.errors import BadRequestError
+from gateway.shared import SharedRedis
 from tests.fake_upstream import serve_in_thread
 from tests.keys_fixtures import ADMIN, MOCK_COST, bearer, flush, keys_config
+from tests.redis_server import RedisServer
+from tests.test_scaleout import HANDSHAKE, Monitor
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -196,3 +203,132 @@ def test_scoped_by_model_access_and_free_of_spend(database_url: str) -> None:
     assert sorted(row["total_tokens"] for row in logs) == [0, 30]
     assert sorted(row["spend"] for row in logs) == [0, pytest.approx(MOCK_COST)]
     assert info["info"]["spend"] == pytest.approx(MOCK_COST)
+
+
+RECORDER = """
+from gateway.integrations.custom_logger import CustomLogger
+
+
+class Recorder(CustomLogger):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.events.append((kwargs, response_obj))
+
+
+recorder = Recorder()
+"""
+
+
+def test_a_hit_is_a_success_event_with_cache_hit_and_no_cost(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cache_recorder.py").write_text(RECORDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    priced = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+    app = create_app(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {"model": "mock/m", "mock_response": "cached words"},
+                    "model_info": priced,
+                },
+                {"model_name": "e", "litellm_params": {"model": "mock/e"}},
+            ],
+            "litellm_settings": {"cache": True, "callbacks": ["cache_recorder.recorder"]},
+        }
+    )
+    events = app.runtime.callbacks.callbacks[0].events
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(events) < n:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.01)
+
+    with serve_in_thread(app) as handle, httpx.Client(base_url=handle.url) as client:
+        first, hit = ask(client), ask(client)
+        assert hit.headers["x-gateway-cache-hit"] == "true"
+        wait_for(2)
+        (miss_kwargs, _), (kwargs, response) = events
+        assert miss_kwargs["cache_hit"] is False
+        assert miss_kwargs["standard_logging_object"]["cache_hit"] is False
+        cost = miss_kwargs["response_cost"]
+        assert cost > 0
+        slo = kwargs["standard_logging_object"]
+        assert kwargs["cache_hit"] is True and slo["cache_hit"] is True
+        assert kwargs["response_cost"] == slo["response_cost"] == 0
+        assert slo["saved_cache_cost"] == pytest.approx(cost)
+        assert slo["status"] == "success" and slo["model_group"] == "m"
+        assert response.choices[0].message.content == "cached words"
+        assert slo["total_tokens"] == first.json()["usage"]["total_tokens"]
+
+        # A stream replayed from the cache: its answer rebuilt from the cached events.
+        for _ in range(2):
+            streamed = ask(client, "s", stream=True)
+        assert streamed.headers["x-gateway-cache-hit"] == "true"
+        wait_for(4)
+        kwargs, response = events[3]
+        assert kwargs["cache_hit"] is True and kwargs["stream"] is True
+        assert response.choices[0].message.content == "cached words"
+
+        # Embeddings are cached too, per input and parameters.
+        def embed(**body: Any) -> httpx.Response:
+            return client.post("/v1/embeddings", json={"model": "e", "input": "x", **body})
+
+        a, b = embed(), embed()
+        assert a.headers["x-gateway-cache-hit"] == "false"
+        assert b.headers["x-gateway-cache-hit"] == "true" and b.json() == a.json()
+        assert embed(dimensions=8).headers["x-gateway-cache-hit"] == "false"
+        assert embed(cache={"no-cache": True}).headers["x-gateway-cache-hit"] == "false"
+        wait_for(8)
+        kwargs, response = events[5]
+        assert kwargs["cache_hit"] is True and kwargs["call_type"] == "embeddings"
+        assert response.data[0].embedding == a.json()["data"][0]["embedding"]
+
+        metrics = client.get("/metrics").text
+    assert "gateway_cache_hits_total 3.0" in metrics
+    # Hits are requests too, counted without a deployment (none was called).
+    counted = re.findall(
+        r'gateway_requests_total\{([^}]*route="chat_completions"[^}]*)\} (\S+)', metrics
+    )
+    by_deployment = {
+        re.search(r'deployment="([^"]*)"', labels)[1]: float(n) for labels, n in counted
+    }  # type: ignore[index]
+    assert by_deployment == {"": 2, "m/0": 2}, counted
+
+
+async def test_concurrent_redis_lookups_share_one_mget(redis_server: RedisServer) -> None:
+    shared = SharedRedis(redis_server.url, timeout=1.0)
+    cache = ResponseCache(CacheSettings(type="redis", namespace="b"), shared)
+    lookups = [
+        cache.lookup("m", [{"role": "user", "content": str(i)}], {}, False, None) for i in range(20)
+    ]
+    assert all(lookups)
+    for i, lookup in enumerate(lookups[:10]):
+        assert lookup is not None
+        cache.put(lookup, f"answer {i}".encode())
+    deadline = time.monotonic() + 10  # the SETs are sent by tasks of their own
+    while await shared.call(lambda client: client.exists(*(lk.key for lk in lookups))) != 10:
+        assert time.monotonic() < deadline
+        await anyio.sleep(0.02)
+    monitor = Monitor(redis_server.port)
+    try:
+        monitor.commands(0.05)
+        found = await asyncio.gather(*(cache.get(lookup) for lookup in lookups if lookup))
+        assert found == [f"answer {i}".encode() for i in range(10)] + [None] * 10
+        sent = [cmd[0].upper() for cmd in monitor.commands()]
+        assert [cmd for cmd in sent if cmd not in HANDSHAKE] == ["MGET"], sent
+        assert cache.hits == 10 and cache.misses == 10
+    finally:
+        monitor.close()
+
+    # Redis gone: every waiting look-up is a miss, none hangs.
+    redis_server.kill()
+    with anyio.fail_after(5):
+        found = await asyncio.gather(*(cache.get(lookup) for lookup in lookups if lookup))
+    assert found == [None] * 20
+    await shared.aclose()

@@ -385,3 +385,153 @@ def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
         assert time.monotonic() < deadline, client.hkeys(key)
         time.sleep(0.01)
     client.close()
+
+
+class Monitor:
+    """Redis' MONITOR on a raw socket: every command clients send, as argument lists."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        self.sock.sendall(b"MONITOR\r\n")
+        assert self.sock.recv(5) == b"+OK\r\n"
+        self.buffer = b""
+
+    def commands(self, quiet: float = 0.2) -> list[list[str]]:
+        """The commands run since the last call, read until ``quiet`` s pass without one."""
+        self.sock.settimeout(quiet)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            self.buffer += data
+        lines, _, self.buffer = self.buffer.rpartition(b"\r\n")
+        return [
+            [
+                arg.encode().decode("unicode_escape")
+                for arg in re.findall(r'"((?:[^"\\]|\\.)*)"', line)
+            ]
+            for line in lines.decode(errors="replace").split("\r\n")
+            if line.startswith("+") and " lua] " not in line  # not the script's own
+        ]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# What redis-py sends on a new connection of its pool: not a request's round trip.
+HANDSHAKE = frozenset({"HELLO", "CLIENT"})
+
+
+def reads(commands: list[list[str]]) -> list[list[str]]:
+    """The round trips a request awaited: every command but a script call that only
+    writes (queued counters sent on their own, after the answer or meanwhile) and a
+    new connection's handshake."""
+    out = []
+    for cmd in commands:
+        if cmd[0].upper() in HANDSHAKE:
+            continue
+        if cmd[0].upper() == "EVALSHA":
+            args = cmd[3 + int(cmd[2]) :]  # instance, triples, spend keys, writes
+            if args[1] == "0" and args[2] == "0":
+                continue
+        out.append(cmd)
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_limited_per_key_and_per_deployment_makes_one_round_trip(
+    redis_server: RedisServer, pair: Any, tmp_path: Path, stream: bool
+) -> None:
+    config = keys_config(redis_server, tmp_path)
+    config["model_list"][0]["litellm_params"]["rpm"] = 1000
+    config["model_list"][0]["litellm_params"]["max_parallel_requests"] = 50
+    (a,) = pair(config, n=1)
+    key = new_key(a.url, rpm_limit=1000, tpm_limit=100_000, max_parallel_requests=50)
+    assert keyed_chat(a.url, key, stream=stream).status_code == 200  # loads key and script
+    monitor = Monitor(redis_server.port)
+    try:
+        for _ in range(5):
+            time.sleep(0.05)  # both views stale (> 20 ms): each request must read both
+            monitor.commands(0.05)
+            answer = keyed_chat(a.url, key, stream=stream)
+            assert answer.status_code == 200, answer.text
+            seen = reads(monitor.commands())
+            assert len(seen) == 1, seen
+            keys = seen[0][3 : 3 + int(seen[0][2])]
+            # The deployment's three keys and the key's three, plus its spend.
+            assert {k.split(":")[1] for k in keys} == {"cd", "use", "if", "k"}, keys
+            assert sum(k.startswith("{gw}:k:") for k in keys) == 4, keys
+    finally:
+        monitor.close()
+
+
+async def test_reads_of_one_loop_turn_share_one_script_call(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from gateway.shared import SharedRedis
+
+    shared = SharedRedis(redis_server.url, timeout=1.0)
+    a = [shared.key(part, "a") for part in ("cd", "use", "if")]
+    b = [shared.key(part, "b") for part in ("cd", "use", "if")]
+    spend = shared.key("spend", "k")
+    assert await shared.sync(a, ()) is not None  # connected, script loaded
+    shared.queue("r", a[1], 3)
+    shared.queue("r", b[1], 5)
+    shared.queue("s", spend, 1.5, 60)
+    monitor = Monitor(redis_server.port)
+    try:
+        monitor.commands(0.05)
+        only_a, b_and_spend, both = await asyncio.gather(
+            shared.sync(a, ()), shared.sync(b, [spend]), shared.sync([*a, *b], ())
+        )
+        sent = monitor.commands()
+    finally:
+        monitor.close()
+    sent = [cmd for cmd in sent if cmd[0].upper() not in HANDSHAKE]
+    assert [cmd[0].upper() for cmd in sent] == ["EVALSHA"], sent
+    assert sent[0][2] == "10"  # two triples (a once, though asked twice), a spend, 3 writes
+    assert only_a is not None and b_and_spend is not None and both is not None
+    assert [row[1] for row in only_a] == [3]  # requests in the last minute
+    assert b_and_spend[0][1] == 5 and float(b_and_spend[1]) == 1.5
+    assert [row[1] for row in both] == [3, 5]
+
+    redis_server.kill()  # every waiting read is answered None (local counters), at once
+    import anyio
+
+    with anyio.fail_after(5):
+        assert await asyncio.gather(shared.sync(a, ()), shared.sync(b, ())) == [None, None]
+    await shared.aclose()
+
+
+async def test_a_timeout_a_busy_event_loop_caused_does_not_mark_redis_down(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    from gateway.shared import SharedRedis
+
+    shared = SharedRedis(redis_server.url, timeout=0.05)
+    keys = [shared.key(part, "x") for part in ("cd", "use", "if")]
+    for _ in range(50):  # connected and the script loaded (a loaded machine may be slow)
+        shared.up = True
+        if await shared.sync(keys, ()) is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert shared.up
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # Redis answers nothing now
+    try:
+        read = asyncio.ensure_future(shared.sync(keys, ()))
+        await asyncio.sleep(0.01)  # the call is sent and waiting
+        time.sleep(0.3)  # then the loop is busy far past the 50 ms timeout
+        assert await read is None  # answered locally...
+        assert shared.up and shared.late == 1 and shared.outages == 0  # ...Redis not down
+        # On an idle loop the same timeout is Redis' fault: down, local counters.
+        assert await shared.sync(keys, ()) is None
+        assert not shared.up and shared.outages == 1
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+        await shared.aclose()

@@ -25,7 +25,8 @@ from ..errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from .cache import Grant, _iso, hash_key, new_key, parse_duration
+from .cache import Grant, hash_key, new_key, parse_duration
+from .entry import _iso
 from .store import StoreError
 
 __all__ = ["admin_routes"]

@@ -2,10 +2,11 @@
 
 Shared: requests and tokens in the last minute (``rpm_limit``, ``tpm_limit``), requests
 in flight (``max_parallel_requests``) and the spend of the current budget period. The
-request of a key with any of these limits awaits one round trip (``sync``) after its key
-is known (none while its last read is under 20 ms old and under half of every limit);
-what it then adds (a request, its tokens, its cost, a freed slot) is queued
-and sent with the next script call, within one event-loop turn.
+request of a key with any of these limits awaits one round trip (``sync``) once its
+model is known (none while its last read is under 20 ms old and under half of every
+limit); that round trip reads the model group's shared router counters too, so the
+router does not make a second one. What the request then adds (a request, its tokens,
+its cost, a freed slot) is queued and sent with the next script call.
 
 Spend here is a second, faster view of the database's: each instance adds its costs to
 one Redis counter per key and budget period, and a budget is checked against the larger
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..router.redis_state import FRESH
+from ..router.redis_state import FRESH, RedisRouterState
 from ..shared import SharedRedis
 
 __all__ = ["KeyCounters", "KeyView"]
@@ -73,17 +74,22 @@ class KeyCounters:
             k("k", token, "spend", period),
         ]
 
-    async def sync(self, e: Any, now: float) -> None:
+    async def sync(self, e: Any, now: float, router: Any = None, model: str = "") -> None:
         """Read the key's shared counters into ``e.view`` (None: use local ones), unless
         the last read is fresh and far from every limit (the router's rule: see
-        ``gateway.router.redis_state``)."""
+        ``gateway.router.redis_state``). With ``router`` (a ``Router`` on this Redis),
+        the same call reads ``model``'s group for it."""
         shared = self.shared
         view = e.view
         if view is not None and shared.up and now - view.at <= FRESH and _far(e, view):
             return
         e.new_requests = e.new_tokens = 0
         keys = self._keys(e)
-        out = await shared.sync(keys[:3], keys[3:])
+        state = None if router is None else router.state
+        if isinstance(state, RedisRouterState) and state.shared is shared:
+            out = await state.sync_with(router.group(model), keys[:3], keys[3:])
+        else:
+            out = await shared.sync(keys[:3], keys[3:])
         try:
             e.view = None if out is None else KeyView(out[0], float(out[1]), now)
         except (TypeError, ValueError, IndexError) as exc:

@@ -19,6 +19,10 @@ group so costs one round trip per 20 ms, not one per request; near them every re
 reads the shared counts. (Other instances would have to add half a limit within 20 ms,
 plus one round trip, to push past it.)
 
+A request with a virtual key whose limits are shared reads the key's counters and its
+group's in the same script call (``sync_with``, called where the model is known); the
+router's own ``sync`` for that request then costs nothing: one round trip in all.
+
 If Redis is down or slow, every answer comes from this process's own counters
 (``RouterState``, always kept), and sharing resumes when Redis is back.
 """
@@ -27,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from ..shared import IN_FLIGHT_TTL, SharedRedis
@@ -37,6 +42,10 @@ __all__ = ["FRESH", "RedisRouterState"]
 
 _HEARTBEAT = IN_FLIGHT_TTL / 3
 FRESH = 0.02
+
+# The group this request's ``sync_with`` already read (or found fresh), and when: the
+# router's ``sync`` of it, moments later in the same request, is then skipped.
+_joined: ContextVar[tuple[Any, float] | None] = ContextVar("gateway_router_joined", default=None)
 
 
 class _View:
@@ -94,6 +103,11 @@ class RedisRouterState(RouterState):
         if not shared.up:
             self._views.clear()
             return
+        joined = _joined.get()
+        if joined is not None and joined[0] is group:
+            _joined.set(None)
+            if self._clock() - joined[1] <= FRESH:
+                return
         name = group.name
         syncing = self._syncing
         if self._far_from_limits(group, name in syncing):
@@ -104,7 +118,32 @@ class RedisRouterState(RouterState):
         finally:
             syncing.discard(name)
 
-    async def _read(self, ids: list[str], group: str) -> None:
+    async def sync_with(
+        self, group: Any, counted: Sequence[str], spends: Sequence[str]
+    ) -> list[Any] | None:
+        """``shared.sync(counted, spends)`` that reads ``group``'s counters too (unless
+        its view is fresh and far from limits), so the router's ``sync`` of it for this
+        request costs no second round trip. ``group`` None (an unknown model) or simple
+        (nothing shared to read) adds nothing."""
+        shared = self.shared
+        if group is None or group.simple or not shared.up:
+            return await shared.sync(counted, spends)
+        _joined.set((group, self._clock()))
+        name = group.name
+        syncing = self._syncing
+        if self._far_from_limits(group, name in syncing):
+            return await shared.sync(counted, spends)
+        syncing.add(name)
+        try:
+            return await self._read(group.ids, name, counted, spends)
+        finally:
+            syncing.discard(name)
+
+    async def _read(
+        self, ids: list[str], group: str, counted: Sequence[str] = (), spends: Sequence[str] = ()
+    ) -> list[Any] | None:
+        """Read the group's deployments (and ``counted``/``spends`` after them); what
+        was read after the group's rows, or None if Redis failed."""
         shared = self.shared
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
@@ -115,18 +154,20 @@ class RedisRouterState(RouterState):
         for key in ids:
             self._new_requests.pop(key, None)
             self._new_tokens.pop(key, None)
-        rows = await shared.sync(keys, ())
+        rows = await shared.sync([*keys, *counted] if counted else keys, spends)
         views = self._views
         if rows is None:
             views.clear()
-            return
+            return None
         now = self._clock()
         try:
-            for key, row in zip(ids, rows, strict=True):
+            for key, row in zip(ids, rows[: len(ids)], strict=True):
                 views[key] = _View(row, now)
         except (TypeError, ValueError) as exc:  # not what our script returns: not our Redis
             shared.failed(exc)
             views.clear()
+            return None
+        return rows[len(ids) :]
 
     def _far_from_limits(self, group: Any, reading: bool) -> bool:
         """Whether the group's views can stand in for a read: under ``FRESH`` old (or a

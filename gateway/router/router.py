@@ -163,6 +163,9 @@ class Router:
     def has_model(self, model_name: str) -> bool:
         return model_name in self._groups
 
+    def group(self, model_name: str) -> Group | None:
+        return self._groups.get(model_name)
+
     @property
     def state(self) -> RouterState:
         return self._state
