@@ -185,36 +185,29 @@ def iterate_async(
     wait for an item is cancelled after that many seconds and ``TimeoutError`` is raised.
     """
     if _LOOP.running_here():
-        yield from _iterate_on_a_new_loop(factory, timeout)
+        with anyio.from_thread.start_blocking_portal() as portal:
+            yield from _pull(portal.call, factory, timeout)
         return
-    iterator = _LOOP.call(_open(factory))
+    yield from _pull(lambda func, *args: _LOOP.call(func(*args)), factory, timeout)
+
+
+def _pull(
+    call: Callable[..., Any],
+    factory: Callable[[], AsyncIterator[T] | Awaitable[Any]],
+    timeout: float | None,
+) -> Iterator[T]:
+    # call(async_func, *args) runs it to completion on the loop that owns the iterator.
+    iterator = call(_open, factory)
     try:
         while True:
-            item = _LOOP.call(_next(iterator, timeout))
+            item = call(_next, iterator, timeout)
             if item is _END:
                 return
             yield item
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
-            _LOOP.call(aclose())
-
-
-def _iterate_on_a_new_loop(
-    factory: Callable[[], AsyncIterator[T] | Awaitable[Any]], timeout: float | None
-) -> Iterator[T]:
-    with anyio.from_thread.start_blocking_portal() as portal:
-        iterator = portal.call(_open, factory)
-        try:
-            while True:
-                item = portal.call(_next, iterator, timeout)
-                if item is _END:
-                    return
-                yield item
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                portal.call(aclose)
+            call(aclose)
 
 
 _DONE: Any = object()
