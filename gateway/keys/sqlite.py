@@ -6,7 +6,8 @@ import contextlib
 import os
 import re
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 
@@ -14,6 +15,8 @@ from .schema import CREATE_VERSION_TABLE, FIND_VERSION, upgrade
 from .store import StatementArgs, Store, StoreError
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 # Statements are written with PostgreSQL's $1 placeholders; SQLite's are ?1, same numbering.
 _DOLLAR = re.compile(r"\$(\d+)")
@@ -79,22 +82,14 @@ class SQLiteStore(Store):
         return await self._wrap(run)
 
     async def _transaction(self, steps: list[tuple[str, list[StatementArgs]]]) -> list[int]:
-        def run() -> list[int]:
-            conn = self._conn_or_fail()
+        def run(conn: sqlite3.Connection) -> list[int]:
             changed = []
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in steps:
-                    cursor = conn.executemany(_DOLLAR.sub(r"?\1", sql), [tuple(r) for r in rows])
-                    changed.append(cursor.rowcount)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            for sql, rows in steps:
+                cursor = conn.executemany(_DOLLAR.sub(r"?\1", sql), [tuple(r) for r in rows])
+                changed.append(cursor.rowcount)
             return changed
 
-        return await self._wrap(run)
+        return await self._wrap(lambda: _atomic(self._conn_or_fail(), run))
 
     async def _wrap(self, run: Any) -> Any:
         try:
@@ -103,20 +98,25 @@ class SQLiteStore(Store):
             raise StoreError(f"SQLite database {self.path}: {exc}") from exc
 
     async def migrate(self) -> int:
-        def run() -> int:
-            conn = self._conn_or_fail()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(CREATE_VERSION_TABLE)
-                found = int(conn.execute(FIND_VERSION).fetchone()[0] or 0)
-                self._check_version(found)
-                for sql, args in upgrade(found):
-                    conn.execute(_DOLLAR.sub(r"?\1", sql), args)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(CREATE_VERSION_TABLE)
+            found = int(conn.execute(FIND_VERSION).fetchone()[0] or 0)
+            self._check_version(found)
+            for sql, args in upgrade(found):
+                conn.execute(_DOLLAR.sub(r"?\1", sql), args)
             return found
 
-        return int(await self._run(run))
+        return int(await self._run(lambda: _atomic(self._conn_or_fail(), run)))
+
+
+def _atomic(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work(conn)`` in one write transaction, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return result
