@@ -18,6 +18,16 @@ from tests.redis_server import RedisServer, find_redis
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+# Every httpx client (each httpx.get/post, each openai or anthropic client) and every
+# aiohttp session builds an SSL context. With SSL_CERT_FILE set, or httpx's certifi bundle,
+# that parses a whole CA bundle on the spot: 33-43 ms of CPU each, thousands of times a
+# run, in tests that speak plain HTTP to 127.0.0.1 only. The system's certificate folder
+# is a CA store as real, read lazily: only when a certificate is verified, which no test
+# does. Set before any test module, server or subprocess starts, so they inherit it.
+if os.path.isdir("/etc/ssl/certs"):
+    os.environ.pop("SSL_CERT_FILE", None)
+    os.environ["SSL_CERT_DIR"] = "/etc/ssl/certs"
+
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Imported as `fake_upstream` (tests/ is on sys.path too) it would load a second

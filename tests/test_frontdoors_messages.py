@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import pytest
 
 from gateway.app import create_app
 from tests.fake_upstream import ServerHandle, serve_in_thread
 from tests.frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
+
+if TYPE_CHECKING:
+    import anthropic
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import anthropic
 
 USER = [{"role": "user", "content": "hello"}]
 WEATHER_TOOL = {

@@ -4,9 +4,8 @@ OpenAI-compatible upstream called on /chat/completions, and the metrics."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import openai
 import pytest
@@ -15,6 +14,11 @@ from gateway import CustomLLM, CustomLLMError
 from gateway.app import create_app
 from tests.fake_upstream import FakeUpstream, ServerHandle, run_fake_upstream, serve_in_thread
 from tests.frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, SLOW, config
+
+if TYPE_CHECKING:
+    import anthropic
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import anthropic
 
 
 class FailsOnce(CustomLLM):

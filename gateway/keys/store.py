@@ -1,7 +1,8 @@
 """Where keys and spend live: SQLite (embedded) or PostgreSQL, behind one small class.
 
-Both backends run the same SQL. Statements are written with PostgreSQL's ``$1``
-placeholders; for SQLite they become ``?1`` (same numbering), so no query exists twice.
+Both backends run the same SQL, written once in ``Store`` with PostgreSQL's ``$1``
+placeholders (for SQLite they become ``?1``, same numbering), so no query exists twice;
+``sqlite.py`` and ``postgres.py`` run it, ``schema.py`` holds the migrations.
 Values are plain: times are epoch seconds (double), money is double, lists and
 mappings are JSON text, so neither backend needs types of its own.
 
@@ -11,16 +12,13 @@ lacks, under a lock so several workers starting at once migrate it once.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
+from .schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoreError", "describe_url", "open_store"]
 
@@ -29,59 +27,6 @@ StatementArgs = Sequence[Any]
 
 class StoreError(Exception):
     """The database cannot be reached or used; the message says which and why."""
-
-
-# Each migration is a list of statements, applied in one transaction. Append, never edit.
-_MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE gateway_keys (
-            token TEXT PRIMARY KEY,
-            key_name TEXT NOT NULL,
-            key_alias TEXT,
-            models TEXT NOT NULL,
-            max_budget DOUBLE PRECISION,
-            budget_duration TEXT,
-            budget_reset_at DOUBLE PRECISION,
-            spend DOUBLE PRECISION NOT NULL DEFAULT 0,
-            expires DOUBLE PRECISION,
-            rpm_limit BIGINT,
-            tpm_limit BIGINT,
-            max_parallel_requests BIGINT,
-            metadata TEXT NOT NULL,
-            user_id TEXT,
-            team_id TEXT,
-            created_at DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL
-        )""",
-        "CREATE INDEX gateway_keys_alias ON gateway_keys (key_alias)",
-        """CREATE TABLE gateway_spend_logs (
-            request_id TEXT PRIMARY KEY,
-            api_key TEXT NOT NULL,
-            key_alias TEXT,
-            model_group TEXT NOT NULL,
-            deployment TEXT,
-            prompt_tokens BIGINT NOT NULL,
-            completion_tokens BIGINT NOT NULL,
-            total_tokens BIGINT NOT NULL,
-            tokens_estimated INTEGER NOT NULL,
-            spend DOUBLE PRECISION NOT NULL,
-            status TEXT NOT NULL,
-            status_code INTEGER NOT NULL,
-            start_time DOUBLE PRECISION NOT NULL,
-            end_time DOUBLE PRECISION NOT NULL,
-            ttft DOUBLE PRECISION,
-            day TEXT NOT NULL,
-            batch_id TEXT NOT NULL
-        )""",
-        "CREATE INDEX gateway_spend_logs_time ON gateway_spend_logs (start_time)",
-        "CREATE INDEX gateway_spend_logs_key ON gateway_spend_logs (api_key, start_time)",
-        "CREATE INDEX gateway_spend_logs_day ON gateway_spend_logs (day)",
-        "CREATE INDEX gateway_spend_logs_batch ON gateway_spend_logs (batch_id)",
-    ],
-]
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-_DOLLAR = re.compile(r"\$(\d+)")
 
 
 def describe_url(url: str) -> str:
@@ -184,15 +129,7 @@ class Store:
     async def list_keys(
         self, filters: dict[str, Any], offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
-        where, args = _where(filters)
-        total = await self._fetch(f"SELECT COUNT(*) AS n FROM gateway_keys{where}", args)
-        n = len(args)
-        rows = await self._fetch(
-            f"SELECT * FROM gateway_keys{where} ORDER BY created_at DESC, token "
-            f"LIMIT ${n + 1} OFFSET ${n + 2}",
-            [*args, limit, offset],
-        )
-        return rows, int(total[0]["n"])
+        return await self._page("gateway_keys", "created_at DESC, token", filters, offset, limit)
 
     # -- spend ------------------------------------------------------------------------
 
@@ -258,15 +195,8 @@ class Store:
     async def spend_logs(
         self, filters: dict[str, Any], offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
-        where, args = _where(filters)
-        total = await self._fetch(f"SELECT COUNT(*) AS n FROM gateway_spend_logs{where}", args)
-        n = len(args)
-        rows = await self._fetch(
-            f"SELECT * FROM gateway_spend_logs{where} ORDER BY start_time DESC, request_id "
-            f"LIMIT ${n + 1} OFFSET ${n + 2}",
-            [*args, limit, offset],
-        )
-        return rows, int(total[0]["n"])
+        order = "start_time DESC, request_id"
+        return await self._page("gateway_spend_logs", order, filters, offset, limit)
 
     async def spend_report(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         where, args = _where(filters)
@@ -279,6 +209,19 @@ class Store:
             "GROUP BY day, api_key, model_group ORDER BY day, api_key, model_group",
             args,
         )
+
+    async def _page(
+        self, table: str, order: str, filters: dict[str, Any], offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of ``table``'s rows that match ``filters``, and how many match."""
+        where, args = _where(filters)
+        total = await self._fetch(f"SELECT COUNT(*) AS n FROM {table}{where}", args)
+        n = len(args)
+        rows = await self._fetch(
+            f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
+            [*args, limit, offset],
+        )
+        return rows, int(total[0]["n"])
 
     async def totals(self) -> dict[str, Any]:
         rows = await self._fetch(
@@ -297,229 +240,6 @@ def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-# -- SQLite --------------------------------------------------------------------------------
-
-
-class SQLiteStore(Store):
-    """The stdlib ``sqlite3`` on one connection, used from one worker thread at a time.
-
-    The database file is opened in WAL mode so readers (the admin page) and the spend
-    writer do not block each other, and with a busy timeout so several ``--workers``
-    processes share it.
-    """
-
-    def __init__(self, url: str, path: str) -> None:
-        self.url = url
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
-
-    async def open(self) -> None:
-        self._limiter = anyio.CapacityLimiter(1)
-        try:
-            await self._run(self._connect)
-            await self.migrate()
-        except sqlite3.Error as exc:
-            await self.close()
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from None
-        except BaseException:
-            await self.close()
-            raise
-
-    def _connect(self) -> None:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if self.path != ":memory:" and not os.path.isdir(folder):
-            raise sqlite3.OperationalError(f"folder {folder} does not exist")
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn = conn
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with anyio.CancelScope(shield=True):
-                await self._run(conn.close)
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-    def _conn_or_fail(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"SQLite database {self.path} is closed")
-        return self._conn
-
-    async def _fetch(self, sql: str, args: StatementArgs = ()) -> list[dict[str, Any]]:
-        sql = _DOLLAR.sub(r"?\1", sql)
-
-        def run() -> list[dict[str, Any]]:
-            return [dict(row) for row in self._conn_or_fail().execute(sql, tuple(args))]
-
-        return await self._wrap(run)
-
-    async def _transaction(self, steps: list[tuple[str, list[StatementArgs]]]) -> list[int]:
-        def run() -> list[int]:
-            conn = self._conn_or_fail()
-            changed = []
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in steps:
-                    cursor = conn.executemany(_DOLLAR.sub(r"?\1", sql), [tuple(r) for r in rows])
-                    changed.append(cursor.rowcount)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            return changed
-
-        return await self._wrap(run)
-
-    async def _wrap(self, run: Any) -> Any:
-        try:
-            return await self._run(run)
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite database {self.path}: {exc}") from exc
-
-    async def migrate(self) -> int:
-        def run() -> int:
-            conn = self._conn_or_fail()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)")
-                row = conn.execute("SELECT MAX(version) FROM gateway_schema").fetchone()
-                found = int(row[0] or 0)
-                self._check_version(found)
-                for version in range(found + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[version - 1]:
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO gateway_schema (version) VALUES (?)", (version,))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            return found
-
-        return int(await self._run(run))
-
-
-# -- PostgreSQL ----------------------------------------------------------------------------
-
-
-class PostgresStore(Store):
-    """asyncpg with a connection pool.
-
-    A connection that broke (the server restarted) is dropped by the pool and a new one
-    made on the next call, so a database that comes back is used again without a restart.
-    """
-
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
-        self.url = url
-        self.pool_size = pool_size
-        self.timeout = timeout
-        self._pool: Any = None
-
-    async def open(self) -> None:
-        try:
-            import asyncpg
-        except ImportError:
-            raise StoreError(
-                "a postgresql:// database_url needs asyncpg: pip install 'gateway[postgres]'"
-            ) from None
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=1,
-                max_size=self.pool_size,
-                timeout=self.timeout,
-                command_timeout=self.timeout,
-            )
-            await self.migrate()
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            # A connection dropped mid-protocol (the server restarted) can surface as
-            # asyncpg's "cannot switch to state N": the same outage, not a bug of ours.
-            asyncpg.InternalClientError,
-            TimeoutError,
-        ) as exc:
-            await self.close()
-            raise StoreError(
-                f"cannot connect to PostgreSQL at {describe_url(self.url)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await pool.close()
-            pool.terminate()
-
-    def _pool_or_fail(self) -> Any:
-        if self._pool is None:
-            raise StoreError(f"PostgreSQL {describe_url(self.url)} is closed")
-        return self._pool
-
-    async def _fetch(self, sql: str, args: StatementArgs = ()) -> list[dict[str, Any]]:
-        async with self._errors():
-            rows = await self._pool_or_fail().fetch(sql, *args)
-            return [dict(row) for row in rows]
-
-    async def _transaction(self, steps: list[tuple[str, list[StatementArgs]]]) -> list[int]:
-        changed = []
-        async with self._errors(), self._pool_or_fail().acquire() as conn, conn.transaction():
-            for sql, rows in steps:
-                if len(rows) == 1:
-                    status = await conn.execute(sql, *rows[0])
-                    changed.append(int(status.rsplit(" ", 1)[-1]))
-                else:
-                    await conn.executemany(sql, rows)
-                    changed.append(len(rows))
-        return changed
-
-    @contextlib.asynccontextmanager
-    async def _errors(self) -> Any:
-        import asyncpg
-
-        try:
-            yield
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            # A connection dropped mid-protocol (the server restarted) can surface as
-            # asyncpg's "cannot switch to state N": the same outage, not a bug of ours.
-            asyncpg.InternalClientError,
-            TimeoutError,
-        ) as exc:
-            raise StoreError(
-                f"PostgreSQL {describe_url(self.url)}: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def migrate(self) -> int:
-        async with self._pool_or_fail().acquire() as conn, conn.transaction():
-            # One migrating worker at a time; the others wait, then find nothing to do.
-            await conn.execute("SELECT pg_advisory_xact_lock(7215342)")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)"
-            )
-            found = int(await conn.fetchval("SELECT MAX(version) FROM gateway_schema") or 0)
-            self._check_version(found)
-            for version in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version - 1]:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO gateway_schema (version) VALUES ($1)", version)
-        return found
-
-
 def open_store(url: str, base_dir: str | None = None) -> Store:
     """The store for a ``database_url`` (not yet opened).
 
@@ -528,6 +248,8 @@ def open_store(url: str, base_dir: str | None = None) -> Store:
     """
     scheme = url.partition(":")[0].lower()
     if scheme in ("postgres", "postgresql"):
+        from .postgres import PostgresStore  # each backend imports this module's Store
+
         return PostgresStore(url)
     if scheme == "sqlite":
         rest = url[len("sqlite") :]
@@ -542,6 +264,8 @@ def open_store(url: str, base_dir: str | None = None) -> Store:
             )
         if path != ":memory:" and not os.path.isabs(path):
             path = os.path.join(base_dir or os.getcwd(), path)
+        from .sqlite import SQLiteStore
+
         return SQLiteStore(url, path)
     raise StoreError(
         f"database_url {describe_url(url)!r}: expected sqlite:///path.db or postgresql://..."

@@ -14,11 +14,15 @@ Where each concept lives:
 - ``strategies``: which free deployment takes a request;
 - ``admission``: slots, ``max_in_flight`` and the bounded wait queue;
 - ``policy``: cooldowns, retry delays, fallbacks (what failures teach);
+- ``routing``: one request through a group: retries, hedging, fallbacks, ``max_in_flight``;
 - ``attempts``: one call on one deployment, its timeouts and bookkeeping;
 - ``hedging``: a second attempt when the first is slow;
 - ``streams``: ``RoutedStream``, a stream whose first chunk has arrived;
 - ``state``: ``RouterState``, the counters, in one object a shared store could replace;
-- ``router``: ``Router``, which runs a request through the above, and its public APIs.
+- ``router``: ``Router``, which builds the above and hands them requests, and its public
+  APIs;
+- ``events``, ``report``, ``redis_state``: counters for /metrics, ``GET /router/state``,
+  the router's state shared through Redis.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The ``Router``: serves model groups, one request at a time, through the pieces of this
-package (picking and queueing in ``admission``, retries/cooldowns/fallbacks in ``policy``,
-one call in ``attempts``, hedging in ``hedging``, streams in ``streams``).
+package (a request through a group in ``routing``, picking and queueing in ``admission``,
+retries/cooldowns/fallbacks in ``policy``, one call in ``attempts``, hedging in
+``hedging``, streams in ``streams``). Here: building it, introspection, the provider call
+for one attempt, and its two public APIs (the app's ``chat``/``embed``/``image`` and the
+library's ``completion``/``acompletion``/...).
 """
 
 from __future__ import annotations
@@ -25,18 +28,18 @@ from ..calls import (
     run_aimage_generation,
 )
 from ..config import ConfigError, RouterConfigError, RouterSettings, parse_router_settings
-from ..errors import BadRequestError, GatewayError, NotFoundError, RateLimitError
+from ..errors import BadRequestError, NotFoundError
 from ..provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from ..record import current
 from .admission import Admission
-from .attempts import Attempts, RoutedRequest
+from .attempts import Attempts
 from .deployments import Deployment, Group, build_groups, provider_of, settings_error
 from .events import RouterEvents
-from .hedging import hedged
 from .policy import Policy
+from .routing import Routed, Routing
 from .state import RouterState
 from .strategies import Chooser
-from .streams import RoutedStream, sync_stream, text_length
+from .streams import sync_stream, text_length
 
 __all__ = ["Routed", "Router"]
 
@@ -53,14 +56,6 @@ def _shared_state(s: RouterSettings, clock: Callable[[], float]) -> RouterState 
     from .redis_state import RedisRouterState
 
     return RedisRouterState(SharedRedis(url, timeout=s.redis_timeout), clock)
-
-
-class Routed(msgspec.Struct):
-    """What a routed call produced, and where."""
-
-    result: Any
-    deployment: str
-    attempts: int = 1
 
 
 class Router:
@@ -87,14 +82,9 @@ class Router:
         self.default_timeout = default_timeout
         self.settings = s = _settings(router_settings, settings)
         self._clock: Callable[[], float] = clock or time.monotonic
-        self._sleep: Callable[[float], Awaitable[Any]] = sleep or anyio.sleep
         if state is None:
             state = _shared_state(s, self._clock) or RouterState()
         self._state = state
-        # Shared state (Redis) is read once per request before picking; None: in-process.
-        self._sync: Callable[[Group], Awaitable[None]] | None = getattr(state, "sync", None)
-        self._num_retries = s.num_retries
-        self._max_in_flight = s.max_in_flight
         self._groups = build_groups(model_list, dict(custom_providers), s, default_timeout)
         self._count_prompts = any(
             d.track_usage for g in self._groups.values() for d in g.deployments
@@ -105,6 +95,17 @@ class Router:
         self._policy = Policy(s, self._state, self._clock, self.events)
         self._attempts = Attempts(
             s, self._state, self._clock, self._admission, self._policy, self.events
+        )
+        self._routing = Routing(
+            num_retries=s.num_retries,
+            max_in_flight=s.max_in_flight,
+            clock=self._clock,
+            sleep=sleep or anyio.sleep,
+            sync=getattr(state, "sync", None),
+            admission=self._admission,
+            policy=self._policy,
+            attempts=self._attempts,
+            events=self.events,
         )
 
     @classmethod
@@ -180,120 +181,6 @@ class Router:
             )
         return group
 
-    # routing a request
-
-    async def _run_group(self, group: Group, req: RoutedRequest) -> tuple[Any, Deployment]:
-        """Attempts on the group's deployments until one answers or retries are spent."""
-        n = 0
-        last: GatewayError | None = None
-        if self._sync is not None and not group.simple:
-            await self._sync(group)  # at most one round trip to Redis (see redis_state)
-        while True:
-            d = self._admission.try_pick(group, req.tried, req.stream)
-            if d is None:
-                try:
-                    d = await self._admission.acquire(group, req.tried, req.stream, req.deadline)
-                except GatewayError:
-                    if last is not None:  # a retry found no room: report the real failure
-                        raise last from None
-                    raise
-            req.tried.append(d)
-            req.attempts += 1
-            try:
-                if group.hedge_after is not None:
-                    return await self._hedged(group, d, req)
-                return await self._attempts.run(d, req), d
-            except GatewayError as exc:
-                if not exc.retryable or n >= self._num_retries:
-                    raise
-                last = exc
-                delay = self._policy.retry_delay(n, exc, group, req.tried)
-                deadline = req.deadline
-                if delay is None or (deadline is not None and self._clock() + delay >= deadline):
-                    raise
-                logger.info("retrying %s after %s: %s", group.name, d.id, exc.message)
-                self.events.add("retry", group.name, d.id)
-                if delay > 0:
-                    await self._sleep(delay)
-                n += 1
-
-    async def _hedged(
-        self, group: Group, first: Deployment, req: RoutedRequest
-    ) -> tuple[Any, Deployment]:
-        def second() -> Deployment | None:
-            d = self._admission.try_pick(group, req.tried, req.stream, fresh_only=True)
-            if d is not None:
-                req.tried.append(d)
-                req.attempts += 1
-                self.events.add("hedge_started", group.name, d.id)
-            return d
-
-        result, d = await hedged(
-            first, group.hedge_after or 0, lambda d: self._attempts.run(d, req), second
-        )
-        if d is not first:
-            self.events.add("hedge_won", group.name, d.id)
-        return result, d
-
-    async def _route(
-        self,
-        model_name: str,
-        run: Callable[[Deployment, float], Any],
-        stream: bool,
-        timeout: float | None,
-        prompt_chars: int = 0,
-    ) -> Routed:
-        group = self._group(model_name)
-        req = RoutedRequest(run, stream, timeout, prompt_chars)
-        if timeout is not None:
-            req.deadline = self._clock() + timeout
-        if group.direct:
-            d = self._admission.take(group.deployments[0])
-            req.attempts = 1
-            return Routed(await self._attempts.run(d, req), d.id)
-        held = False
-        if self._max_in_flight is not None:
-            try:
-                await self._admission.admit(self._max_in_flight, req.deadline)
-            except RateLimitError:
-                self.events.add("shed", model_name)
-                raise
-            held = True
-        try:
-            try:
-                result, d = await self._run_group(group, req)
-            except GatewayError as exc:
-                chain = self._policy.fallbacks(group, exc)
-                if not chain:
-                    raise
-                result, d = await self._fall_back(exc, chain, req)
-        except BaseException as exc:
-            if held:
-                self._admission.release_global()
-            if isinstance(exc, RateLimitError) and exc.code == "capacity_exceeded":
-                self.events.add("shed", model_name)
-            raise
-        if held:
-            if isinstance(result, RoutedStream):
-                result.hold_admission()
-            else:
-                self._admission.release_global()
-        return Routed(result, d.id, req.attempts)
-
-    async def _fall_back(
-        self, original: GatewayError, chain: list[Group], req: RoutedRequest
-    ) -> tuple[Any, Deployment]:
-        for group in chain:
-            if req.deadline is not None and self._clock() >= req.deadline:
-                break
-            logger.info("falling back to %s after: %s", group.name, original.message)
-            self.events.add("fallback", group.name)
-            try:
-                return await self._run_group(group, req)
-            except GatewayError:
-                continue
-        raise original
-
     # calls built for a deployment
 
     def _call(
@@ -360,13 +247,13 @@ class Router:
                 )
 
             chars = text_length(messages) if self._count_prompts else 0
-            return await self._route(model_name, run, True, timeout, chars)
+            return await self._routing.route(self._group(model_name), run, True, timeout, chars)
 
         def run_once(d: Deployment, t: float) -> Any:
             call = self._call(ChatCall, d, optional_params, headers, t, messages=messages)
             return run_acompletion(provider_of(d), call, model_name)
 
-        return await self._route(model_name, run_once, False, timeout)
+        return await self._routing.route(self._group(model_name), run_once, False, timeout)
 
     async def embed(
         self,
@@ -381,7 +268,7 @@ class Router:
             call = self._call(EmbeddingCall, d, optional_params, headers, t, input=input)
             return run_aembedding(provider_of(d), call, model_name)
 
-        return await self._route(model_name, run, False, timeout)
+        return await self._routing.route(self._group(model_name), run, False, timeout)
 
     async def image(
         self,
@@ -396,7 +283,7 @@ class Router:
             call = self._call(ImageCall, d, optional_params, headers, t, prompt=prompt)
             return run_aimage_generation(provider_of(d), call)
 
-        return await self._route(model_name, run, False, timeout)
+        return await self._routing.route(self._group(model_name), run, False, timeout)
 
     # the library API, shaped like gateway.completion and friends
 

@@ -1,0 +1,23 @@
+"""SDKs the tests import on first use rather than when pytest collects them.
+
+Every xdist worker collects (imports) every test module, and importing the anthropic SDK
+takes about 2.4 s of CPU (its pydantic models): the workers that never run its tests paid
+that too. Test modules bind the name to a ``LazyModule`` (and to the real module for type
+checkers); the first attribute read imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class LazyModule:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+anthropic = LazyModule("anthropic")
