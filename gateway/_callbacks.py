@@ -73,7 +73,7 @@ class Callbacks:
         runtime: Any = None,
     ) -> None:
         self.callbacks = tuple(callbacks)
-        self.runtime = runtime  # the app's (gateway.app.Runtime), for callbacks' context
+        self.runtime = runtime  # the app's (gateway.runtime.Runtime), for callbacks' context
         self.pre_call = tuple(c for c in self.callbacks if _overrides(c, "async_pre_call_hook"))
         self.post_success = tuple(
             c for c in self.callbacks if _overrides(c, "async_post_call_success_hook")

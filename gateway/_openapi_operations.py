@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from .app import ChatRequest, EmbeddingRequest, ImageRequest
+from .bodies import ChatRequest, EmbeddingRequest, ImageRequest
 from .frontdoors.completions import CompletionRequest
 from .frontdoors.messages import CountTokensRequest, MessagesRequest
 from .frontdoors.responses import ResponsesRequest

@@ -166,7 +166,7 @@ def test_embeddings_encoding_format(client: openai.OpenAI, server: ServerHandle)
 
 
 def test_base64_of_a_handler_string_is_kept() -> None:
-    from gateway.app import _base64_floats
+    from gateway.endpoints import _base64_floats
 
     assert _base64_floats("AACAPw==") == "AACAPw=="
     assert _floats(_base64_floats([1.0, -2.5])) == [1.0, -2.5]

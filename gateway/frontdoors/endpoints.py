@@ -12,22 +12,20 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from .._aio import ClientGone
-from ..app import (
+from ..chat import _SSE_HEADERS, _stream, _tapped
+from ..edge import (
     _CUT,
-    _SSE_HEADERS,
-    Runtime,
     _answer,
     _Endpoint,
     _is_cancellation,
     _public,
     _routed_headers,
     _send_json,
-    _stream,
-    _tapped,
     _unexpected,
 )
 from ..errors import BadRequestError, GatewayError, NotFoundError
 from ..router import Routed
+from ..runtime import Runtime
 from . import completions, messages, responses
 from ._chat import ChatIn, EventWriter
 from .store import ResponseStore, owner

@@ -18,13 +18,15 @@ import msgspec
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..app import Runtime, _decode_body, _Endpoint, _send_json
+from ..bodies import _decode_body
+from ..edge import _Endpoint, _send_json
 from ..errors import (
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
+from ..runtime import Runtime
 from .cache import Grant, hash_key, new_key, parse_duration
 from .entry import _iso
 from .store import StoreError
