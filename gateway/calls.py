@@ -29,6 +29,8 @@ from .types import (
     ModelResponse,
     ModelResponseStream,
     Usage,
+    _chat_id,
+    _now,
 )
 
 __all__ = [
@@ -198,9 +200,13 @@ def _prepare_chat(
 def _mock_text(model: str, messages: Any, timeout: Any, text: str) -> ModelResponse:
     """``completion(model, messages, mock_response="Hi!")``, the seed's handler idiom,
     without resolving a provider or building a call: what the mock provider answers
-    when nothing else (no delay, no failure rate, no stream) is asked for. 1.0 us
-    against 5.3 us through the mock provider (timeit, see the commit)."""
-    if messages is not None and not isinstance(messages, list | tuple):
+    when nothing else (no delay, no failure rate, no stream) is asked for. Positional
+    fields: 11.6k instructions a call against 23.7k with keywords and the old ids."""
+    if (
+        messages is not None
+        and messages.__class__ is not list
+        and not isinstance(messages, _SEQUENCES)
+    ):
         raise BadRequestError(
             f"messages must be a list of messages, got {type(messages).__name__}",
             param="messages",
@@ -208,10 +214,12 @@ def _mock_text(model: str, messages: Any, timeout: Any, text: str) -> ModelRespo
     if timeout is not None:
         _seconds(timeout)
     return ModelResponse(
-        choices=[Choices(message=Message(content=text))],
-        model=model,
-        usage=Usage(prompt_tokens=10, completion_tokens=20, total_tokens=30),
-    )
+        _chat_id(), [Choices("stop", 0, Message(text))], _now(), model, "chat.completion",
+        None, Usage(10, 20, 30),
+    )  # fmt: skip
+
+
+_SEQUENCES = (list, tuple)
 
 
 def _include_usage(call: ChatCall) -> bool:
