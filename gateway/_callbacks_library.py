@@ -28,7 +28,7 @@ from ._callbacks import (
     build_kwargs,
     new_call_id,
 )
-from .calls import _logging
+from .api import _logging
 from .errors import GatewayError
 from .keys.spend import result_usage
 
