@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import calls as calls  # the old home of the library API (gateway.calls.X)
 from . import types
 from ._threads import set_thread_limit
-from .calls import (
+from .api import (
     abatch_completion,
     acompletion,
     aembedding,

@@ -20,7 +20,7 @@ from typing import Any
 from ._callback_events import Event, _methods, _overrides, _report, build_kwargs, new_call_id
 from ._callback_requests import RequestLog
 from ._callbacks import DEFAULT_MAX_QUEUE, Callbacks
-from .calls import _logging
+from .api import _logging
 from .errors import GatewayError
 from .keys.spend import result_usage
 

@@ -7,6 +7,8 @@ attribute access, ``model_dump()``, ``resp["choices"]`` and dicts for nested fie
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Mapping, Sequence
 from random import getrandbits
@@ -178,15 +180,29 @@ class Choices(_Compat):
             self.message = _convert(self.message, Message)
 
 
+def _new_id_prefix() -> None:
+    # ``chatcmpl-`` and the first 20 hex digits of a uuid4 (version and variant bits
+    # set), random per process; a forked worker draws its own.
+    global _id_prefix, _id_next
+    h = f"{getrandbits(80) & ~(0xF << 28) & ~(0xC << 12) | (0x4 << 28) | (0x8 << 12):020x}"
+    _id_prefix = f"chatcmpl-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:]}-"
+    # The last 12 digits count up from a random start; the top bit keeps hex() at 13
+    # digits, so the id is always uuid4-shaped.
+    _id_next = itertools.count((1 << 48) | getrandbits(47)).__next__
+
+
+_id_prefix = ""
+_id_next = itertools.count().__next__
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def _chat_id() -> str:
-    """``chatcmpl-<uuid4>``: an id, not a secret, so from ``random`` (reseeded in
-    forked workers) rather than a ``getrandom`` syscall and a ``uuid.UUID``: 5x faster."""
-    h = f"{getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
-    return f"chatcmpl-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+    """``chatcmpl-<uuid4>``: an id, unique in the process and across processes (a
+    random prefix each), not a secret. A count and ``hex()`` rather than 122 random
+    bits formatted per id: 2.7k instructions against 9.5k, and two ids are made per
+    chat request (the handler's ``model_response`` and its answer)."""
+    return _id_prefix + hex(_id_next())[3:]
 
 
 def _now() -> int:

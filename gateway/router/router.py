@@ -18,17 +18,16 @@ import anyio
 import msgspec
 
 from .._threads import run_async
-from ..calls import (
-    _gateway,
-    _logging,
-    _split_kwargs,
+from ..api import _gateway, _logging
+from ..config import ConfigError, RouterConfigError, RouterSettings, parse_router_settings
+from ..errors import BadRequestError, NotFoundError
+from ..invoke import (
     astream_chunks,
     run_acompletion,
     run_aembedding,
     run_aimage_generation,
 )
-from ..config import ConfigError, RouterConfigError, RouterSettings, parse_router_settings
-from ..errors import BadRequestError, NotFoundError
+from ..invoke import split_kwargs as _split_kwargs
 from ..provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from ..record import current
 from .admission import Admission
