@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,26 +24,21 @@ import yaml
 from tests.redis_server import RedisServer
 
 START_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_LISTENING = re.compile(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ", re.M)
 
 
 class Instance:
     """``python -m gateway`` on a free loopback port."""
 
     def __init__(self, config: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = config.parent / f"gateway-{self.port}.log"
+        # --port 0: the server binds a free port itself and says which (no pick-then-bind
+        # race with the other workers' servers).
+        self.log = Path(tempfile.mkstemp(".log", "gateway-", dir=config.parent)[1])
         self._out = open(self.log, "wb")
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "gateway", "--config", str(config)),
-                *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+                *("--host", "127.0.0.1", "--port", "0", "--log-level", "warning"),
             ],
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -51,12 +47,13 @@ class Instance:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.output()
-            try:
-                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.url} never became live: {self.output()}")
+            found = _LISTENING.search(self.output())
+            if found:
+                self.port = int(found[1])
+                self.url = f"http://127.0.0.1:{self.port}"
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the gateway never said where it listens: {self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
