@@ -122,6 +122,9 @@ class RequestLog(msgspec.Struct):
 
     def tap(self, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         """``call`` (returning a ``Routed``) with its answer noted and the post-call hooks run."""
+        if not self.callbacks.taps:  # nothing reads the answer: the outcome is the edge's
+            self.called = True
+            return call
 
         async def tapped() -> Any:
             self.called = True
@@ -176,19 +179,22 @@ class RequestLog(msgspec.Struct):
         later, by the task that runs the callbacks, not on the request's time."""
         if not self.called and error is None:
             return  # answered without a model call (count_tokens): nothing to log
+        callbacks = self.callbacks
+        if not callbacks.taps:  # no logger reads the event: its outcome is all it is
+            callbacks.emit(callbacks.unread[error is None and status < 400])
+            return
         error = self.error or error
         if error is None and status >= 400:
             error = GatewayError(f"request ended with HTTP {status}", status_code=status)
         self.status, self.error, self.ended = status, error, time.time()
-        self.callbacks.emit(self)
+        callbacks.emit(self)
 
     def resolve(self) -> Event:
         """The queued request's event (run by the callbacks' task)."""
-        error = self.error
-        success = error is None
+        success = self.error is None
         if not self.callbacks.reads_any[success]:  # no logger reads any of it
-            return Event(success, None, self.response or error, True, _UNREAD)
-        return self.event(self.status, error, self.ended)
+            return self.callbacks.unread[success]
+        return self.event(self.status, self.error, self.ended)
 
     def event(self, status: int, error: BaseException | None, ended: float) -> Event:
         """The event, with only what some logger reads (``Callbacks.needs``) built."""

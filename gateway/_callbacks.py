@@ -33,7 +33,7 @@ from ._callback_events import (
     build_kwargs,
     reads,
 )
-from ._callback_requests import CALL_TYPES, RequestLog, hook_error
+from ._callback_requests import _UNREAD, CALL_TYPES, RequestLog, hook_error
 from .caching.dual_cache import DualCache
 from .keys.spend import Prices
 from .record import SCOPE_KEY
@@ -100,6 +100,13 @@ class Callbacks:
             used = [reads(getattr(c, m[ok][0])) for c, m in self._methods if m[ok][0]]
             self.needs[ok] = tuple(any(u[i] for u in used) for i in range(4))  # type: ignore[assignment]
         self.reads_any = {ok: any(needs) for ok, needs in self.needs.items()}
+        # A request's answer is watched (a coroutine around its call) only for a hook or
+        # a logger that reads it; else the outcome the edge sees (status, error) is all.
+        self.taps = bool(
+            self.post_success or self.post_failure or self.reads_any[True] or self.reads_any[False]
+        )
+        # The event of a logger that reads none of its arguments: one per outcome, shared.
+        self.unread = {ok: Event(ok, None, None, True, _UNREAD) for ok in (True, False)}
         # A stream's chunks are kept only to rebuild its answer for a logger that reads it.
         self.keep_chunks = any(self.needs[True][:2]) or self.needs[False][0]
         self.max_queue = max_queue
@@ -130,9 +137,8 @@ class Callbacks:
         if len(self._queue) >= self.max_queue:
             self._drop()
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no asyncio loop (a trio host): the library's thread
+        loop = asyncio._get_running_loop()  # None, not an exception, outside a loop
+        if loop is None:  # no asyncio loop (a trio host): the library's thread
             from ._callbacks_library import drain
 
             drain().put(self, event)
@@ -182,11 +188,13 @@ class Callbacks:
         calls = self._calls
         while True:
             while queue:
-                try:
-                    event = queue.popleft().resolve()
-                except Exception:
-                    logger.exception("building a callback event failed")
-                    continue
+                event = queue.popleft()
+                if isinstance(event, RequestLog):  # its event built now, off the request path
+                    try:
+                        event = event.resolve()
+                    except Exception:
+                        logger.exception("building a callback event failed")
+                        continue
                 args = event.args
                 for callback, name, is_async in calls[event.success]:
                     try:
@@ -226,6 +234,8 @@ class Callbacks:
     # -- per request ----------------------------------------------------------------
 
     def request(self, scope: Any, route: str) -> RequestLog:
+        if not (self.taps or self.pre_call):  # nothing reads more than its outcome
+            return RequestLog(self, None, None, route, route, 0.0)
         record = scope.get(SCOPE_KEY)
         return RequestLog(
             self,

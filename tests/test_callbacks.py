@@ -579,3 +579,37 @@ def test_only_what_a_logger_reads_is_built() -> None:
             assert r.status_code == 200
         _wait(lambda: counts.calls == 2 and len(ends.ends) == 2)
     assert all(type(end).__name__ == "datetime" for end in ends.ends)
+
+
+class _Outcomes(CustomLogger):
+    """Reads none of its arguments: its requests are never watched, only counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.successes = 0
+        self.failures = 0
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+        self.successes += 1
+
+    def log_failure_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+        self.failures += 1
+
+
+def test_a_logger_that_reads_nothing_still_sees_each_outcome() -> None:
+    outcomes = _Outcomes()
+    config = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
+        "litellm_settings": {"callbacks": [outcomes]},
+    }
+    app = create_app(config)
+    assert app.runtime.callbacks is not None and not app.runtime.callbacks.taps
+    with serve_in_thread(app) as server:
+        for stream in (False, True):
+            for model, status in (("m", 200), ("nope", 404)):
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": stream})
+                assert r.status_code == status, r.text
+        _wait(lambda: outcomes.successes == 2 and outcomes.failures == 2)
+        time.sleep(0.2)  # and no more than once each
+    assert (outcomes.successes, outcomes.failures) == (2, 2)
