@@ -100,39 +100,6 @@ class _Series:
         self.tokens_in = 0
         self.tokens_out = 0
 
-    def count(self, rec: RequestRecord, ended: float) -> None:
-        statuses = self.statuses
-        status = rec.status
-        statuses[status] = statuses.get(status, 0) + 1
-        started = rec.started
-        seconds = ended - started
-        hist = self.duration
-        hist.counts[bisect_left(BUCKETS, seconds)] += 1
-        hist.sum += seconds
-        if rec.responded is not None:
-            seconds = rec.responded - started - rec.upstream
-            if seconds < 0.0:
-                seconds = 0.0
-            hist = self.overhead
-            hist.counts[bisect_left(OVERHEAD_BUCKETS, seconds)] += 1
-            hist.sum += seconds
-        if rec.deployment is None:
-            return
-        seconds = rec.upstream
-        hist = self.upstream
-        hist.counts[bisect_left(BUCKETS, seconds)] += 1
-        hist.sum += seconds
-        if rec.tokens_in:
-            self.tokens_in += rec.tokens_in
-        if rec.tokens_out:
-            self.tokens_out += rec.tokens_out
-        first = rec.first_token
-        if first is not None:
-            self.ttft.observe(first - started)
-            out = rec.tokens_out if rec.tokens_out is not None else rec.chunks
-            if out > 1:
-                self.tpot.observe((ended - first) / (out - 1))
-
 
 class Metrics:
     """The counters of one app (one worker process)."""
@@ -152,11 +119,44 @@ class Metrics:
 
     def observe(self, rec: RequestRecord, ended: float) -> None:
         """Count one finished request."""
-        series = self.series.get((rec.route, rec.model, rec.deployment))
+        deployment = rec.deployment
+        series = self.series.get((rec.route, rec.model, deployment))
         if series is None:
-            series = self._new_series((rec.route, rec.model, rec.deployment))
-        series.count(rec, ended)
+            series = self._new_series((rec.route, rec.model, deployment))
         self.version += 1
+        # Counted here, not by a method of the series: a call less a request.
+        statuses = series.statuses
+        status = rec.status
+        statuses[status] = statuses.get(status, 0) + 1
+        started = rec.started
+        seconds = ended - started
+        hist = series.duration
+        hist.counts[bisect_left(BUCKETS, seconds)] += 1
+        hist.sum += seconds
+        upstream = rec.upstream
+        if rec.responded is not None:
+            seconds = rec.responded - started - upstream
+            if seconds < 0.0:
+                seconds = 0.0
+            hist = series.overhead
+            hist.counts[bisect_left(OVERHEAD_BUCKETS, seconds)] += 1
+            hist.sum += seconds
+        if deployment is None:
+            return
+        hist = series.upstream
+        hist.counts[bisect_left(BUCKETS, upstream)] += 1
+        hist.sum += upstream
+        tokens_out = rec.tokens_out
+        if rec.tokens_in:
+            series.tokens_in += rec.tokens_in
+        if tokens_out:
+            series.tokens_out += tokens_out
+        first = rec.first_token
+        if first is not None:
+            series.ttft.observe(first - started)
+            out = tokens_out if tokens_out is not None else rec.chunks
+            if out > 1:
+                series.tpot.observe((ended - first) / (out - 1))
 
     def _new_series(self, key: tuple[str | None, str | None, str | None]) -> _Series:
         route, model, deployment = key

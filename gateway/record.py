@@ -52,7 +52,14 @@ class RequestRecord(msgspec.Struct):
         """The routed call begun at ``started`` answered (a whole answer)."""
         self.upstream += perf_counter() - started
         self.deployment = routed.deployment
-        self.tokens_in, self.tokens_out = usage_of(routed.result)
+        result = routed.result
+        usage = getattr(result, "usage", None)
+        if usage.__class__ is Usage:  # a handler's ModelResponse: usage_of's fast path, inline
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            self.tokens_in = prompt if prompt.__class__ is int else None
+            self.tokens_out = completion if completion.__class__ is int else None
+        else:
+            self.tokens_in, self.tokens_out = usage_of(result)
 
     def streaming(self, routed: Any, started: float) -> None:
         """The routed stream begun at ``started`` has its first chunk: its chunks are
