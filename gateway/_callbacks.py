@@ -124,7 +124,8 @@ class Callbacks:
         self._queue: deque[Event | RequestLog] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task is idle
-        self._wake_pending = False
+        # The loop on which the idle task's wake-up is due (None: none is).
+        self._waking: asyncio.AbstractEventLoop | None = None
         # Sync methods: one thread at a time, apart from anyio's default pool.
         self._thread_limiter: anyio.CapacityLimiter | None = None
 
@@ -144,6 +145,8 @@ class Callbacks:
             drain().put(self, event)
             return
         self._queue.append(event)
+        if self._waking is loop:  # a wake-up is due: it runs this event too (most calls)
+            return
         task = self._task
         if task is None or task.done() or task.get_loop() is not loop:
             # One task for the app's life, not one per event: a task and its context
@@ -151,14 +154,14 @@ class Callbacks:
             # request that happened to start it (its trace span, its key).
             self._waiter = None
             self._task = loop.create_task(self._drain(), context=self._context())
-        elif self._waiter is not None and not self._wake_pending:
+        elif self._waiter is not None:
             # Idle: wake it a moment later, for all the events queued by then, rather
             # than once per event (a wake-up costs as much as queueing the event).
-            self._wake_pending = True
+            self._waking = loop
             loop.call_later(BATCH_DELAY, self._wake)
 
     def _wake(self) -> None:
-        self._wake_pending = False
+        self._waking = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -225,7 +228,7 @@ class Callbacks:
         if self._queue or self._waiter is None:
             logger.warning("%d callback events not run at shutdown", len(self._queue))
         task.cancel()
-        self._task = self._waiter = None
+        self._task = self._waiter = self._waking = None
 
     def collector(self) -> Any:
         """A prometheus-client collector of this app's dropped events."""
