@@ -4,11 +4,14 @@ Used for per-chunk timing (time to first token, gaps between chunks), which ``wr
 cannot see, and as the throughput fallback when ``wrk`` is not installed. Keep-alive
 connections, one request at a time per connection, chunked bodies decoded as they
 arrive. With ``--drop-after N`` every client hangs up after N events of its stream and
-comes back on a new connection. Prints one JSON object.
+comes back on a new connection. With ``--rate R`` the connections send R requests a
+second in all, one every 1/R s (open loop while a connection is free; latencies count
+from each request's send), instead of each sending again as soon as it has its answer.
+Prints one JSON object.
 
     python -m benchmarks.client --port 8000 --path /v1/chat/completions \\
         --body-file body.json [--body-file ...] --connections 8 --duration 5 \\
-        [--requests N] [--stream] [--drop-after N]
+        [--requests N] [--stream] [--drop-after N] [--rate R]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class _Stats:
         self.events = 0
         self.errors = 0
         self.dropped = 0
+        self.late = 0
         self.statuses: dict[int, int] = {}
         self.error_messages: dict[str, int] = {}
 
@@ -114,11 +118,22 @@ async def _worker(
     budget: list[int],
     stream: bool,
     drop_after: int = 0,
+    pace: list[float] | None = None,
 ) -> None:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     turn = 0
     while time.perf_counter() < deadline and budget[0] != 0:
+        if pace is not None:  # [the next request's time, the interval], shared
+            due = pace[0]
+            pace[0] = due + pace[1]
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -pace[1]:
+                stats.late += 1  # every connection was busy when its turn came
+            if time.perf_counter() >= deadline:
+                break
         if budget[0] > 0:
             budget[0] -= 1
         request = requests[turn % len(requests)]
@@ -170,9 +185,10 @@ async def run(
     stream: bool = False,
     drop_after: int = 0,
     headers: Sequence[str] = (),
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     """Drive ``connections`` keep-alive connections for ``duration`` s (or ``requests``),
-    each sending ``bodies`` in turn."""
+    each sending ``bodies`` in turn; ``rate`` > 0: that many requests a second in all."""
     extra = "".join(f"{line}\r\n" for line in headers)
     raw = [
         (
@@ -186,9 +202,10 @@ async def run(
     budget = [requests]
     start = time.perf_counter()
     deadline = start + duration
+    pace = [start, 1 / rate] if rate > 0 else None
     await asyncio.gather(
         *(
-            _worker(host, port, raw, stats, deadline, budget, stream, drop_after)
+            _worker(host, port, raw, stats, deadline, budget, stream, drop_after, pace)
             for _ in range(connections)
         )
     )
@@ -203,6 +220,8 @@ async def run(
         "errors": stats.errors,
         "error_kinds": stats.error_messages,
         "dropped": stats.dropped,
+        "rate": rate or None,
+        "late": stats.late,
         "statuses": {str(k): v for k, v in stats.statuses.items()},
         "rps": round(done / elapsed, 1) if elapsed else 0.0,
         "p50_ms": _ms(percentile(lat, 50)),
@@ -239,6 +258,9 @@ def main() -> None:
     parser.add_argument(
         "--header", action="append", default=[], help="'Name: value', repeat for more"
     )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests/s in all (0: each as fast as it can)"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -258,6 +280,7 @@ def main() -> None:
             stream=args.stream,
             drop_after=args.drop_after,
             headers=args.header,
+            rate=args.rate,
         )
     )
     print(json.dumps(result))

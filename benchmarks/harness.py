@@ -515,9 +515,11 @@ class Context:
         *,
         requests: int = -1,
         drop_after: int = 0,
+        rate: float = 0.0,
     ) -> dict[str, Any]:
         """Per-chunk timing of streaming requests from the asyncio client; with
-        ``drop_after`` each client hangs up after that many events."""
+        ``drop_after`` each client hangs up after that many events; with ``rate`` the
+        connections send that many a second in all (paced, not as fast as answered)."""
         return load.client_run(
             server.port,
             CHAT_PATH,
@@ -528,6 +530,7 @@ class Context:
             stream=True,
             drop_after=drop_after,
             cpus=self.load_cpus,
+            rate=rate,
         )
 
     def same_bytes(

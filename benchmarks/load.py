@@ -248,8 +248,10 @@ def client_run(
     cpus: set[int] | None = None,
     on_tick: Callable[[int | None], None] | None = None,
     headers: Mapping[str, str] | None = None,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
-    """One run of the asyncio client in its own process."""
+    """One run of the asyncio client in its own process (``rate`` > 0: paced, that many
+    requests a second in all)."""
     files = []
     for body in bodies:
         with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as file:
@@ -276,6 +278,8 @@ def client_run(
         argv.append("--stream")
     if drop_after:
         argv += ["--drop-after", str(drop_after)]
+    if rate > 0:
+        argv += ["--rate", str(rate)]
     for name, value in (headers or {}).items():
         argv += ["--header", f"{name}: {value}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

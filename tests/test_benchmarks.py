@@ -9,6 +9,7 @@ wrk, pinned, and one with the asyncio client standing in for a missing wrk.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -238,9 +239,13 @@ def test_proxy_report_reads_every_level() -> None:
         for target, figures in (("forwarder", forwarder), ("gateway", gateway))
         for c in levels
     ]
-    ttft = {"forwarder": {"ttft_p99_ms": 10.0}, "gateway": {"ttft_p99_ms": 11.5}}
-    for run in ttft.values():
-        run.update(ttft_p50_ms=5.0, streams=10, errors=0)
+    # Saturated, the gateway adds 3.5 ms (queueing); paced, 1.5 ms: the check reads the paced.
+    ttft = {"forwarder": {"ttft_p99_ms": 10.0}, "gateway": {"ttft_p99_ms": 13.5}}
+    paced = {"forwarder": {"ttft_p99_ms": 3.0}, "gateway": {"ttft_p99_ms": 4.5}}
+    for run in [*ttft.values(), *paced.values()]:
+        run.update(ttft_p50_ms=2.0, streams=10, errors=0)
+    for run in paced.values():
+        run.update(rate=500.0)
     life = {
         "gateway": {
             "idle_fds": 20,
@@ -251,18 +256,26 @@ def test_proxy_report_reads_every_level() -> None:
         }
     }
     ctx = type("Ctx", (), {"memory_requests": 100_000, "quick": False})()
-    result = proxy._report(ctx, ["forwarder", "gateway"], levels, 32, points, ttft, life)  # type: ignore[arg-type]
+    result = proxy._report(ctx, ["forwarder", "gateway"], levels, 32, points, ttft, life, paced)  # type: ignore[arg-type]
     checks = {c["figure"]: (c["value"], c["ok"]) for c in result["checks"]}
     assert checks == {
         "req/s gateway/forwarder, JSON (worst of c=32 and c=64)": (0.75, False),
         "streams/s gateway/forwarder (worst of c=32 and c=64)": (0.75, False),
         "gateway req/s c=256 / c=8, JSON": (1.056, True),
         "gateway streams/s c=256 / c=8": (1.056, True),
-        "added TTFT p99 ms over the forwarder (c=32)": (1.5, True),
+        "added TTFT p99 ms over the forwarder (c=32, paced at 500 streams/s; saturated: 3.50)": (
+            1.5,
+            True,
+        ),
         "gateway RSS MB after 100,000 proxied requests": (81.0, False),
         "gateway open fds over idle after the load": (3, False),
         "gateway open fds over idle after 1,000 dropped streams": (0, True),
     }
+    assert result["headline"]["added_ttft_p99_ms_saturated"] == 3.5
+    assert [t["title"] for t in result["tables"][:2]] == [
+        "Time to first token, streams saturated (closed loop) at 32 connections",
+        "Time to first token, streams paced at 500 streams/s in all over 32 connections",
+    ]
     first = result["checks"][0]
     assert first["by_level"] == {"8": 0.9, "32": 0.85, "64": 0.75, "256": 0.5}
     table = "\n".join(report.headline_table({"scenarios": {"proxy": {**result, "failed": {}}}}))
@@ -333,3 +346,27 @@ def test_wrk_script_sends_headers() -> None:
     # Parsed by wrk's LuaJIT in the quick run's keys scenario: "[[" then "[=[" would not parse.
     script = _lua_script([b"{}"], 0, "/tmp/flag", {"Authorization": "Bearer sk-x"})
     assert "wrk.headers[ [=[Authorization]=] ] = [=[Bearer sk-x]=]" in script
+
+
+async def test_paced_client_sends_at_the_rate_not_as_fast_as_answered() -> None:
+    from benchmarks.client import run as client_run
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        common: dict[str, Any] = {"connections": 8, "duration": 1.0}
+        free = await client_run("127.0.0.1", port, "/", [b"{}"], **common)
+        paced = await client_run("127.0.0.1", port, "/", [b"{}"], rate=40, **common)
+    assert free["requests"] > 400  # closed loop: as fast as the answers come
+    assert 35 <= paced["requests"] <= 41 and paced["errors"] == 0
+    assert paced["rate"] == 40 and paced["late"] == 0

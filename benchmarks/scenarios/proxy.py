@@ -10,7 +10,11 @@ core's worth of proxying.
 1. Every target at 1, 8, 32, 64 and 256 connections, JSON answers and 20-chunk streams
    (wrk), interleaved: req/s, p50 and p99, gateway/forwarder per level.
 2. Streams at 32 connections through the asyncio client: time to first token, the
-   gateway's against the forwarder's.
+   gateway's against the forwarder's, twice. Saturated (closed loop: each connection
+   asks again as soon as it is answered), where TTFT is mostly queueing and follows the
+   streams/s ratio; and paced (``PACED_SHARE`` of the forwarder's saturated streams/s
+   in all, below both proxies' capacity), where TTFT is each proxy's own latency. The
+   added-TTFT check uses the paced figure.
 3. Gateway and forwarder: 1,000 clients that hang up after a few chunks of a paced stream
    (before the load), and open file descriptors back to their idle count; RSS after
    ``--memory-requests`` more JSON requests; file descriptors back to idle after the load.
@@ -38,6 +42,9 @@ QUICK_LEVELS = (8, 32, 256)
 RATIO_LEVELS = (32, 64)  # where gateway/forwarder must hold
 SCALE_LEVELS = (8, 256)  # throughput at the second must not fall below the first
 TTFT_LEVEL = 32
+# The paced TTFT run's total arrival rate, as a share of the forwarder's saturated
+# streams/s at TTFT_LEVEL: below what either proxy can serve, so nothing queues.
+PACED_SHARE = 0.5
 MEMORY_CONNECTIONS = 32
 DROP_CLIENTS, QUICK_DROP_CLIENTS = 1000, 50
 DROP_CONNECTIONS = 50
@@ -175,6 +182,7 @@ def run(ctx: Context) -> dict[str, Any]:
     same: dict[str, bool] = {}
     points: list[dict[str, Any]] = []
     ttft: dict[str, dict[str, Any]] = {}
+    paced: dict[str, dict[str, Any]] = {}
     life: dict[str, dict[str, Any]] = {}
     try:
         # Started with the proxies (they wait for it); a scenario without its upstream
@@ -210,6 +218,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     f" {fmt(run['ttft_p50_ms'])} p99 {fmt(run['ttft_p99_ms'])} ms,"
                     f" {run['streams']:,} streams, errors {run['errors']}"
                 )
+        paced = _paced(ctx, servers, ttft, ttft_level)
         for target, figures in _memory(ctx, measured).items():
             life[target]["memory"] = figures
         limit = QUICK_SETTLE_S if ctx.quick else SETTLE_AFTER_LOAD_S
@@ -221,7 +230,7 @@ def run(ctx: Context) -> dict[str, Any]:
             )
     finally:
         ctx.stop_all()
-    result = _report(ctx, targets, levels, ttft_level, points, ttft, life)
+    result = _report(ctx, targets, levels, ttft_level, points, ttft, life, paced)
     result.update(failed=failed, same_bytes=same)
     return result
 
@@ -234,14 +243,20 @@ def _report(
     points: list[dict[str, Any]],
     ttft: dict[str, dict[str, Any]],
     life: dict[str, dict[str, Any]],
+    paced: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The scenario's results: figures, checks, tables and plot panels."""
+    paced = paced or {}
     columns, rows, ratios, gateway_rps = _level_table(targets, levels, points)
     low, high = SCALE_LEVELS
     scale = {kind: ratio(gateway_rps[kind].get(high), gateway_rps[kind].get(low)) for kind in KINDS}
-    added_ttft = _diff(
+    added_saturated = _diff(
         ttft.get("gateway", {}).get("ttft_p99_ms"), ttft.get("forwarder", {}).get("ttft_p99_ms")
     )
+    added_ttft = _diff(
+        paced.get("gateway", {}).get("ttft_p99_ms"), paced.get("forwarder", {}).get("ttft_p99_ms")
+    )
+    rate = next((run["rate"] for run in paced.values()), None)
     gw = life.get("gateway", {})
     memory, drops = gw.get("memory", {}), gw.get("drops", {})
 
@@ -283,7 +298,13 @@ def _report(
             1,
             by_level=gateway_rps["stream"],
         ),
-        check(f"added TTFT p99 ms over the forwarder (c={ttft_level})", added_ttft, "<", 2),
+        check(
+            f"added TTFT p99 ms over the forwarder (c={ttft_level}, paced at"
+            f" {fmt(rate)} streams/s; saturated: {fmt(added_saturated)})",
+            added_ttft,
+            "<",
+            2,
+        ),
         check(f"gateway RSS MB after {count:,} proxied requests", memory.get("after_mb"), "<", 80),
         check(
             "gateway open fds over idle after the load", over_idle(gw.get("after_load")), "<=", 0
@@ -302,7 +323,9 @@ def _report(
         "gateway stream rps": gateway_rps["stream"],
         f"gateway c={high}/c={low}": scale,
         "ttft_connections": ttft_level,
-        "added_ttft_p99_ms": added_ttft,
+        "added_ttft_p99_ms": added_ttft,  # paced
+        "paced_streams_per_s": rate,
+        "added_ttft_p99_ms_saturated": added_saturated,
         "gateway_rss_mb": memory.get("after_mb"),
         "gateway_fds_over_idle_after_load": over_idle(gw.get("after_load")),
         "gateway_fds_over_idle_after_drops": over_idle(drops),
@@ -323,12 +346,19 @@ def _report(
         "connections": levels,
         "points": points,
         "ttft": ttft,
+        "ttft_paced": paced,
         "life": life,
         "headline": headline,
         "checks": checks,
         "columns": columns,
         "rows": rows,
-        "tables": [_ttft_table(ttft, ttft_level), _life_table(life)],
+        "tables": [
+            _ttft_table(ttft, f"saturated (closed loop) at {ttft_level} connections"),
+            _ttft_table(
+                paced, f"paced at {fmt(rate)} streams/s in all over {ttft_level} connections"
+            ),
+            _life_table(life),
+        ],
         "panels": panels,
     }
 
@@ -373,10 +403,32 @@ def _level_table(
     return columns, rows, ratios, gateway_rps
 
 
-def _ttft_table(ttft: dict[str, dict[str, Any]], level: int) -> dict[str, Any]:
+def _paced(
+    ctx: Context, servers: dict[str, Server], saturated: dict[str, dict[str, Any]], level: int
+) -> dict[str, dict[str, Any]]:
+    """TTFT of gateway and forwarder at ``level`` connections sending ``PACED_SHARE`` of
+    the forwarder's saturated streams/s in all (the gateway's, without a forwarder)."""
+    base = saturated.get("forwarder") or saturated.get("gateway")
+    if not base or not base.get("rps"):
+        return {}
+    rate = round(base["rps"] * PACED_SHARE, 1)
+    out: dict[str, dict[str, Any]] = {}
+    for target in ("forwarder", "gateway"):
+        if target in servers:
+            run = out[target] = ctx.streams(servers[target], KINDS["stream"], level, rate=rate)
+            ctx.echo(
+                f"  {NAME:<9} c={level:<4} ttft   {target:<9} paced {rate:g}/s: p50"
+                f" {fmt(run['ttft_p50_ms'])} p99 {fmt(run['ttft_p99_ms'])} ms,"
+                f" {run['streams']:,} streams ({run['rps']:g}/s), late {run['late']},"
+                f" errors {run['errors']}"
+            )
+    return out
+
+
+def _ttft_table(ttft: dict[str, dict[str, Any]], how: str) -> dict[str, Any]:
     forwarder = ttft.get("forwarder", {}).get("ttft_p99_ms")
     return {
-        "title": f"Time to first token, streams at {level} connections",
+        "title": f"Time to first token, streams {how}",
         "columns": [
             "target",
             "ttft p50 ms",
