@@ -14,6 +14,8 @@ else's by ``Task.cancelling()``; that bookkeeping lives in ``_cancelled_by_us`` 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +25,16 @@ import anyio
 if TYPE_CHECKING:
     from starlette.types import Receive
 
-__all__ = ["ClientGone", "Deadline", "IdleTimeout", "until_disconnect", "within"]
+__all__ = [
+    "SCOPE_DISCONNECT",
+    "ClientGone",
+    "Deadline",
+    "Disconnect",
+    "IdleTimeout",
+    "running_loop",
+    "until_disconnect",
+    "within",
+]
 
 T = TypeVar("T")
 
@@ -32,10 +43,38 @@ class ClientGone(Exception):
     """The client disconnected before it got its whole answer."""
 
 
+_here = threading.local()
+
+
+def _forget_loop() -> None:
+    global _here
+    _here = threading.local()
+
+
+# A forked child inherits the parent's loop marked as running; it is not its loop.
+os.register_at_fork(after_in_child=_forget_loop)
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """``asyncio.get_running_loop()``, without its system call on each request.
+
+    On Python 3.11 every ``get_running_loop()`` (and ``current_task()`` without a loop)
+    calls ``getpid()``: 1.6-3 us on a VM, several times a request. The loop this thread
+    ran last is kept per thread: while it is running it is this thread's running loop,
+    as a thread runs one loop at a time and a running loop never changes threads.
+    Raises ``RuntimeError`` when no asyncio loop runs, like ``get_running_loop``.
+    """
+    loop: asyncio.AbstractEventLoop | None = getattr(_here, "loop", None)
+    if loop is not None and loop.is_running():
+        return loop
+    loop = _here.loop = asyncio.get_running_loop()
+    return loop
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     """The running asyncio task, or None on another backend."""
     try:
-        return asyncio.current_task()
+        return asyncio.current_task(running_loop())
     except RuntimeError:  # no asyncio loop running: trio, or another anyio backend
         return None
 
@@ -236,14 +275,51 @@ class Deadline:
             self._timer = None
 
 
-async def until_disconnect(receive: Receive, body: Callable[[], Awaitable[T]]) -> T:
+# The scope key under which a server that sees its connections close offers a
+# ``Disconnect`` (the gateway's own uvicorn protocols, ``gateway._server``).
+SCOPE_DISCONNECT = "gateway.disconnect"
+
+
+class Disconnect:
+    """A request's disconnect, told by the server that sees its connection close.
+
+    With one in the scope, ``until_disconnect`` needs no watcher task reading
+    ``receive``: the server calls ``fire()`` when the connection is lost and the task
+    waiting in ``until_disconnect`` is cancelled at once. ``loop`` is the server's.
+    """
+
+    __slots__ = ("_cancelled", "_task", "gone", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.gone = False
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+
+    def fire(self) -> None:
+        """The client went away (called on the loop's thread, once or more)."""
+        self.gone = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            self._cancelled = True
+            task.cancel()
+
+
+async def until_disconnect(
+    receive: Receive, body: Callable[[], Awaitable[T]], scope: Any = None
+) -> T:
     """``await body()``, cancelling it if the client disconnects (then ``ClientGone``).
 
     The one disconnect watch of every endpoint, JSON and streams alike: the handler
     sees the cancellation at its current await and its ``finally`` runs. Reads
     ``receive`` only once the body has started, so call it after the request body
-    was read.
+    was read. A server that offers a ``Disconnect`` in ``scope`` cancels the call
+    itself; elsewhere a watcher task reads ``receive``.
     """
+    signal: Disconnect | None = None if scope is None else scope.get(SCOPE_DISCONNECT)
+    if signal is not None:
+        return await _until_signalled(signal, body)
     task = _current_task()
     if task is None:
         return await _until_disconnect_anyio(receive, body)
@@ -256,6 +332,25 @@ async def until_disconnect(receive: Receive, body: Callable[[], Awaitable[T]]) -
         raise
     finally:
         watch.stop()
+
+
+async def _until_signalled(signal: Disconnect, body: Callable[[], Awaitable[T]]) -> T:
+    if signal.gone:
+        raise ClientGone
+    task = asyncio.current_task(signal.loop)  # the loop given: no getpid()
+    assert task is not None
+    cancelling = task.cancelling()
+    signal._task = task
+    try:
+        return await body()
+    except asyncio.CancelledError:
+        if signal._cancelled:
+            signal._cancelled = False
+            if _cancelled_by_us(task, cancelling):
+                raise ClientGone from None
+        raise
+    finally:
+        signal._task = None
 
 
 class _DisconnectWatch:

@@ -33,6 +33,8 @@ import h11
 import msgspec
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ._aio import SCOPE_DISCONNECT, Disconnect
+
 __all__ = ["RESERVE", "Limits", "protocol_factory"]
 
 # Connections past max_connections that may still ask for health and metrics.
@@ -206,6 +208,7 @@ class _Guard:
             if not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() sees a disconnect
                 cycle.message_event.set()
+                self._tell_gone(cycle)
                 # A refused head while an earlier request is unanswered: a reply now
                 # would read as that request's answer.
                 answer = answer and what == "body_timeout" and not cycle.response_started
@@ -239,6 +242,21 @@ class _Guard:
             elif now - self._since > self._limits.body_timeout:
                 # Answered early (413...) or not: a body still trickling in is cut.
                 self._refuse("body_timeout")
+
+    def _lose(self, exc: Exception | None) -> None:
+        """connection_lost: the protocol's own, then each request it told is gone hears
+        so at once through its ``Disconnect`` (no watcher task in the app)."""
+        cycles = [self.cycle, *getattr(self, "_earlier", ())]
+        super().connection_lost(exc)  # type: ignore[misc]
+        for cycle in cycles:
+            if cycle is not None and cycle.disconnected:
+                self._tell_gone(cycle)
+
+    @staticmethod
+    def _tell_gone(cycle: Any) -> None:
+        signal = cycle.scope.get(SCOPE_DISCONNECT)
+        if signal is not None:
+            signal.fire()
 
     def _app_for(self, path: bytes | str) -> Any:
         if not self._over_cap:
@@ -279,6 +297,18 @@ class GatewayH11Protocol(_Guard, H11Protocol):
     def data_received(self, data: bytes) -> None:
         self._next_head()
         super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        # A request read here has its cycle and a task that has not run yet: its
+        # scope gets the Disconnect before the app sees it (h11 builds the scope
+        # inside handle_events, reading at most one request ahead of its answer).
+        cycle = self.cycle
+        if cycle is not None and SCOPE_DISCONNECT not in cycle.scope:
+            cycle.scope[SCOPE_DISCONNECT] = Disconnect(self.loop)
 
     def _head_done(self, event: h11.Request) -> None:
         limits = self._limits
@@ -335,6 +365,9 @@ if HAVE_HTTPTOOLS:
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._admit()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._lose(exc)
 
         def data_received(self, data: bytes) -> None:
             # uvicorn's, plus: in a head, never feed the parser more than a head's limit.
@@ -393,6 +426,7 @@ if HAVE_HTTPTOOLS:
             self._head_room = limits.head_bytes
             if self._over_cap:
                 self.app = self._app_for(httptools.parse_url(self.url).path)
+            self.scope[SCOPE_DISCONNECT] = Disconnect(self.loop)  # (uvicorn's cycle takes it)
             super().on_headers_complete()
 
 

@@ -72,6 +72,7 @@ class ChatCompletions(_Endpoint):
         router = self.runtime.router
         if not stream:
             await _answer(
+                scope,
                 receive,
                 send,
                 _tapped(
@@ -167,7 +168,7 @@ async def _stream(
         return await write(send, routed)
 
     try:
-        return await until_disconnect(receive, run)
+        return await until_disconnect(receive, run, scope)
     finally:
         relay_hint.reset(token)
         # Closed once the watch has stopped, so no disconnect can cut the close short.

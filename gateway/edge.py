@@ -259,11 +259,13 @@ class _Endpoint:
         return request, data, request.timeout if request.timeout is not None else header
 
 
-async def _answer(receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]) -> None:
+async def _answer(
+    scope: Scope, receive: Receive, send: Send, call: Callable[[], Awaitable[Routed]]
+) -> None:
     """Run a non-streaming call; if the client goes away it is cancelled, nothing is sent."""
     record = current.get()
     started = perf_counter()
-    routed = await until_disconnect(receive, call)
+    routed = await until_disconnect(receive, call, scope)
     if record is not None:
         record.answered(routed, started)
     await _send_json(send, 200, _encode(routed.result), _routed_headers(routed))

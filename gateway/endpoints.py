@@ -86,6 +86,7 @@ class Embeddings(_Endpoint):
                 send = keeping
         if request.encoding_format != "base64":
             await _answer(
+                scope,
                 receive,
                 send,
                 _tapped(
@@ -101,7 +102,7 @@ class Embeddings(_Endpoint):
                 item.embedding = _base64_floats(item.embedding)
             return routed
 
-        await _answer(receive, send, _tapped(scope, call))
+        await _answer(scope, receive, send, _tapped(scope, call))
 
 
 def _base64_floats(embedding: list[float] | str) -> str:
@@ -125,6 +126,7 @@ class ImageGenerations(_Endpoint):
         router = self.runtime.router
         optional = _other_optional(data)
         await _answer(
+            scope,
             receive,
             send,
             _tapped(

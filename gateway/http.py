@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._aio import running_loop
 from ._context import current_runtime
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class HTTPClients:
 
     def _entry(self) -> _LoopClients:
         try:
-            loop = asyncio.get_running_loop()
+            loop = running_loop()
         except RuntimeError:
             raise RuntimeError(
                 "gateway's HTTP clients need a running asyncio event loop (uvloop included)"

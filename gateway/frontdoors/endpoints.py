@@ -114,7 +114,7 @@ async def _chat(
             routed.result = answer(routed.result)
             return routed
 
-        await _answer(receive, send, call)
+        await _answer(scope, receive, send, call)
         return None
 
     assert events is not None, "a stream needs its API's event writer"
@@ -302,7 +302,7 @@ class Completions(_Endpoint):
             answer = completions.to_completion([r.result for r in routed], request)
             return Routed(answer, routed[0].deployment, max(r.attempts for r in routed))
 
-        await _answer(receive, send, _tapped(scope, call))
+        await _answer(scope, receive, send, _tapped(scope, call))
         return None
 
 
