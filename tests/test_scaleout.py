@@ -95,6 +95,17 @@ def chat(base: str, model: str = "m", **extra: Any) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
 
 
+def alternating(instances: tuple[Instance, ...], n: int, call: Any) -> list[int]:
+    """``call(url)`` n times, round robin over the instances, one after the other. An
+    instance's counts reach Redis with its next read or within 2 ms (the documented lag),
+    and a loaded machine fires that timer late: a pause lets each count land first."""
+    codes = []
+    for i in range(n):
+        codes.append(call(instances[i % len(instances)].url))
+        time.sleep(0.1)
+    return codes
+
+
 def shared(redis_server: RedisServer, **settings: Any) -> dict[str, Any]:
     return {"redis_url": redis_server.url, "redis_timeout": 0.5, **settings}
 
@@ -210,7 +221,7 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
     assert outages is not None and float(outages[1]) >= 1
     assert "Redis at redis://127.0.0.1" in a.output() and "is back" in a.output()
     # Sharing resumed: rpm 10 holds across both again.
-    codes = [chat((a, b)[i % 2].url, model="limited").status_code for i in range(20)]
+    codes = alternating((a, b), 20, lambda url: chat(url, model="limited").status_code)
     assert codes.count(200) == 10 and codes.count(429) == 10, codes
 
 
@@ -260,23 +271,14 @@ def test_key_limits_hold_across_two_instances(
 ) -> None:
     a, b = pair(keys_config(redis_server, tmp_path))
 
-    def alternating(key: str, n: int) -> list[int]:
-        codes = []
-        for i in range(n):
-            codes.append(keyed_chat((a, b)[i % 2].url, key).status_code)
-            # An instance's counts reach Redis with its next read or within 2 ms (the
-            # documented lag); a loaded machine fires that timer late.
-            time.sleep(0.1)
-        return codes
-
     limited = new_key(a.url, rpm_limit=5)
-    codes = alternating(limited, 10)
+    codes = alternating((a, b), 10, lambda url: keyed_chat(url, limited).status_code)
     assert codes == [200] * 5 + [429] * 5, codes
 
     # Spend against a budget: each answer costs 0.05 (10 prompt + 20 completion tokens);
     # the database hears of it only later, Redis within the lag above.
     budget = new_key(a.url, max_budget=0.12)
-    codes = alternating(budget, 4)
+    codes = alternating((a, b), 4, lambda url: keyed_chat(url, budget).status_code)
     assert codes == [200, 200, 200, 429], codes
     refused = keyed_chat(b.url, budget)
     assert refused.json()["error"]["code"] == "budget_exceeded"
