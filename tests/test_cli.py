@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -28,6 +29,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def example_gateway() -> Iterator[str]:
+    """The gateway on the example config, on a port it binds itself (``--port 0``: no
+    pick-then-bind race with other tests' servers); its base URL."""
+    server = Server("--config", str(EXAMPLE_CONFIG), "--host", "127.0.0.1", "--port", "0")
+    try:
+        port = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")[1]
+        url = f"http://127.0.0.1:{port}"
+        server.wait_until_live(url)
+        yield url
+    finally:
+        server.stop()
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

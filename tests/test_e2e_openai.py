@@ -7,19 +7,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import openai
 import pytest
-from test_cli import EXAMPLE_CONFIG, Server, free_port
+from test_cli import example_gateway
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = free_port()
-    server = Server("--config", str(EXAMPLE_CONFIG), "--host", "127.0.0.1", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_until_live(url)
+    with example_gateway() as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

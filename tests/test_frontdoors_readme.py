@@ -9,21 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import EXAMPLE_CONFIG, Server, free_port
+from test_cli import example_gateway
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = free_port()
-    server = Server("--config", str(EXAMPLE_CONFIG), "--host", "127.0.0.1", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_until_live(url)
+    with example_gateway() as url:
         yield url
-    finally:
-        server.stop()
 
 
 def _section_blocks() -> list[str]:
