@@ -211,6 +211,25 @@ class ResponseCache:
             self.hits += 1
         return value
 
+    def prefetchable(self, lookup: Lookup) -> str | None:
+        """The Redis key to read in the request's shared-state round trip, when this
+        cache lives on the router's Redis (one round trip for counters and answer)."""
+        backend = self.backend
+        if lookup.read and isinstance(backend, _Redis) and not backend.owned:
+            # A cluster runs a script on one slot's keys only: the counters' (``{gw}``).
+            if "cluster" not in backend.shared.url.split("://", 1)[0]:
+                return lookup.key
+        return None
+
+    def prefetched(self, value: Any) -> bytes | None:
+        """The answer read with the counters: the script reads a missing key as ``0``,
+        which no cached answer (JSON or events) can be."""
+        if isinstance(value, bytes) and value != b"0":
+            self.hits += 1
+            return value
+        self.misses += 1
+        return None
+
     def put(self, lookup: Lookup, body: bytes) -> None:
         if lookup.store and len(body) <= self.settings.max_item_bytes:
             self.backend.put(lookup.key, body, lookup.ttl)

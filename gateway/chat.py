@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -18,6 +18,7 @@ from ._aio import ClientGone, Deadline, until_disconnect
 from .bodies import _NOT_OPTIONAL, ChatRequest
 from .edge import (
     _CUT,
+    PREFETCHED,
     _answer,
     _Endpoint,
     _is_cancellation,
@@ -38,6 +39,8 @@ from .streaming import RelayHint, relay_hint
 
 _encode = msgspec.json.Encoder().encode
 
+# Where a cached endpoint keeps what it prepared for the request's cache lookup.
+_PREPARED = "gateway.prepared"
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -49,26 +52,41 @@ _DONE = b"data: [DONE]\n\n"
 class ChatCompletions(_Endpoint):
     route = "chat_completions"
 
+    def _prepared(self, scope: Scope, request: Any, data: dict[str, Any]) -> tuple[Any, Any]:
+        """The call's optional params and the request's cache lookup (None: no cache),
+        made once per request (by ``prefetch`` when there is a cache)."""
+        prepared = scope.get(_PREPARED)
+        if prepared is None:
+            cache = self.runtime.cache
+            control = data.pop("cache", None) if cache is not None else None
+            optional = {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
+            stream = bool(request.stream)
+            if stream:
+                optional["stream"] = True
+                if data.get("stream_options") is not None:
+                    optional["stream_options"] = data["stream_options"]
+            lookup = None
+            if cache is not None:
+                lookup = cache.lookup(request.model, request.messages, optional, stream, control)
+            prepared = scope[_PREPARED] = (optional, lookup)
+        return prepared
+
+    def prefetch(self, scope: Scope, request: Any, data: dict[str, Any]) -> Sequence[str]:
+        _, lookup = self._prepared(scope, request, data)
+        return _prefetch_key(self.runtime.cache, lookup)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int | None:
         request, data, timeout = await self.read(scope, receive, ChatRequest)
         for i, message in enumerate(request.messages):
             if not isinstance(message.get("role"), str):
                 raise BadRequestError(f"messages[{i}] has no `role`", param=f"messages[{i}].role")
         stream = bool(request.stream)
-        cache = self.runtime.cache
-        control = data.pop("cache", None) if cache is not None else None
-        optional = {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
-        if stream:
-            optional["stream"] = True
-            if data.get("stream_options") is not None:
-                optional["stream_options"] = data["stream_options"]
-        if cache is not None:
-            lookup = cache.lookup(request.model, request.messages, optional, stream, control)
-            if lookup is not None:
-                keeping = await _from_cache(scope, send, cache, lookup, stream)
-                if keeping is None:
-                    return None
-                send = keeping
+        optional, lookup = self._prepared(scope, request, data)
+        if lookup is not None:
+            keeping = await _from_cache(scope, send, self.runtime.cache, lookup, stream)
+            if keeping is None:
+                return None
+            send = keeping
         router = self.runtime.router
         if not stream:
             await _answer(
@@ -107,7 +125,10 @@ async def _from_cache(
     ``send`` that keeps a good answer for the next request."""
     from .cache import HIT
 
-    body = await cache.get(lookup)
+    if PREFETCHED in scope:  # read with the request's counters
+        body = cache.prefetched(scope[PREFETCHED])
+    else:
+        body = await cache.get(lookup)
     if body is None:
         return cache.capture(send, lookup)
     if not stream:
@@ -120,6 +141,11 @@ async def _from_cache(
     if log is not None:
         log.cached(body)
     return None
+
+
+def _prefetch_key(cache: Any, lookup: Any) -> Sequence[str]:
+    key = None if lookup is None else cache.prefetchable(lookup)
+    return () if key is None else (key,)
 
 
 def _tapped(scope: Scope, call: Callable[[], Awaitable[Routed]], prompt: Any = None) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -30,6 +30,9 @@ from .router import Routed
 from .runtime import Runtime
 
 logger = logging.getLogger("gateway.app")
+
+# Where ``_Endpoint.read`` leaves the values of the keys ``prefetch`` named.
+PREFETCHED = "gateway.prefetched"
 
 _encode = msgspec.json.Encoder().encode
 
@@ -236,6 +239,11 @@ class _Endpoint:
         body = self.render_error(exc, request_id)
         await _send_json(send, exc.status_code, body, _error_headers(exc))
 
+    def prefetch(self, scope: Scope, request: Any, data: dict[str, Any]) -> Sequence[str]:
+        """Redis keys to read in the request's shared-state round trip (their values
+        land in ``scope[PREFETCHED]``): a cached endpoint's entry. Called with a cache."""
+        return ()
+
     async def read(
         self, scope: Scope, receive: Receive, kind: type[Any]
     ) -> tuple[Any, dict[str, Any], float | None]:
@@ -252,9 +260,17 @@ class _Endpoint:
         record = scope.get(SCOPE_KEY)
         if record is not None:
             record.model = request.model
+        # With Redis, one round trip reads the key's and the group's counters and the
+        # request's response cache entry.
+        extra = self.prefetch(scope, request, data) if self.runtime.cache is not None else ()
         grant = scope.get("gateway.key")
-        if grant is not None:  # with Redis: reads the key's and the group's counters at once
-            await grant.admit(request.model, self.runtime.router)
+        read = None
+        if grant is not None:
+            read = await grant.admit(request.model, self.runtime.router, extra)
+        if extra and read is None:  # no key, or its counters needed no read
+            read = await self.runtime.router.read_with(request.model, extra)
+        if extra and read is not None:
+            scope[PREFETCHED] = read[0]
         header = _timeout_header(scope)  # checked even when the body's timeout wins
         return request, data, request.timeout if request.timeout is not None else header
 

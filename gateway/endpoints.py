@@ -7,6 +7,7 @@ import base64
 import os
 import sys
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .bodies import _NOT_OPTIONAL_OTHER, EmbeddingRequest, ImageRequest
-from .chat import _from_cache, _tapped
+from .chat import _PREPARED, _from_cache, _prefetch_key, _tapped
 from .edge import _answer, _Endpoint, _send_json
 from .errors import (
     BadRequestError,
@@ -70,20 +71,32 @@ def _integral_ids(value: list[Any]) -> list[Any] | None:
 class Embeddings(_Endpoint):
     route = "embeddings"
 
+    def _prepared(self, scope: Scope, request: Any, data: dict[str, Any]) -> tuple[Any, ...]:
+        """The inputs, optional params and cache lookup, made once per request."""
+        prepared = scope.get(_PREPARED)
+        if prepared is None:
+            inputs = _embedding_input(request.input)
+            cache = self.runtime.cache
+            control = data.pop("cache", None) if cache is not None else None
+            optional = _other_optional(data)
+            lookup = None
+            if cache is not None:
+                lookup = cache.lookup(request.model, inputs, optional, False, control, "embeddings")
+            prepared = scope[_PREPARED] = (inputs, optional, lookup)
+        return prepared
+
+    def prefetch(self, scope: Scope, request: Any, data: dict[str, Any]) -> Sequence[str]:
+        return _prefetch_key(self.runtime.cache, self._prepared(scope, request, data)[2])
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, data, timeout = await self.read(scope, receive, EmbeddingRequest)
-        inputs = _embedding_input(request.input)
+        inputs, optional, lookup = self._prepared(scope, request, data)
         router = self.runtime.router
-        cache = self.runtime.cache
-        control = data.pop("cache", None) if cache is not None else None
-        optional = _other_optional(data)
-        if cache is not None:
-            lookup = cache.lookup(request.model, inputs, optional, False, control, "embeddings")
-            if lookup is not None:
-                keeping = await _from_cache(scope, send, cache, lookup, False)
-                if keeping is None:
-                    return
-                send = keeping
+        if lookup is not None:
+            keeping = await _from_cache(scope, send, self.runtime.cache, lookup, False)
+            if keeping is None:
+                return
+            send = keeping
         if request.encoding_format != "base64":
             await _answer(
                 scope,

@@ -477,6 +477,45 @@ def test_a_request_limited_per_key_and_per_deployment_makes_one_round_trip(
         monitor.close()
 
 
+@pytest.mark.parametrize("keyed", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_a_redis_cache_a_request_still_makes_one_round_trip(
+    redis_server: RedisServer, pair: Any, tmp_path: Path, stream: bool, keyed: bool
+) -> None:
+    """Limits per key and per deployment and a response cache on the same Redis: the
+    cache entry is read in the counters' script call, miss or hit."""
+    config = keys_config(redis_server, tmp_path)
+    config["model_list"][0]["litellm_params"]["rpm"] = 1000
+    config["litellm_settings"] = {"cache": True, "cache_params": {"type": "redis", "ttl": 60}}
+    (a,) = pair(config, n=1)
+    key = new_key(a.url, rpm_limit=1000) if keyed else MASTER
+    assert keyed_chat(a.url, key, stream=stream).status_code == 200  # loads key and script
+    monitor = Monitor(redis_server.port)
+    try:
+        for i in range(6):
+            time.sleep(0.05)  # the views stale (> 20 ms): each request must read them
+            monitor.commands(0.05)
+            content = f"{stream} {keyed} {i // 2}"  # each question twice: a miss, a hit
+            answer = keyed_chat(
+                a.url, key, stream=stream, messages=[{"role": "user", "content": content}]
+            )
+            assert answer.status_code == 200, answer.text
+            hit = answer.headers["x-gateway-cache-hit"]
+            assert hit == ("true" if i % 2 else "false"), (i, hit)
+            time.sleep(0.05)  # the answer is stored (SET) after it went out
+            # SET: a miss's answer stored after it went out, not awaited by the request.
+            seen = [c for c in reads(monitor.commands()) if c[0].upper() != "SET"]
+            assert len(seen) == 1 and seen[0][0].upper() == "EVALSHA", seen
+            keys = seen[0][3 : 3 + int(seen[0][2])]
+            assert any(":cd:" in k or k.endswith(":cd") for k in keys), keys  # the group's
+            # The group's three keys, the key's four when it has limits, the cache entry.
+            assert keys[:3] == ["{gw}:cd:m/0", "{gw}:use:m/0", "{gw}:if:m/0"], keys
+            assert len(keys) == (8 if keyed else 4), keys
+            assert keys[-1].startswith("gateway:") and len(keys[-1]) == len("gateway:") + 64
+    finally:
+        monitor.close()
+
+
 async def test_reads_of_one_loop_turn_share_one_script_call(redis_server: RedisServer) -> None:
     import asyncio
 

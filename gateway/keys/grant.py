@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthenticationError, PermissionDeniedError, RateLimitError
@@ -47,14 +47,18 @@ class Grant:
     def is_master(self) -> bool:
         return self.entry.master
 
-    async def admit(self, model: str, router: Any = None) -> None:
+    async def admit(
+        self, model: str, router: Any = None, extra: Sequence[str] = ()
+    ) -> list[Any] | None:
         """Check this key may call ``model`` now; raises the error to answer if not.
 
         A key whose counters are shared through Redis reads them here, where the model
-        is known, in the same round trip as ``router``'s group (see ``shared``)."""
+        is known, in the same round trip as ``router``'s group and the ``extra`` keys
+        (see ``shared``); their values, or None if that round trip was not needed."""
         e = self.entry
         manager = self.manager
         now = manager.clock()
+        read = None
         if not e.master:
             if e.expires is not None and now >= e.expires:
                 raise AuthenticationError(
@@ -71,7 +75,7 @@ class Grant:
                 manager.reset_budget(e, now)
             counters = manager.counters
             if counters is not None and e.shares:
-                await counters.sync(e, now, router, model)  # at most one Redis round trip
+                read = await counters.sync(e, now, router, model, extra)  # one round trip
             view = e.view
             if view is not None and view.spend > e.spend:
                 e.spend = view.spend  # other instances' costs, ahead of the database
@@ -98,6 +102,7 @@ class Grant:
         counters = manager.counters
         if counters is not None and e.shares:
             counters.admitted(e)
+        return read
 
     def _admit_shared(self, e: Entry, view: Any, now: float) -> None:
         if e.max_parallel is not None and e.in_flight + view.in_flight >= e.max_parallel:

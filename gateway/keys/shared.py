@@ -16,6 +16,7 @@ the record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..router.redis_state import FRESH, RedisRouterState
@@ -74,27 +75,33 @@ class KeyCounters:
             k("k", token, "spend", period),
         ]
 
-    async def sync(self, e: Any, now: float, router: Any = None, model: str = "") -> None:
+    async def sync(
+        self, e: Any, now: float, router: Any = None, model: str = "", extra: Sequence[str] = ()
+    ) -> list[Any] | None:
         """Read the key's shared counters into ``e.view`` (None: use local ones), unless
         the last read is fresh and far from every limit (the router's rule: see
         ``gateway.router.redis_state``). With ``router`` (a ``Router`` on this Redis),
-        the same call reads ``model``'s group for it."""
+        the same call reads ``model``'s group for it, and the ``extra`` string keys (a
+        response cache's entry): their values, or None when nothing was read."""
         shared = self.shared
         view = e.view
         if view is not None and shared.up and now - view.at <= FRESH and _far(e, view):
-            return
+            return None
         e.new_requests = e.new_tokens = 0
         keys = self._keys(e)
+        spends = [*keys[3:], *extra] if extra else keys[3:]
         state = None if router is None else router.state
         if isinstance(state, RedisRouterState) and state.shared is shared:
-            out = await state.sync_with(router.group(model), keys[:3], keys[3:])
+            out = await state.sync_with(router.group(model), keys[:3], spends)
         else:
-            out = await shared.sync(keys[:3], keys[3:])
+            out = await shared.sync(keys[:3], spends)
         try:
             e.view = None if out is None else KeyView(out[0], float(out[1]), now)
         except (TypeError, ValueError, IndexError) as exc:
             shared.failed(exc)
             e.view = None
+            return None
+        return None if out is None else out[2:]
 
     def admitted(self, e: Any) -> None:
         keys = self._keys(e)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -169,6 +169,16 @@ class Router:
     @property
     def state(self) -> RouterState:
         return self._state
+
+    async def read_with(self, model_name: str, keys: Sequence[str]) -> list[Any] | None:
+        """The values of ``keys`` (strings, e.g. a response cache's entry) read from this
+        router's Redis in the round trip that reads ``model_name``'s group for the
+        request; None without Redis or if it failed."""
+        sync_with = getattr(self._state, "sync_with", None)
+        if sync_with is None:
+            return None
+        out: list[Any] | None = await sync_with(self._groups.get(model_name), (), keys)
+        return out
 
     def _group(self, model_name: str) -> Group:
         group = self._groups.get(model_name)
