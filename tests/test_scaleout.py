@@ -53,6 +53,7 @@ class Instance:
                 self.url = f"http://127.0.0.1:{self.port}"
                 return
             time.sleep(0.05)
+        self.stop()  # not left running: the test's fixture never sees this instance
         raise AssertionError(f"the gateway never said where it listens: {self.output()}")
 
     def output(self) -> str:
