@@ -52,6 +52,10 @@ class GatewayApp(Router):
     starts and stops providers; if a host app never runs it, providers start lazily.
     """
 
+    # Set by the ``gateway`` command, whose process this is: the lifespan then tunes the
+    # garbage collector after startup (gateway/_gc.py). A mounted app leaves it alone.
+    owns_process = False
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         endpoints: list[tuple[str, _Endpoint]] = [
@@ -160,6 +164,10 @@ class GatewayApp(Router):
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.runtime.startup()
+        if self.owns_process and self.runtime.config.settings.gc_tuning:
+            from . import _gc
+
+            _gc.tune()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.runtime.write_snapshots)
@@ -184,4 +192,6 @@ def create_app(config_or_path: Any) -> GatewayApp:
 
 def app_from_env() -> GatewayApp:
     """App factory for uvicorn workers: reads the config path from ``GATEWAY_CONFIG``."""
-    return create_app(os.environ["GATEWAY_CONFIG"])
+    app = create_app(os.environ["GATEWAY_CONFIG"])
+    app.owns_process = True
+    return app

@@ -1,0 +1,91 @@
+"""The ``gateway`` command tunes the garbage collector of the process it owns, and only
+that one (gateway/_gc.py): real subprocesses, one worker and two."""
+
+from __future__ import annotations
+
+import gc
+import textwrap
+from pathlib import Path
+
+import httpx
+
+from gateway import create_app
+from gateway._gc import YOUNG_THRESHOLD
+from tests.test_cli import start, start_workers  # noqa: F401 (fixture)
+
+# The handler answers with what its process's collector looks like.
+HANDLER = """
+import gc
+
+from gateway import CustomLLM, completion
+
+
+class GcState(CustomLLM):
+    async def acompletion(self, model, messages, **kwargs):
+        state = f"{gc.get_freeze_count()} {gc.get_threshold()[0]}"
+        return completion(model=model, messages=messages, mock_response=state)
+
+
+gc_state = GcState()
+"""
+
+
+def _config(folder: Path, tuning: bool | None) -> Path:
+    (folder / "gc_state_handler.py").write_text(textwrap.dedent(HANDLER))
+    settings = "" if tuning is None else f"gateway_settings: {{gc_tuning: {str(tuning).lower()}}}\n"
+    path = folder / "config.yaml"
+    path.write_text(
+        "model_list:\n"
+        "  - {model_name: gc, litellm_params: {model: gc/state}}\n"
+        "litellm_settings:\n"
+        "  custom_provider_map: [{provider: gc, custom_handler: gc_state_handler.gc_state}]\n"
+        + settings
+    )
+    return path
+
+
+def _state(base_url: str) -> tuple[int, int]:
+    body = {"model": "gc", "messages": [{"role": "user", "content": "gc?"}]}
+    answer = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=10).json()
+    frozen, threshold = answer["choices"][0]["message"]["content"].split()
+    return int(frozen), int(threshold)
+
+
+def _one_worker(start, config: Path) -> str:  # noqa: F811
+    server = start("--config", str(config), "--host", "127.0.0.1", "--port", "0")
+    port = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")[1]
+    base_url = f"http://127.0.0.1:{port}"
+    server.wait_until_live(base_url)
+    return base_url
+
+
+def test_the_command_freezes_startup_and_raises_the_young_threshold(start, tmp_path: Path) -> None:  # noqa: F811
+    frozen, threshold = _state(_one_worker(start, _config(tmp_path, None)))
+    # Everything imported and built at startup: tens of thousands of objects.
+    assert frozen > 10_000
+    assert threshold == YOUNG_THRESHOLD
+
+
+def test_every_worker_is_tuned(start, tmp_path: Path) -> None:  # noqa: F811
+    server, base_url = start_workers(
+        start, "--config", str(_config(tmp_path, None)), "--workers", "2"
+    )
+    for _ in range(6):  # whichever worker answers
+        frozen, threshold = _state(base_url)
+        assert frozen > 10_000
+        assert threshold == YOUNG_THRESHOLD
+    assert server.stop() == 0  # the workers too, which a kill of the parent would leave
+
+
+def test_gc_tuning_false_keeps_pythons_defaults(start, tmp_path: Path) -> None:  # noqa: F811
+    frozen, threshold = _state(_one_worker(start, _config(tmp_path, False)))
+    assert frozen == 0
+    assert threshold == 700
+
+
+async def test_a_mounted_app_leaves_the_hosts_collector_alone(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    app = create_app(_config(tmp_path, True))
+    async with app.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
