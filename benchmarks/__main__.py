@@ -7,6 +7,7 @@ import datetime as dt
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -60,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=("auto", "wrk", "client"),
         default="auto",
         help="throughput load generator (auto: wrk when installed)",
+    )
+    run.add_argument(
+        "--before",
+        metavar="REF",
+        help="chat and stream also measure the gateway of this git commit (target before)",
+    )
+    run.add_argument(
+        "--after",
+        metavar="REF",
+        help="the gateway target is this git commit's gateway, not the checkout's",
     )
     run.add_argument("--wrk-threads", type=int, default=1)
     run.add_argument(
@@ -120,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         memory_requests=memory_requests,
         startup_runs=startup_runs,
     )
+    commits: dict[str, str] = {}
+    for option, target in (("before", "before"), ("after", "gateway")):
+        ref = getattr(args, option)
+        if ref:
+            try:
+                commits[option] = ctx.use_commit(target, ref)
+            except (OSError, subprocess.CalledProcessError):
+                print(f"--{option} {ref}: not a commit of this repository")
+                return 2
     pinning = (
         f"servers pinned to CPUs {sorted(ctx.server_cpus)}, load to {sorted(ctx.load_cpus)}"
         if ctx.server_cpus and ctx.load_cpus
@@ -137,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": connections,
             "load_generator": load_name + " (per-chunk timing: asyncio client)",
             "pinning": pinning,
+            "commits": commits,
             "soak_duration_s": soak_duration,
             "memory_requests": memory_requests,
         },

@@ -13,16 +13,13 @@ from typing import Any
 
 import gateway
 from benchmarks.payloads import CHAT_TEXT, CHAT_USAGE, STREAM_PIECES
-from gateway.integrations.custom_logger import CustomLogger
 from gateway.types import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
 __all__ = [
     "AsyncBench",
-    "NoopLogger",
     "SeedBench",
     "SyncBench",
     "async_handler",
-    "noop_logger",
     "seed_handler",
     "sync_handler",
 ]
@@ -86,22 +83,6 @@ class SeedBench(gateway.CustomLLM):
         )  # type: ignore
 
 
-class NoopLogger(CustomLogger):
-    """A logging callback that does nothing with its events: what the gateway's callback
-    machinery costs by itself (a logger that reads its kwargs also pays for building them)."""
-
-    async def async_log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        pass
-
-    async def async_log_failure_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        pass
-
-
 async_handler = AsyncBench()
 sync_handler = SyncBench()
 seed_handler = SeedBench()
-noop_logger = NoopLogger()

@@ -233,6 +233,8 @@ TARGET_LABELS = {
     "mock": "the mock timing served by the bare Starlette app",
     "upstream": "the upstream (bare Starlette app) called directly",
     "forwarder": "bare Starlette endpoint forwarding with one shared aiohttp session",
+    "before": "this gateway as it was at the commit --before names (same config)",
+    # (with --after, "gateway" is the gateway of that commit instead of this checkout)
 }
 
 
@@ -240,7 +242,7 @@ TARGET_LABELS = {
 # each a change to gateway_config().
 GATEWAY_VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "gw-observed": lambda config: config["litellm_settings"].update(
-        callbacks=["benchmarks.handlers.noop_logger"]
+        callbacks=["benchmarks.loggers.noop_logger"]
     ),
     "gw-off": lambda config: config.update(
         gateway_settings={"metrics": False, "request_ids": False}
@@ -321,6 +323,9 @@ class Context:
     soak_duration: float = 180.0
     memory_requests: int = 100_000
     startup_runs: int = 5
+    # --before/--after REF: a target ("before", "gateway") served from the gateway and
+    # providers packages of a commit, extracted into a folder of work_dir.
+    trees: dict[str, Path] = field(default_factory=dict)
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
     servers: list[Server] = field(default_factory=list)
     echo: Callable[[str], None] = print
@@ -341,6 +346,32 @@ class Context:
         """``names`` with ``litellm`` only when ``--litellm`` was given."""
         return [n for n in names if n != "litellm" or self.litellm]
 
+    @property
+    def before(self) -> bool:
+        return "before" in self.trees
+
+    def use_commit(self, target: str, ref: str) -> str:
+        """Serve ``target`` (``before``, ``gateway``) from the ``gateway`` and
+        ``providers`` packages of commit ``ref``; the commit's full hash."""
+        commit = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        folder = self.work_dir / f"{target}-{commit[:12]}"
+        folder.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", commit, "gateway", "providers"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        self.trees[target] = folder
+        return commit
+
     # servers
 
     def server(
@@ -351,7 +382,7 @@ class Context:
         log_path = self.work_dir / f"{target}-{port}.log"
         py = sys.executable
         env = {"PYTHONPATH": str(REPO)}
-        if target == "gateway" or target in GATEWAY_VARIANTS:
+        if target == "gateway" or target in GATEWAY_VARIANTS or target == "before":
             settings = gateway_config(upstream_port)
             if target in GATEWAY_VARIANTS:
                 GATEWAY_VARIANTS[target](settings)
@@ -359,6 +390,11 @@ class Context:
             config.write_text(yaml.safe_dump(settings, sort_keys=False))
             argv = [py, "-m", "gateway", "--config", str(config)]
             argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+            tree = self.trees.get(target)
+            if tree is not None:
+                # Its packages first; the benchmark handlers still come from this checkout.
+                # providers/ was the import package itself before it held gateway_providers.
+                env = {"PYTHONPATH": f"{tree}:{tree / 'providers'}:{REPO}"}
         elif target in ("baseline", "mock", "upstream"):
             argv = [py, "-m", "benchmarks.servers.baseline", "--port", str(port)]
         elif target == "raw":
@@ -380,6 +416,10 @@ class Context:
         server = Server(target, argv, port, log_path, env=env, cpus=cpus or self.server_cpus)
         if target == "litellm":
             server.cwd = self.work_dir
+        elif target in self.trees:
+            # ``python -m`` puts the working directory first on sys.path: there, the
+            # commit's packages are found before this checkout's.
+            server.cwd = self.trees[target]
         return server
 
     def _litellm_argv(self, port: int, upstream_port: int | None) -> list[str]:

@@ -73,6 +73,11 @@ def markdown(results: dict[str, Any]) -> str:
         + f" commit {m['commit']}",
         f"- Load: {s['load_generator']}; {s['pinning']}; {s['duration_s']:g} s per point;"
         f" one uvicorn worker per server (uvloop, httptools, no access log).",
+        *(
+            f"- Target {'before' if which == 'before' else 'gateway'}: the gateway of"
+            f" commit {commit}"
+            for which, commit in s.get("commits", {}).items()
+        ),
         "",
         "## Targets met",
         "",

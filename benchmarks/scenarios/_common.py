@@ -82,7 +82,16 @@ def run_throughput(
     from ..payloads import chat_body
 
     targets = ctx.targets("gateway", "baseline", "raw", "litellm")
-    targets += [t for _, *pair in pairs for t in pair if t not in targets]
+    if ctx.before:
+        # The same scenario before a change, in the same run: is a ratio unchanged?
+        pairs = [
+            *pairs,
+            ("before/baseline", "before", "baseline"),
+            ("gateway/before", "gateway", "before"),
+        ]
+        unit = "chunks/s" if events_per_response else "req/s"
+        checks = [*checks, (f"{unit} gateway/before", "gateway/before", ">=", 0.9)]
+    targets += dict.fromkeys(t for _, *pair in pairs for t in pair if t not in targets)
     body = chat_body(model, stream=stream)
     levels = ctx.connections
     servers, failed = ctx.start_all(targets)
