@@ -540,6 +540,29 @@ async def test_idle_gap_between_stream_chunks_times_out(upstream: FakeUpstream) 
     await _wait_for(lambda: upstream.open_requests == 0, timeout=3)
 
 
+async def test_a_stream_that_keeps_talking_outlives_its_read_timeout(
+    upstream: FakeUpstream,
+) -> None:
+    # One read timer per wait, re-armed when it fires (gateway._pool): each read must
+    # still count as progress. 8 gaps of 0.15 s under a 0.4 s read timeout: 1.2 s in all.
+    provider = OpenAIProvider()
+    call = ChatCall(
+        model="x",
+        messages=MESSAGES,
+        optional_params={"fake": {"chunks": 8, "interval": 0.15}},
+        litellm_params={},
+        api_base=upstream.base_url,
+        timeout=0.4,
+        stream=True,
+    )
+    started = time.monotonic()
+    received = [item async for item in provider.astream(call)]
+    assert time.monotonic() - started > 1.0
+    assert len(received) >= 8
+    session = current().upstream_session()
+    assert type(session.connector._factory()).__name__ == "_ResponseHandler"  # type: ignore[union-attr]
+
+
 # Disconnects and the connection pool.
 
 
