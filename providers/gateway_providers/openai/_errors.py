@@ -6,10 +6,8 @@ the whole story (URL, upstream body, low-level error) goes to the log.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -142,13 +140,24 @@ TIMEOUT_NAMES: dict[type[BaseException], str] = {
 }
 
 
-@contextlib.contextmanager
-def mapped(target: Target, path: str) -> Iterator[None]:
-    """Every aiohttp failure of one upstream call as a gateway error, mapped once."""
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        raise transport_error(exc, target, path) from None
+class mapped:
+    """Every aiohttp failure of one upstream call as a gateway error, mapped once.
+
+    A class, not ``contextlib.contextmanager``: its generator, made and driven per
+    call, cost ~70 bytecodes a request more than these two methods."""
+
+    __slots__ = ("path", "target")
+
+    def __init__(self, target: Target, path: str) -> None:
+        self.target = target
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, aiohttp.ClientError):
+            raise transport_error(exc, self.target, self.path) from None
 
 
 def event_error(item: Any, target: Target) -> GatewayError:
