@@ -128,6 +128,31 @@ async def test_deployment_params_key_headers_body_and_env(
     assert upstream.requests_seen[-1].headers["authorization"] == "Bearer named-env-key"
 
 
+async def test_what_a_deployment_fixes_is_kept_and_the_rest_is_per_call(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The provider keeps what a deployment's params fix (base, key, its headers) across
+    # calls; a caller's headers and an os.environ/ value are still read on every call.
+    provider = OpenAIProvider()
+    params = {"api_base": upstream.base_url, "api_key": "k1", "extra_headers": {"x-t": "1"}}
+    for rid in ("r1", "r2"):
+        call = ChatCall(
+            model="x", messages=MESSAGES, optional_params={}, litellm_params=params,
+            headers={"x-request-id": rid, "Authorization": "Bearer caller"},
+        )  # fmt: skip
+        await provider.acompletion(call)
+        seen = upstream.requests_seen[-1].headers
+        assert (seen["authorization"], seen["x-t"], seen["x-request-id"]) == ("Bearer k1", "1", rid)
+    assert len(provider._fixed) == 1
+    by_env = {"api_base": upstream.base_url, "api_key": "os.environ/ROTATED_KEY"}
+    for key in ("first", "second"):
+        monkeypatch.setenv("ROTATED_KEY", key)
+        call = ChatCall(model="x", messages=MESSAGES, optional_params={}, litellm_params=by_env)
+        await provider.acompletion(call)
+        assert upstream.requests_seen[-1].headers["authorization"] == f"Bearer {key}"
+    assert len(provider._fixed) == 1
+
+
 async def test_chat_json_tool_calls(upstream: FakeUpstream) -> None:
     response = await gateway.acompletion(
         "openai/x", MESSAGES, api_base=upstream.base_url, fake={"tools": True}

@@ -141,6 +141,10 @@ class OpenAIProvider(Provider):
 
     name = "openai"
 
+    def __init__(self) -> None:
+        # Per deployment, what its params fix about a call (``_target.Target``).
+        self._fixed: dict[Any, Any] = {}
+
     async def astart(self, settings: Any = None) -> None:
         # The app's session now, on its loop, so the first request does not make it.
         _session()
@@ -183,13 +187,13 @@ class OpenAIProvider(Provider):
         return body
 
     async def acompletion(self, call: ChatCall) -> ModelResponse:
-        target = Target(self, call)
+        target = Target(self, call, self._fixed)
         path = "/chat/completions"
         _, content = await self._send(target, path, self._chat_body(call, target), stream=False)
         return _decode(content, _chat_decoder, ModelResponse, "chat completion", target, path)
 
     async def astream(self, call: ChatCall) -> AsyncIterator[Any]:
-        target = Target(self, call)
+        target = Target(self, call, self._fixed)
         body = self._chat_body(call, target)
         body["stream"] = True
         path = "/chat/completions"
@@ -270,14 +274,14 @@ class OpenAIProvider(Provider):
         return item
 
     async def aembedding(self, call: EmbeddingCall) -> EmbeddingResponse:
-        target = Target(self, call)
+        target = Target(self, call, self._fixed)
         path = "/embeddings"
         body = target.body(call.optional_params, {"model": call.model, "input": call.input})
         _, content = await self._send(target, path, body, stream=False)
         return _decode(content, _embedding_decoder, EmbeddingResponse, "embedding", target, path)
 
     async def aimage_generation(self, call: ImageCall) -> ImageResponse:
-        target = Target(self, call)
+        target = Target(self, call, self._fixed)
         path = "/images/generations"
         body = target.body(call.optional_params, {"model": call.model, "prompt": call.prompt})
         _, content = await self._send(target, path, body, stream=False)
