@@ -319,7 +319,23 @@ async def until_disconnect(
     """
     signal: Disconnect | None = None if scope is None else scope.get(SCOPE_DISCONNECT)
     if signal is not None:
-        return await _until_signalled(signal, body)
+        # Inline, not a coroutine of its own: one frame less on every request.
+        if signal.gone:
+            raise ClientGone
+        task = asyncio.current_task(signal.loop)  # the loop given: no getpid()
+        assert task is not None
+        cancelling = task.cancelling()
+        signal._task = task
+        try:
+            return await body()
+        except asyncio.CancelledError:
+            if signal._cancelled:
+                signal._cancelled = False
+                if _cancelled_by_us(task, cancelling):
+                    raise ClientGone from None
+            raise
+        finally:
+            signal._task = None
     task = _current_task()
     if task is None:
         return await _until_disconnect_anyio(receive, body)
@@ -332,25 +348,6 @@ async def until_disconnect(
         raise
     finally:
         watch.stop()
-
-
-async def _until_signalled(signal: Disconnect, body: Callable[[], Awaitable[T]]) -> T:
-    if signal.gone:
-        raise ClientGone
-    task = asyncio.current_task(signal.loop)  # the loop given: no getpid()
-    assert task is not None
-    cancelling = task.cancelling()
-    signal._task = task
-    try:
-        return await body()
-    except asyncio.CancelledError:
-        if signal._cancelled:
-            signal._cancelled = False
-            if _cancelled_by_us(task, cancelling):
-                raise ClientGone from None
-        raise
-    finally:
-        signal._task = None
 
 
 class _DisconnectWatch:
