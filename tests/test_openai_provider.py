@@ -294,6 +294,32 @@ async def test_sse_parser_cr_crlf_and_caps_at_any_split() -> None:
                 _ = [e async for e in _sse_events(parts(data, size), cap=64)]
 
 
+async def test_sse_parser_reads_of_many_events_give_what_single_events_give() -> None:
+    # Reads holding several one-line events take a fast path: same events, same caps.
+    events = [b'{"n": %d}' % i for i in range(30)] + [b"x" * 60, b"[DONE]"]
+    usual = b"".join(b"data: " + e + b"\n\n" for e in events)
+    mixed = b"".join((b"data: " if i % 3 else b"data:") + e + b"\n\n" for i, e in enumerate(events))
+
+    async def parts(data: bytes, size: int) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    expected = [(b"", e) for e in events]
+    wires = [
+        (usual, 1),
+        (mixed, 1),
+        (usual + b": ping\n\n" + usual, 2),
+        (usual + b"\n\n" + usual, 2),
+    ]
+    for wire, twice in wires:
+        for size in (1, 5, 40, 100, 333, len(wire)):
+            got = [e async for e in _sse_events(parts(wire, size), cap=70)]
+            assert got == expected * twice, size
+            # 60 bytes of data (a 66-byte line) over a cap of 59: a 502 on every path.
+            with pytest.raises(errors.BadGatewayError, match="max_event_bytes"):
+                _ = [e async for e in _sse_events(parts(wire, size), cap=59)]
+
+
 async def test_endless_stream_line_is_a_quick_502(upstream: FakeUpstream) -> None:
     # 200 MB with no newline: cut at the default cap (4 MB), the upstream dropped.
     with pytest.raises(errors.BadGatewayError) as info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from itertools import repeat
 
 from gateway.errors import BadGatewayError
 
@@ -56,15 +57,45 @@ class SSEParser:
         if b"\r" in buffer:
             self.skip_lf = buffer.endswith(b"\r")
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        out: list[tuple[bytes, bytes]] = []
+        if not self.data and not self.event:
+            # Second fast path: a read of several whole one-line ``data:`` events (a
+            # stream that arrives faster than it is read), split in C: ~10 bytecodes an
+            # event where the line by line parse below costs ~80.
+            end = buffer.rfind(b"\n\n")
+            if end > 0 and self._events(buffer[:end], out):
+                buffer = buffer[end + 2 :]
         *lines, rest = buffer.split(b"\n")
         self.parts = [rest] if rest else []
         self.size = len(rest)
         if self.size > self.cap:
             raise self._too_long()
-        out: list[tuple[bytes, bytes]] = []
         for line in lines:
             self._line(line, out)
         return out
+
+    def _events(self, whole: bytes, out: list[tuple[bytes, bytes]]) -> bool:
+        """``whole``'s events into ``out`` if each is one ``data:`` line within the cap;
+        False (``out`` untouched) for anything else, left to the line by line parse."""
+        n = whole.count(b"\n\n")
+        if (
+            whole.startswith(b"data: ")
+            and whole.count(b"\n") == 2 * n  # no other line, no run of blank lines
+            and whole.count(b"\n\ndata: ") == n
+        ):
+            # The usual shape, checked and split without a loop in Python.
+            values = whole[6:].split(b"\n\ndata: ")
+            if max(map(len, values)) >= self.cap:
+                return False
+            out.extend(zip(repeat(b""), values))
+            return True
+        events = whole.split(b"\n\n")
+        cap = self.cap + 4  # beyond, the line by line parse tells exactly what is over
+        for event in events:
+            if not event.startswith(b"data:") or b"\n" in event or len(event) > cap:
+                return False
+        out.extend([(b"", e[6:] if e[5:6] == b" " else e[5:]) for e in events])
+        return True
 
     def end(self) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
