@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import gateway
@@ -23,6 +24,7 @@ from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall
 from gateway.registry import provider_for
 from gateway.streaming import stream_chunk_builder
+from gateway.types import ModelResponse
 from gateway_providers.openai import OpenAIProvider
 from gateway_providers.openai._sse import sse_events as _sse_events
 from tests.fake_upstream import FakeUpstream, run_fake_upstream
@@ -484,6 +486,37 @@ async def test_ok_status_with_error_body_and_null_usage(upstream: FakeUpstream) 
         "openai/x", MESSAGES, api_base=upstream.base_url, fake={"null_usage": True}
     )
     assert response.choices[0].message.content and response.usage.total_tokens == 0
+
+
+def test_an_error_object_is_an_error_whatever_else_it_holds() -> None:
+    # A chat answer is scanned for "error" only when it decodes to no content: each
+    # shape of error object must still be told, and an answer never taken for one.
+    from gateway_providers.openai import _chat_decoder, _decode, _has_answer
+    from gateway_providers.openai._target import Target
+
+    call = ChatCall(
+        model="x", messages=[], optional_params={}, litellm_params={}, api_base="http://u"
+    )
+    target = Target(OpenAIProvider(), call)
+
+    def decode(body: dict[str, Any]) -> Any:
+        return _decode(
+            msgspec.json.encode(body), _chat_decoder, ModelResponse, "chat", target, "/p",
+            _has_answer,
+        )  # fmt: skip
+
+    error = {"message": "overloaded", "code": 503}
+    for body in (
+        {"error": error},
+        {"error": error, "choices": []},
+        {"error": error, "created": "not a number"},  # another shape: decoded leniently
+    ):
+        with pytest.raises(errors.ServiceUnavailableError, match="overloaded"):
+            decode(body)
+    answer = {"choices": [{"message": {"content": "an error", "role": "assistant"}}]}
+    assert decode({**answer, "error": None}).choices[0].message.content == "an error"
+    empty = {"choices": [{"message": {"content": None}, "finish_reason": "length"}]}
+    assert decode(empty).choices[0].finish_reason == "length"
 
 
 async def test_connect_error_is_retryable_502(caplog: pytest.LogCaptureFixture) -> None:
