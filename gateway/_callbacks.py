@@ -33,7 +33,7 @@ from ._callback_events import (
     build_kwargs,
     reads,
 )
-from ._callback_requests import _UNREAD, CALL_TYPES, RequestLog, hook_error
+from ._callback_requests import _UNREAD, CALL_TYPES, Outcome, RequestLog, hook_error
 from .caching.dual_cache import DualCache
 from .keys.spend import Prices
 from .record import SCOPE_KEY
@@ -107,6 +107,8 @@ class Callbacks:
         )
         # The event of a logger that reads none of its arguments: one per outcome, shared.
         self.unread = {ok: Event(ok, None, None, True, _UNREAD) for ok in (True, False)}
+        # Nothing reads more than a request's outcome: one log shared by all requests.
+        self.outcome = None if self.taps or self.pre_call else Outcome(self)
         # A stream's chunks are kept only to rebuild its answer for a logger that reads it.
         self.keep_chunks = any(self.needs[True][:2]) or self.needs[False][0]
         self.max_queue = max_queue
