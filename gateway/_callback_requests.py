@@ -22,7 +22,7 @@ _UNREAD = (None, None)  # an event's times when no logger reads them
 if TYPE_CHECKING:
     from ._callbacks import Callbacks
 
-__all__ = ["CALL_TYPES", "Outcome", "RequestLog", "hook_error"]
+__all__ = ["CALL_TYPES", "RequestLog", "hook_error"]
 
 logger = logging.getLogger("gateway.callbacks")
 
@@ -284,29 +284,6 @@ class RequestLog(msgspec.Struct):
             key_alias=getattr(entry, "alias", None),
             key_hash=getattr(entry, "token", None),
         )
-
-
-class Outcome:
-    """The request log of every request when no hook is set and no logger reads any of
-    its arguments: the success or failure event is all a logger sees of a request, and
-    the edge's outcome (its error, or a status >= 400) decides which. Shared, so the
-    request path makes nothing for the callbacks; only endpoints whose requests call a
-    model (or answer from the cache) unless they fail use it (``_Endpoint.calls_model``)."""
-
-    __slots__ = ("_emit", "_events")
-
-    def __init__(self, callbacks: Callbacks) -> None:
-        self._emit = callbacks.emit
-        self._events = callbacks.unread
-
-    def tap(self, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
-        return call
-
-    def cached(self, body: bytes) -> None:
-        pass
-
-    def finish(self, status: int, error: BaseException | None) -> None:
-        self._emit(self._events[error is None and status < 400])
 
 
 def _chunk_data(chunk: Any) -> Any:
