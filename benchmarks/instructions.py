@@ -7,7 +7,8 @@ difference divided by the difference in requests is the cost of one request, wit
 start-up. Instruction counts barely move with the machine's load, unlike req/s: the way
 to compare a request-path change on a shared machine. Variants are the chat scenario's
 (``benchmarks.harness.GATEWAY_VARIANTS``): ``gw-off`` (metrics and request ids off),
-``gateway`` (on, the defaults), ``gw-observed`` (on, and ``benchmarks.handlers.noop_logger``).
+``gateway`` (on, the defaults), ``gw-observed`` (on, and ``benchmarks.loggers.noop_logger``).
+The collector is tuned as the ``gateway`` command tunes it in the process it serves.
 Needs ``valgrind`` (``apt-get install valgrind``).
 """
 
@@ -35,6 +36,10 @@ def _drive(variant: str, requests: int) -> None:
     if variant in GATEWAY_VARIANTS:
         GATEWAY_VARIANTS[variant](config)
     app = create_app(config)
+    if app.runtime.settings.gc_tuning:  # as the gateway command does after startup
+        from gateway._gc import tune
+
+        tune()
     body = chat_body("bench-chat")
     headers = [
         (b"host", b"127.0.0.1"),
