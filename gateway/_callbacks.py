@@ -18,7 +18,7 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -88,9 +88,12 @@ class Callbacks:
         self._methods: tuple[tuple[Any, dict[bool, tuple[str, bool]]], ...] = tuple(
             (c, {ok: _pick(c, ok) for ok in (True, False)}) for c in self.loggers
         )
-        # Per outcome (success?): (logger, method name, is async) of each that has one.
+        # Per outcome (success?): (logger, method name, is async, the bound method) of
+        # each that has one; bound once, as what it reads is decided once.
         self._calls = {
-            ok: tuple((c, m[ok][0], m[ok][1]) for c, m in self._methods if m[ok][0])
+            ok: tuple(
+                (c, m[ok][0], m[ok][1], getattr(c, m[ok][0])) for c, m in self._methods if m[ok][0]
+            )
             for ok in (True, False)
         }
         # Per outcome, which of (kwargs, response_obj, start_time, end_time) any logger
@@ -107,6 +110,8 @@ class Callbacks:
         )
         # The event of a logger that reads none of its arguments: one per outcome, shared.
         self.unread = {ok: Event(ok, None, None, True, _UNREAD) for ok in (True, False)}
+        # Nothing reads more than a request's outcome: one log shared by all requests.
+        self.outcome = None if self.taps or self.pre_call else Outcome(self)
         # A stream's chunks are kept only to rebuild its answer for a logger that reads it.
         self.keep_chunks = any(self.needs[True][:2]) or self.needs[False][0]
         self.max_queue = max_queue
@@ -199,12 +204,12 @@ class Callbacks:
                         logger.exception("building a callback event failed")
                         continue
                 args = event.args
-                for callback, name, is_async in calls[event.success]:
+                for callback, name, is_async, method in calls[event.success]:
                     try:
                         if is_async:
-                            await getattr(callback, name)(*args)
+                            await method(*args)
                         else:
-                            await self._run_sync(getattr(callback, name), event)
+                            await self._run_sync(method, event)
                     except Exception:
                         _report(callback, name)
             self._waiter = waiter = loop.create_future()
@@ -248,6 +253,41 @@ class Callbacks:
             CALL_TYPES.get(route, route),
             time.time(),
         )
+
+
+class Outcome:
+    """The request log of every request when no hook is set and no logger reads any of
+    its arguments: the success or failure event is all a logger sees of a request, and
+    the edge's outcome (its error, or a status >= 400) decides which. Shared, so the
+    request path makes nothing for the callbacks; only endpoints whose requests call a
+    model (or answer from the cache) unless they fail use it (``_Endpoint.calls_model``)."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self, callbacks: Callbacks) -> None:
+        self._callbacks = callbacks
+
+    def tap(self, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        return call
+
+    def cached(self, body: bytes) -> None:
+        pass
+
+    def finish(self, status: int, error: BaseException | None) -> None:
+        callbacks = self._callbacks
+        event = callbacks.unread[error is None and status < 400]
+        queue = callbacks._queue
+        # emit()'s common case inline (a call less a request): a wake-up is due on
+        # this loop, so it runs this event too.
+        waking = callbacks._waking
+        if (
+            waking is not None
+            and waking is asyncio._get_running_loop()
+            and len(queue) < callbacks.max_queue
+        ):
+            queue.append(event)
+        else:
+            callbacks.emit(event)
 
 
 class _DropsCollector:

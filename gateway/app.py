@@ -100,7 +100,8 @@ class GatewayApp(Router):
             # every request (~1.4k instructions).
             runtime = self.runtime
             record = token = None
-            if runtime.count_requests or runtime.request_ids or access_logger.isEnabledFor(INFO):
+            logged = access_logger.isEnabledFor(INFO)  # asked once a request: 0.7k instructions
+            if runtime.count_requests or runtime.request_ids or logged:
                 # The request's record: its id echoed on the response, in its log lines,
                 # to handlers and upstreams; what metrics and the access log read when it
                 # ends. With none of them on, none is made: no context variable, no send
@@ -141,7 +142,7 @@ class GatewayApp(Router):
             finally:
                 if record is not None:
                     current.reset(token)  # type: ignore[arg-type]
-                    if access_logger.isEnabledFor(INFO):
+                    if logged:
                         access_log(record, scope)
         finally:
             current_runtime.reset(runtime_token)

@@ -146,6 +146,9 @@ class _Endpoint:
     methods: tuple[str, ...] = ("POST",)
     auth = True
     route = ""  # the metrics label
+    # A request past ``read`` calls a model (or answers from the response cache) unless
+    # it fails: callbacks that read only outcomes need no per-request log to tell.
+    calls_model = True
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -252,11 +255,14 @@ class _Endpoint:
         request, data = _decode_body(body, kind)
         callbacks = self.runtime.callbacks
         if callbacks is not None:
-            log = scope["gateway.log"] = callbacks.request(scope, self.route)
-            if callbacks.pre_call:  # hooks may change the body, in place or not
-                request, data = _convert_body(await log.before(data), kind)
+            if callbacks.outcome is not None and self.calls_model:
+                scope["gateway.log"] = callbacks.outcome  # nothing made per request
             else:
-                log.data = data
+                log = scope["gateway.log"] = callbacks.request(scope, self.route)
+                if callbacks.pre_call:  # hooks may change the body, in place or not
+                    request, data = _convert_body(await log.before(data), kind)
+                else:
+                    log.data = data
         record = scope.get(SCOPE_KEY)
         if record is not None:
             record.model = request.model

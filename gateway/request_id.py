@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["request_id"]
@@ -25,10 +26,22 @@ def request_id(scope: Any) -> str:
     return new_request_id(scope.get("headers", ()))
 
 
-# A new id is this process's random 80-bit prefix and a counter: unique across workers
-# and restarts, 32 hex digits, 0.2 us (128 fresh random bits a request cost 0.6 us).
+# A new id is this process's random 80-bit prefix and a 48-bit counter: unique across
+# workers and restarts, 32 hex digits. Made 4096 at a time: a block's first 29 digits are
+# formatted once, then each id is that head and one of 4096 ready 3-digit tails (an id
+# ~900 instructions; formatting each whole cost ~3,500).
 _PREFIX = f"{_bits(80):020x}"
-_next = itertools.count().__next__
+_TAILS = [f"{n:03x}" for n in range(4096)]
+
+
+def _ids() -> Iterator[str]:
+    for block in itertools.count():
+        head = f"{_PREFIX}{block & 0xFFFFFFFFF:09x}"
+        for tail in _TAILS:
+            yield head + tail
+
+
+_next_id = _ids().__next__
 
 
 def new_request_id(headers: Any) -> str:
@@ -36,4 +49,4 @@ def new_request_id(headers: Any) -> str:
     value = dict(headers).get(b"x-request-id")
     if value is not None and _SAFE.fullmatch(value):
         return value.decode("ascii")
-    return f"{_PREFIX}{_next() & 0xFFFFFFFFFFFF:012x}"
+    return _next_id()

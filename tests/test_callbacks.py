@@ -613,3 +613,23 @@ def test_a_logger_that_reads_nothing_still_sees_each_outcome() -> None:
         _wait(lambda: outcomes.successes == 2 and outcomes.failures == 2)
         time.sleep(0.2)  # and no more than once each
     assert (outcomes.successes, outcomes.failures) == (2, 2)
+
+
+def test_outcomes_only_a_counted_token_logs_nothing_unless_it_fails() -> None:
+    # Loggers that read nothing share one request log (no per-request object): a request
+    # that calls no model (count_tokens) still fires nothing, unless it fails.
+    outcomes = _Outcomes()
+    config = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
+        "litellm_settings": {"callbacks": [outcomes]},
+    }
+    app = create_app(config)
+    assert app.runtime.callbacks is not None and app.runtime.callbacks.outcome is not None
+    with serve_in_thread(app) as server:
+        for model, status in (("m", 200), ("nope", 404), ("m", 200)):
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(f"{server.url}/v1/messages/count_tokens", json=body)
+            assert r.status_code == status, r.text
+        _wait(lambda: outcomes.failures == 1)
+        time.sleep(0.2)  # and nothing else
+    assert (outcomes.successes, outcomes.failures) == (0, 1)

@@ -87,6 +87,16 @@ def chat(url: str, model: str, **more: Any) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=10)
 
 
+def test_made_request_ids_stay_unique_32_hex_digits_across_blocks() -> None:
+    from gateway.request_id import new_request_id
+
+    # Ids are made 4096 at a time from a block's head: cross two block boundaries.
+    made = [new_request_id([]) for _ in range(2 * 4096 + 10)]
+    assert len(set(made)) == len(made)
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
+    assert {rid[:20] for rid in made} == {made[0][:20]}  # this process's prefix
+
+
 def test_request_id_is_honoured_or_made_and_echoed_everywhere(server: str) -> None:
     mine = "client-req:42_a.b-c"
     r = chat(server, "m", headers={"x-request-id": mine})

@@ -252,6 +252,7 @@ class Messages(_Anthropic):
 
 class CountTokens(_Anthropic):
     route = "messages_count_tokens"
+    calls_model = False  # counted here: no event unless it fails
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, _, _ = await self.read(scope, receive, messages.CountTokensRequest)
