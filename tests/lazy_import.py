@@ -17,6 +17,11 @@ class LazyModule:
         self._name = name
 
     def __getattr__(self, attr: str) -> Any:
+        # pytest's collection probes every module-level object for private names (a
+        # mock's ``_mock_name``, fixture markers): answering those would import the SDK
+        # in every worker after all. The SDKs' public API has no such names.
+        if attr.startswith("_"):
+            raise AttributeError(attr)
         return getattr(importlib.import_module(self._name), attr)
 
 
