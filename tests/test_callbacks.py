@@ -295,15 +295,23 @@ def test_a_slow_callback_does_not_slow_requests(
 ) -> None:
     app, serving = _serve(_config(tmp_path, upstream, [name]))
     slow = app.runtime.callbacks.callbacks[0]
-    with serving as server:
-        assert _chat(server.url).status_code == 200
-        assert slow.entered.wait(5)
-        # The callback sleeps 2 s; these requests are answered while it still does.
-        for _ in range(3):
+    # Busy until released, not for 2 s: the four events then took 5 s to drain at shutdown.
+    slow.seconds = 60
+    try:
+        with serving as server:
             assert _chat(server.url).status_code == 200
-        assert not slow.finished.is_set()
-        assert httpx.get(f"{server.url}/health/liveliness").status_code == 200
-        assert not slow.finished.is_set()
+            assert slow.entered.wait(5)
+            # The callback still sleeps; these requests are answered meanwhile.
+            for _ in range(3):
+                assert _chat(server.url).status_code == 200
+            assert not slow.finished.is_set()
+            assert httpx.get(f"{server.url}/health/liveliness").status_code == 200
+            assert not slow.finished.is_set()
+            slow.release.set()
+    finally:
+        slow.release.set()
+        slow.seconds = 2.0
+        slow.release.clear()
 
 
 def test_a_crashing_callback_does_not_fail_requests(
