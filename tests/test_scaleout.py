@@ -28,13 +28,15 @@ _LISTENING = re.compile(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ", re
 
 
 class Instance:
-    """``python -m gateway`` on a free loopback port."""
+    """``python -m gateway`` on a free loopback port: started by the constructor, ready
+    once ``wait_listening()`` returns."""
 
     def __init__(self, config: Path) -> None:
         # --port 0: the server binds a free port itself and says which (no pick-then-bind
         # race with the other workers' servers).
         self.log = Path(tempfile.mkstemp(".log", "gateway-", dir=config.parent)[1])
         self._out = open(self.log, "wb")
+        self._told = False
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "gateway", "--config", str(config)),
@@ -44,6 +46,8 @@ class Instance:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.output()
@@ -53,20 +57,23 @@ class Instance:
                 self.url = f"http://127.0.0.1:{self.port}"
                 return
             time.sleep(0.05)
-        self.stop()  # not left running: the test's fixture never sees this instance
         raise AssertionError(f"the gateway never said where it listens: {self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def stop(self, wait: bool = True) -> None:
+        """SIGTERM (once), then wait for the exit unless told not to."""
+        if self.process.returncode is None and not self._told:
+            self._told = True
             self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if not wait:
+            return
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
         self._out.close()
 
 
@@ -84,9 +91,14 @@ def pair(tmp_path: Path) -> Iterator[Any]:
         path = write_config(tmp_path, config)
         for _ in range(n):
             instances.append(Instance(path))
+        # Started together, waited for in turn: the startups overlap.
+        for instance in instances[-n:]:
+            instance.wait_listening()
         return instances[-n:]
 
     yield start
+    for instance in instances:  # all told first: they shut down together
+        instance.stop(wait=False)
     for instance in instances:
         instance.stop()
 
