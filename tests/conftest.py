@@ -4,6 +4,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from keys_fixtures import database_url, postgres  # noqa: F401 (fixtures)
@@ -28,6 +29,16 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 if os.path.isdir("/etc/ssl/certs"):
     os.environ.pop("SSL_CERT_FILE", None)
     os.environ["SSL_CERT_DIR"] = "/etc/ssl/certs"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` (pyproject's addopts), refined: tests/scheduling.py says how."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from tests.scheduling import Scheduling
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

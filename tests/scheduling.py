@@ -1,0 +1,79 @@
+"""How the xdist workers share the suite (``--dist loadscope``, refined; see conftest.py).
+
+xdist's loadscope hands out whole modules, most tests first. Most of our modules are
+quick, but a few wait 20-40 s in all on timers, subprocesses and servers (or fuzz for as
+long): given whole, such a module kept one worker busy long after the others were done.
+
+- ``SPLIT`` modules are handed out test by test. Their tests share no module-scoped
+  fixture, so nothing is set up twice but the per-worker session servers (redis-server,
+  PostgreSQL), which those workers start anyway; test_fuzz's module-scoped gateway is a
+  thread on each worker that runs one. Every other module stays whole: its module-scoped
+  servers start once, and the benchmark smoke runs (a module fixture) run once.
+- ``SLOW_FIRST`` names what took longest in a full run (``--durations``): those go out
+  first, the waits among them beside the ones that compute. The rest follows in
+  loadscope's order. A stale list costs time, never a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xdist.scheduler import LoadScopeScheduling
+
+SPLIT = frozenset(
+    f"tests/{name}.py"
+    for name in (
+        "test_fuzz",
+        "test_scaleout",
+        "test_keys_spend",
+        "test_keys_admin",
+        "test_keys_limits",
+        "test_cli",
+        "test_cli_observability",
+        "test_server_limits",
+        "test_router_http",
+        "test_threads",
+    )
+)
+
+SLOW_FIRST = (
+    "tests/test_benchmarks.py",
+    "tests/test_scaleout.py::test_in_flight_is_shared",
+    "tests/test_fuzz.py::test_fuzz_model_calls[POST /v1/chat/completions]",
+    "tests/test_scaleout.py::test_redis_killed_mid_load",
+    "tests/test_cli.py::test_two_workers_share_the_port",
+    "tests/test_fuzz.py::test_fuzz_model_calls",
+    "tests/test_keys_spend.py::test_a_database_restarted_mid_load",
+    "tests/test_cli_observability.py::test_two_workers",
+    "tests/test_keys_spend.py::test_spend_totals_equal_the_logs",
+    "tests/test_typing.py",
+    "tests/test_openai_gateway.py",
+    "tests/test_fuzz.py::test_fuzz_front_doors",
+    "tests/test_cli.py::test_no_key_refused_off_loopback",
+    "tests/test_scaleout.py",
+    "tests/test_keys_ui.py",
+)
+
+
+class Scheduling(LoadScopeScheduling):
+    def __init__(self, config: Any, log: Any = None) -> None:
+        super().__init__(config, log)
+        self._ordered = False
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return nodeid if module in SPLIT else module
+
+    def _assign_work_unit(self, node: Any) -> None:
+        # The base class hands out the queue's first unit: the slowest go to the front
+        # (a stable sort: the rest keeps its order), once the queue is complete.
+        if not self._ordered:
+            units = sorted(self.workqueue.items(), key=lambda unit: _rank(unit[0]))
+            self.workqueue.clear()
+            self.workqueue.update(units)
+            self._ordered = True
+        super()._assign_work_unit(node)
+
+
+def _rank(scope: str) -> int:
+    return next((i for i, slow in enumerate(SLOW_FIRST) if scope.startswith(slow)), len(SLOW_FIRST))
