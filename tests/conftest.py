@@ -31,6 +31,14 @@ if os.path.isdir("/etc/ssl/certs"):
     os.environ["SSL_CERT_DIR"] = "/etc/ssl/certs"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        from tests.precompile import precompile
+
+        precompile(config)  # the xdist controller, before its workers start
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadscope`` (pyproject's addopts), refined: tests/scheduling.py says how."""
