@@ -20,7 +20,7 @@ from ._aio import IdleTimeout, within
 from ._threads import current_pool, iterate_in_thread
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
-from .streaming import StreamState
+from .streaming import StreamState, relay_hint
 from .types import EmbeddingResponse, ImageResponse, ModelResponse, ModelResponseStream
 
 __all__ = [
@@ -248,6 +248,7 @@ async def astream_chunks(
         raise as_gateway_error(exc) from exc
     idle = IdleTimeout(timeout)
     anext_ = iterator.__anext__
+    hint = relay_hint.get()
     try:
         while True:
             try:
@@ -258,7 +259,17 @@ async def astream_chunks(
                 raise
             except Exception as exc:
                 raise _mapped(exc, timeout) from exc
-            for chunk in _feed(state, item):
+            chunks = _feed(state, item)
+            if hint is not None and len(chunks) > 1:
+                # One read's chunks (``Events``) go out in one send: each but the last
+                # is marked held (see ``RelayHint``).
+                last = chunks.pop()
+                for chunk in chunks:
+                    hint.held = chunk
+                    yield chunk
+                yield last
+                continue
+            for chunk in chunks:
                 yield chunk
         for chunk in state.close():
             yield chunk

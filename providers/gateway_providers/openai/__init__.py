@@ -20,7 +20,7 @@ from gateway._aio import within
 from gateway.errors import BadGatewayError, GatewayError, InternalServerError
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
-from gateway.streaming import relay_hint
+from gateway.streaming import Events
 from gateway.types import EmbeddingResponse, ImageResponse, ModelResponse
 
 from ._errors import event_error, is_error, log, mapped, upstream_error
@@ -45,6 +45,8 @@ _chat_decoder = msgspec.json.Decoder(ModelResponse)
 _embedding_decoder = msgspec.json.Decoder(EmbeddingResponse)
 _image_decoder = msgspec.json.Decoder(ImageResponse)
 
+_FINISH = b'"finish_reason"'
+_NO_FINISH = b'"finish_reason":null'
 _DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
 
 
@@ -157,6 +159,20 @@ def _finishes(item: dict[str, Any]) -> bool:
     return False
 
 
+def _stream_item(event: bytes, data: bytes, target: Target, path: str) -> Any:
+    try:
+        item = _decoder.decode(data)
+    except msgspec.DecodeError:
+        detail = repr(data[:2000].decode("utf-8", "replace"))
+        log(logging.WARNING, "upstream sent a stream event that is not JSON", target, path, detail)
+        raise BadGatewayError("upstream sent a stream event that is not valid JSON") from None
+    if item.__class__ is not dict:
+        raise BadGatewayError("upstream sent a stream event that is not an object")
+    if event == b"error" or ("error" in item and "choices" not in item):
+        raise event_error(item, target)
+    return item
+
+
 class OpenAIProvider(Provider):
     """Forwards chat completions, embeddings and image generation to an OpenAI-style API."""
 
@@ -227,30 +243,26 @@ class OpenAIProvider(Provider):
         try:
             with mapped(target, path):
                 async for chunk in reads:
-                    # One read's events, each decoded before the one ahead of it is
-                    # yielded: that one is marked held (see RelayHint) when the next
-                    # will surely make a chunk too (choices, not a second finish).
-                    hint = relay_hint.get()
-                    ahead: Any = None
-                    for event, data in parser.feed(chunk):
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        try:
-                            item = self._stream_item(event, data, target, path)
-                        except GatewayError:
-                            if ahead is not None:
-                                yield ahead
-                            raise
-                        ends = _finishes(item)
-                        if ahead is not None:
-                            if hint is not None and item.get("choices") and not (finished and ends):
-                                hint.held = ahead
-                            yield ahead
-                        finished = finished or ends
-                        ahead = item
-                    if ahead is not None:
-                        yield ahead
+                    # One read's events go on as one ``Events``; those before a bad
+                    # one still go first.
+                    items = Events()
+                    try:
+                        for event, data in parser.feed(chunk):
+                            if data == b"[DONE]":
+                                done = True
+                                break
+                            item = _stream_item(event, data, target, path)
+                            # Most events say "finish_reason":null for every choice:
+                            # counted in C, no look at the choices.
+                            if not finished and data.count(_NO_FINISH) != data.count(_FINISH):
+                                finished = _finishes(item)
+                            items.append(item)
+                    except GatewayError:
+                        if items:
+                            yield items
+                        raise
+                    if items:
+                        yield items
                     if done:
                         break
                 if done:
@@ -264,7 +276,7 @@ class OpenAIProvider(Provider):
                         if data == b"[DONE]":
                             done = True
                             break
-                        item = self._stream_item(event, data, target, path)
+                        item = _stream_item(event, data, target, path)
                         finished = finished or _finishes(item)
                         yield item
             if not done and not finished:
@@ -276,25 +288,6 @@ class OpenAIProvider(Provider):
                 response.release()
             else:
                 response.close()
-
-    def _stream_item(self, event: bytes, data: bytes, target: Target, path: str) -> Any:
-        try:
-            item = _decoder.decode(data)
-        except msgspec.DecodeError:
-            detail = repr(data[:2000].decode("utf-8", "replace"))
-            log(
-                logging.WARNING,
-                "upstream sent a stream event that is not JSON",
-                target,
-                path,
-                detail,
-            )
-            raise BadGatewayError("upstream sent a stream event that is not valid JSON") from None
-        if not isinstance(item, dict):
-            raise BadGatewayError("upstream sent a stream event that is not an object")
-        if event == b"error" or ("error" in item and "choices" not in item):
-            raise event_error(item, target)
-        return item
 
     async def aembedding(self, call: EmbeddingCall) -> EmbeddingResponse:
         target = Target(self, call, self._fixed)
