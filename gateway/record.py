@@ -68,7 +68,15 @@ class RequestRecord(msgspec.Struct):
         self.upstream += now - started
         self.deployment = routed.deployment
         self.stream = True
-        routed.result = _CountedStream(routed.result, self)
+        watch = getattr(routed.result, "watch", None)
+        if watch is not None:  # a RoutedStream counts its own chunks
+            watch(self._streamed)
+        else:
+            routed.result = _CountedStream(routed.result, self)
+
+    def _streamed(self, last: Any, count: int) -> None:
+        prompt, completion = usage_of(last) if count else (None, None)
+        self.tokens_in, self.tokens_out, self.chunks = prompt, completion, count
 
     @property
     def duration(self) -> float:
@@ -146,9 +154,7 @@ class _CountedStream:
                 count += 1
                 yield chunk
         finally:
-            record = self._record
-            prompt, completion = usage_of(chunk) if count else (None, None)
-            record.tokens_in, record.tokens_out, record.chunks = prompt, completion, count
+            self._record._streamed(chunk, count)
 
     async def aclose(self) -> None:
         try:

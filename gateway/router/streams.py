@@ -89,6 +89,7 @@ class RoutedStream:
         "_rest",
         "_started",
         "_tokens",
+        "_watcher",
     )
 
     def __init__(
@@ -110,6 +111,7 @@ class RoutedStream:
         self._prompt_chars = prompt_chars
         self._chars = 0
         self._tokens: int | None = None
+        self._watcher: Callable[[Any, int], None] | None = None
         # Iterated as a native async generator: no Python-level step per chunk here.
         self._gen = self._chunks()
         if first is NOTHING:
@@ -123,24 +125,38 @@ class RoutedStream:
     def __anext__(self) -> Awaitable[Any]:
         return self._gen.__anext__()
 
+    def watch(self, watcher: Callable[[Any, int], None]) -> None:
+        """Call ``watcher(last chunk, chunks read)`` once the stream ends, if it was
+        read: what a wrapping generator would count, for a few bytecodes a chunk
+        where a generator level costs ~2k instructions."""
+        self._watcher = watcher
+
     async def _chunks(self) -> AsyncGenerator[Any, None]:
         rest = self._rest
+        chunk: Any = None
+        count = 0
         try:
             if self._first is not NOTHING:
-                yield self._first
+                chunk = self._first
+                count = 1
+                yield chunk
                 self._first = NOTHING
                 if self._deployment.track_usage:
                     async for chunk in rest:
+                        count += 1
                         self._count(chunk)
                         yield chunk
                 else:
                     async for chunk in rest:
+                        count += 1
                         yield chunk
         except BaseException as exc:
             self._finish(exc)
             raise
         finally:
             self._finish(None)
+            if self._watcher is not None:
+                self._watcher(chunk, count)
             await _close(rest)
 
     def _count(self, chunk: Any) -> None:
