@@ -200,7 +200,11 @@ class StreamState:
             pass
         elif item.__class__ is Events:
             for one in item:
-                out += self.feed(one)
+                # An upstream's own chunks, most of any stream: no call of feed each.
+                if one.__class__ is dict and "choices" in one:
+                    self._feed_openai_dict(one, out)
+                else:
+                    out += self.feed(one)
         elif hasattr(item, "model_dump"):
             return self.feed(item.model_dump())
         else:
