@@ -27,6 +27,7 @@ an ``x-fake`` header holding the same object as JSON. Keys (all optional):
 - ``garbage``: ``"html"`` (a non-JSON 200), ``"truncated"`` (cut JSON, framed
   correctly), ``"short"`` (body shorter than its Content-Length), ``"event"`` (a stream
   event that is not JSON), ``"no_done"`` (a stream that stops without finish or [DONE]),
+  ``"finish_no_done"`` (a whole stream, usage chunk included, without [DONE]),
   ``"error_body"`` (HTTP 200 carrying ``{"error": ...}``)
 - ``null_usage``: JSON answers carry ``"usage": null``
 - ``line_endings``: ``"cr"`` or ``"crlf"``: a stream's lines end that way, not in LF
@@ -304,7 +305,7 @@ class FakeUpstream:
                 continue
             await send_body(b"data: " + _encoder.encode(chunk) + b"\n\n", True)
             seen.chunks_sent += 1
-        if fake.get("garbage") == "no_done":
+        if fake.get("garbage") in ("no_done", "finish_no_done"):
             await send_body(b"", False)
             return
         await send_body(b"data: [DONE]\n\n", False)

@@ -461,6 +461,22 @@ async def test_broken_upstream_bodies_are_502(
         assert received  # the chunks before the failure were relayed
 
 
+async def test_a_finished_stream_may_end_without_done(upstream: FakeUpstream) -> None:
+    # Some servers close after the finish and usage chunks without [DONE]: not truncated,
+    # though the last event (the usage chunk) has no choices to finish.
+    stream = await gateway.acompletion(
+        "openai/x",
+        MESSAGES,
+        api_base=upstream.base_url,
+        stream=True,
+        stream_options={"include_usage": True},
+        fake={"garbage": "finish_no_done", "chunks": 3},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.total_tokens > 0
+
+
 async def test_upstream_error_event_with_status_keeps_it(upstream: FakeUpstream) -> None:
     fake = {"stream_error_after": 1, "message": "slow down", "code": 429}
     with pytest.raises(errors.RateLimitError) as info:

@@ -45,8 +45,6 @@ _chat_decoder = msgspec.json.Decoder(ModelResponse)
 _embedding_decoder = msgspec.json.Decoder(EmbeddingResponse)
 _image_decoder = msgspec.json.Decoder(ImageResponse)
 
-_FINISH = b'"finish_reason"'
-_NO_FINISH = b'"finish_reason":null'
 _DRAIN_AFTER_DONE = 0.5  # seconds to wait for the body's end after [DONE]
 
 
@@ -173,6 +171,15 @@ def _stream_item(event: bytes, data: bytes, target: Target, path: str) -> Any:
     return item
 
 
+def _last_finishes(items: list[dict[str, Any]]) -> bool:
+    """Whether the last of ``items`` with choices finishes (a usage chunk may follow
+    the finish): once a read, not a look at every event's choices."""
+    for item in reversed(items):
+        if item.get("choices"):
+            return _finishes(item)
+    return False
+
+
 class OpenAIProvider(Provider):
     """Forwards chat completions, embeddings and image generation to an OpenAI-style API."""
 
@@ -251,17 +258,14 @@ class OpenAIProvider(Provider):
                             if data == b"[DONE]":
                                 done = True
                                 break
-                            item = _stream_item(event, data, target, path)
-                            # Most events say "finish_reason":null for every choice:
-                            # counted in C, no look at the choices.
-                            if not finished and data.count(_NO_FINISH) != data.count(_FINISH):
-                                finished = _finishes(item)
-                            items.append(item)
+                            items.append(_stream_item(event, data, target, path))
                     except GatewayError:
                         if items:
                             yield items
                         raise
                     if items:
+                        if not finished:
+                            finished = _last_finishes(items)
                         yield items
                     if done:
                         break
