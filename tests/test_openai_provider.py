@@ -320,6 +320,12 @@ async def test_sse_parser_reads_of_many_events_give_what_single_events_give() ->
             # 60 bytes of data (a 66-byte line) over a cap of 59: a 502 on every path.
             with pytest.raises(errors.BadGatewayError, match="max_event_bytes"):
                 _ = [e async for e in _sse_events(parts(wire, size), cap=59)]
+    # Events of two lines, or named, in a read of one-line events: split line by line.
+    odd = b"data: a\ndata: b\n\nevent: x\ndata: c\n\ndata: \n\n"
+    wire = usual[: -len(b"data: [DONE]\n\n")] + odd + usual
+    want = [*expected[:-1], (b"", b"a\nb"), (b"x", b"c"), (b"", b""), *expected]
+    for size in (1, 7, 100, len(wire)):
+        assert [e async for e in _sse_events(parts(wire, size), cap=70)] == want, size
 
 
 async def test_endless_stream_line_is_a_quick_502(upstream: FakeUpstream) -> None:

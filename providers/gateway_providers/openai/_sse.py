@@ -77,18 +77,18 @@ class SSEParser:
     def _events(self, whole: bytes, out: list[tuple[bytes, bytes]]) -> bool:
         """``whole``'s events into ``out`` if each is one ``data:`` line within the cap;
         False (``out`` untouched) for anything else, left to the line by line parse."""
-        n = whole.count(b"\n\n")
-        if (
-            whole.startswith(b"data: ")
-            and whole.count(b"\n") == 2 * n  # no other line, no run of blank lines
-            and whole.count(b"\n\ndata: ") == n
-        ):
-            # The usual shape, checked and split without a loop in Python.
+        if whole.startswith(b"data: "):
+            # The usual shape, split and checked without a loop in Python: n values
+            # hold no line break of their own when the whole has just the 2(n - 1)
+            # between them (no other line, no run of blank lines). A count of one
+            # byte, where counting "\n\n" and "\n\ndata: " cost ~30k instructions a
+            # 20-event read.
             values = whole[6:].split(b"\n\ndata: ")
-            if max(map(len, values)) >= self.cap:
-                return False
-            out.extend(zip(repeat(b""), values))
-            return True
+            if whole.count(b"\n") == 2 * (len(values) - 1):
+                if max(map(len, values)) >= self.cap:
+                    return False
+                out.extend(zip(repeat(b""), values))
+                return True
         events = whole.split(b"\n\n")
         cap = self.cap + 4  # beyond, the line by line parse tells exactly what is over
         for event in events:
