@@ -78,14 +78,13 @@ class SSEParser:
         """``whole``'s events into ``out`` if each is one ``data:`` line within the cap;
         False (``out`` untouched) for anything else, left to the line by line parse."""
         if whole.startswith(b"data: "):
-            # The usual shape, split and checked without a loop in Python: n values
-            # hold no line break of their own when the whole has just the 2(n - 1)
-            # between them (no other line, no run of blank lines). A count of one
-            # byte, where counting "\n\n" and "\n\ndata: " cost ~30k instructions a
-            # 20-event read.
+            # The usual shape, split and checked without a loop in Python: one data
+            # line an event when no value holds a line break (no other line, no run
+            # of blank lines). Joined and searched (memcpy, memchr): a quarter of the
+            # cost of counting the line breaks, ~20k instructions a 20-event read.
             values = whole[6:].split(b"\n\ndata: ")
-            if whole.count(b"\n") == 2 * (len(values) - 1):
-                if max(map(len, values)) >= self.cap:
+            if b"\n" not in b"".join(values):
+                if len(whole) >= self.cap and max(map(len, values)) >= self.cap:
                     return False
                 out.extend(zip(repeat(b""), values))
                 return True
