@@ -161,14 +161,23 @@ def _stream_item(event: bytes, data: bytes, target: Target, path: str) -> Any:
     try:
         item = _decoder.decode(data)
     except msgspec.DecodeError:
-        detail = repr(data[:2000].decode("utf-8", "replace"))
-        log(logging.WARNING, "upstream sent a stream event that is not JSON", target, path, detail)
-        raise BadGatewayError("upstream sent a stream event that is not valid JSON") from None
+        raise _not_json(data, target, path) from None
+    _check_item(event, item, target)
+    return item
+
+
+def _not_json(data: bytes, target: Target, path: str) -> BadGatewayError:
+    detail = repr(data[:2000].decode("utf-8", "replace"))
+    log(logging.WARNING, "upstream sent a stream event that is not JSON", target, path, detail)
+    return BadGatewayError("upstream sent a stream event that is not valid JSON")
+
+
+def _check_item(event: bytes, item: Any, target: Target) -> None:
+    """An upstream event's item that is not an object, or an error, raised as one."""
     if item.__class__ is not dict:
         raise BadGatewayError("upstream sent a stream event that is not an object")
     if event == b"error" or ("error" in item and "choices" not in item):
         raise event_error(item, target)
-    return item
 
 
 def _last_finishes(items: list[dict[str, Any]]) -> bool:
@@ -258,7 +267,14 @@ class OpenAIProvider(Provider):
                             if data == b"[DONE]":
                                 done = True
                                 break
-                            items.append(_stream_item(event, data, target, path))
+                            # _stream_item inline: a call less an event.
+                            try:
+                                item = _decoder.decode(data)
+                            except msgspec.DecodeError:
+                                raise _not_json(data, target, path) from None
+                            if event or item.__class__ is not dict or "error" in item:
+                                _check_item(event, item, target)
+                            items.append(item)
                     except GatewayError:
                         if items:
                             yield items
