@@ -243,15 +243,16 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
     held: list[bytes] = []
     try:
         async for chunk in routed.result:
-            data = b"data: " + _encode(chunk) + b"\n\n"
             if chunk is hint.held:
                 hint.held = None
-                held.append(data)
+                held.append(_encode(chunk))  # framed once, with the rest, by one join
                 continue
             if held:
-                held.append(data)
-                data = b"".join(held)
+                held.append(_encode(chunk))
+                data = _framed(held)
                 held.clear()
+            else:
+                data = b"data: " + _encode(chunk) + b"\n\n"
             await send({"type": "http.response.body", "body": data, "more_body": True})
         tail = _DONE
     except GatewayError as exc:
@@ -265,15 +266,20 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
             # The server cut the stream (its graceful_timeout ran out on shutdown): say
             # so rather than just stop. After a client left, this send is a no-op.
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                body = b"".join([*held, _sse_error(_CUT)])
+                body = _framed(held) + _sse_error(_CUT)
                 await send({"type": "http.response.body", "body": body})
             raise
         status = 500
         tail = _sse_error(_unexpected(scope, exc))
     if held:
-        tail = b"".join([*held, tail])
+        tail = _framed(held) + tail
     try:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise ClientGone from None
     return status
+
+
+def _framed(chunks: list[bytes]) -> bytes:
+    """Encoded chunks as their server-sent events, in one join."""
+    return b"data: " + b"\n\ndata: ".join(chunks) + b"\n\n" if chunks else b""
