@@ -13,8 +13,9 @@ core's worth of proxying.
    gateway's against the forwarder's, twice. Saturated (closed loop: each connection
    asks again as soon as it is answered), where TTFT is mostly queueing and follows the
    streams/s ratio; and paced (``PACED_SHARE`` of the forwarder's saturated streams/s
-   in all, below both proxies' capacity), where TTFT is each proxy's own latency. The
-   added-TTFT check uses the paced figure.
+   in all, below both proxies' capacity), where TTFT is each proxy's own latency, three
+   runs each, alternating, the median p99 counting. The added-TTFT check uses the paced
+   figure.
 3. Gateway and forwarder: 1,000 clients that hang up after a few chunks of a paced stream
    (before the load), and open file descriptors back to their idle count; RSS after
    ``--memory-requests`` more JSON requests; file descriptors back to idle after the load.
@@ -45,6 +46,9 @@ TTFT_LEVEL = 32
 # The paced TTFT run's total arrival rate, as a share of the forwarder's saturated
 # streams/s at TTFT_LEVEL: below what either proxy can serve, so nothing queues.
 PACED_SHARE = 0.5
+# The p99 of one 5-s run moves by tens of ms with the machine's other tenants (one stall
+# of the shared CPU): the paced runs alternate between the proxies and the median counts.
+PACED_RUNS = 3
 MEMORY_CONNECTIONS = 32
 DROP_CLIENTS, QUICK_DROP_CLIENTS = 1000, 50
 DROP_CONNECTIONS = 50
@@ -354,7 +358,9 @@ def _report(
         "tables": [
             _ttft_table(ttft, f"saturated (closed loop) at {ttft_level} connections"),
             _ttft_table(
-                paced, f"paced at {fmt(rate)} streams/s in all over {ttft_level} connections"
+                paced,
+                f"paced at {fmt(rate)} streams/s in all over {ttft_level} connections"
+                " (the run of median p99 of each target's runs; all p99s in the JSON)",
             ),
             _life_table(life),
         ],
@@ -411,16 +417,26 @@ def _paced(
     if not base or not base.get("rps"):
         return {}
     rate = round(base["rps"] * PACED_SHARE, 1)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(1 if ctx.quick else PACED_RUNS):
+        for target in ("forwarder", "gateway"):
+            if target in servers:
+                run = ctx.streams(servers[target], KINDS["stream"], level, rate=rate)
+                runs.setdefault(target, []).append(run)
+                ctx.echo(
+                    f"  {NAME:<9} c={level:<4} ttft   {target:<9} paced {rate:g}/s: p50"
+                    f" {fmt(run['ttft_p50_ms'])} p99 {fmt(run['ttft_p99_ms'])} ms,"
+                    f" {run['streams']:,} streams ({run['rps']:g}/s), late {run['late']},"
+                    f" errors {run['errors']}"
+                )
     out: dict[str, dict[str, Any]] = {}
-    for target in ("forwarder", "gateway"):
-        if target in servers:
-            run = out[target] = ctx.streams(servers[target], KINDS["stream"], level, rate=rate)
-            ctx.echo(
-                f"  {NAME:<9} c={level:<4} ttft   {target:<9} paced {rate:g}/s: p50"
-                f" {fmt(run['ttft_p50_ms'])} p99 {fmt(run['ttft_p99_ms'])} ms,"
-                f" {run['streams']:,} streams ({run['rps']:g}/s), late {run['late']},"
-                f" errors {run['errors']}"
-            )
+    for target, done in runs.items():
+        # The run of median p99 stands for the target; every run's p99 is kept beside it.
+        ordered = sorted(done, key=lambda r: r["ttft_p99_ms"])
+        out[target] = {
+            **ordered[len(ordered) // 2],
+            "ttft_p99_ms_runs": [r["ttft_p99_ms"] for r in done],
+        }
     return out
 
 
