@@ -36,7 +36,7 @@ def _drive(variant: str, requests: int) -> None:
     if variant in GATEWAY_VARIANTS:
         GATEWAY_VARIANTS[variant](config)
     app = create_app(config)
-    if app.runtime.settings.gc_tuning:  # as the gateway command does after startup
+    if getattr(app.runtime.settings, "gc_tuning", False):  # as the command does (if it does)
         from gateway._gc import tune
 
         tune()
