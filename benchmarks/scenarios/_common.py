@@ -81,6 +81,8 @@ def run_throughput(
     """
     from ..payloads import chat_body
 
+    metric = "chunks_per_s" if events_per_response else "rps"
+    unit = "chunks/s" if events_per_response else "req/s"
     targets = ctx.targets("gateway", "baseline", "raw", "litellm")
     if ctx.before:
         # The same scenario before a change, in the same run: is a ratio unchanged?
@@ -89,7 +91,6 @@ def run_throughput(
             ("before/baseline", "before", "baseline"),
             ("gateway/before", "gateway", "before"),
         ]
-        unit = "chunks/s" if events_per_response else "req/s"
         checks = [*checks, (f"{unit} gateway/before", "gateway/before", ">=", 0.9)]
     targets += dict.fromkeys(t for _, *pair in pairs for t in pair if t not in targets)
     body = chat_body(model, stream=stream)
@@ -116,8 +117,6 @@ def run_throughput(
                 )
     finally:
         ctx.stop_all()
-    metric = "chunks_per_s" if events_per_response else "rps"
-    unit = "chunks/s" if events_per_response else "req/s"
     by = {(p["target"], p["connections"]): p for p in points}
 
     def get(target: str, connections: int, key: str) -> float | None:
