@@ -8,11 +8,10 @@ long): given whole, such a module kept one worker busy long after the others wer
   fixture, so nothing is set up twice but the per-worker session servers (redis-server,
   PostgreSQL), which those workers start anyway; test_fuzz's module-scoped gateway is a
   thread on each worker that runs one. Every other module stays whole: its module-scoped
-  servers start once, and the benchmark smoke runs (a module fixture) run once.
+  servers start once.
 - ``SLOW_FIRST`` names what took longest in a full run (``--durations``): those go out
-  first, the benchmark smoke runs beside tests that wait rather than compute (their
-  figures are timed). The rest follows in loadscope's order. A stale list costs time,
-  never a result.
+  first, tests that wait rather than compute ahead of the rest. The rest follows in
+  loadscope's order. A stale list costs time, never a result.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ SPLIT = frozenset(
 )
 
 SLOW_FIRST = (
-    # Beside the benchmark smoke runs (20 s, timing-sensitive), tests that mostly wait.
-    "tests/test_benchmarks.py",
+    # Tests that mostly wait: they overlap the computing ones that follow.
     "tests/test_scaleout.py::test_in_flight_is_shared",
     "tests/test_scaleout.py::test_redis_killed_mid_load",
     "tests/test_cli.py::test_two_workers_share_the_port",
