@@ -454,3 +454,27 @@ def test_paced_ttft_alternates_the_proxies_and_keeps_the_median_run() -> None:
     assert out["forwarder"]["ttft_p99_ms"] == 5.0
     assert out["gateway"]["ttft_p99_ms"] == 6.0
     assert out["gateway"]["ttft_p99_ms_runs"] == [9.0, 1.0, 6.0]
+
+
+def test_concurrency_reads_callgrind_totals(tmp_path: Path) -> None:
+    from benchmarks.concurrency import _totals
+
+    dump = tmp_path / "callgrind.gateway.1.1"
+    dump.write_text(
+        "version: 1\ncreator: callgrind-3.19.0\npid: 1\npart: 1\n\n"
+        "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\n"
+        "fl=(1) a.c\nfn=(1) f\n0 10 2 1 0 0 0 0 0 0\n\n"
+        "summary: 737023 217909 126587 21785 13802 4271 6 21 11\n\n\ntotals: 737023 217909"
+        " 126587 21785 13802 4271 6 21 11\n"
+    )
+    assert _totals(dump) == {
+        "Ir": 737023,
+        "Dr": 217909,
+        "Dw": 126587,
+        "I1mr": 21785,
+        "D1mr": 13802,
+        "D1mw": 4271,
+        "ILmr": 6,
+        "DLmr": 21,
+        "DLmw": 11,
+    }
