@@ -4,6 +4,7 @@ response cache hold across instances, and an outage of Redis fails no request.""
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +109,45 @@ def chat(base: str, model: str = "m", **extra: Any) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
 
 
-def alternating(instances: tuple[Instance, ...], n: int, call: Any) -> list[int]:
+def alternating(
+    instances: tuple[Instance, ...], n: int, call: Any, landed: Callable[[], object]
+) -> list[int]:
     """``call(url)`` n times, round robin over the instances, one after the other. An
     instance's counts reach Redis with its next read or within 2 ms (the documented lag),
-    and a loaded machine fires that timer late: a pause lets each count land first."""
+    and a loaded machine fires that timer late: after an answer, ``landed()`` (what the
+    answer adds to Redis) is awaited. A pause older than ``FRESH`` makes each instance
+    read Redis again rather than trust its view."""
+    from gateway.router.redis_state import FRESH  # imports redis-py: not at collection
+
     codes = []
     for i in range(n):
+        before = landed()
         codes.append(call(instances[i % len(instances)].url))
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while codes[-1] == 200 and landed() == before:
+            assert time.monotonic() < deadline, f"request {i} never reached Redis"
+            time.sleep(0.005)
+        time.sleep(FRESH + 0.01)
     return codes
+
+
+def counted(port: int, what: str) -> float:
+    """What Redis holds, summed over every key: the requests counted (``"use"``: each
+    usage hash's ``r:<second>`` fields) or the spend recorded (``"spend"``)."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        if what == "use":
+            return sum(
+                int(value)
+                for key in client.scan_iter("{gw}:*use*")
+                for field, value in client.hgetall(key).items()
+                if field.startswith(b"r:")
+            )
+        return sum(float(client.get(key) or 0) for key in client.scan_iter("{gw}:*:spend:*"))
+    finally:
+        client.close()
 
 
 def shared(redis_server: RedisServer, **settings: Any) -> dict[str, Any]:
@@ -209,13 +240,19 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.5)
+        time.sleep(0.3)
         redis_server.kill()
-        time.sleep(1.0)
-        degraded = httpx.get(f"{a.url}/health/readiness").json()
-        assert degraded["status"] == "degraded" and degraded["redis"] == "unreachable"
+        deadline = time.monotonic() + 10
+        while (degraded := httpx.get(f"{a.url}/health/readiness").json())["redis"] != (
+            "unreachable"
+        ):
+            assert time.monotonic() < deadline, degraded
+            time.sleep(0.02)
+        assert degraded["status"] == "degraded"
+        time.sleep(0.3)  # a while of load on local counters
+        # Back soon after its first ping within the backoff (from 50 ms, doubling).
         redis_server.start()
-        time.sleep(0.5)
+        time.sleep(0.3)
     finally:
         stop.set()
         for thread in threads:
@@ -234,7 +271,12 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
     assert outages is not None and float(outages[1]) >= 1
     assert "Redis at redis://127.0.0.1" in a.output() and "is back" in a.output()
     # Sharing resumed: rpm 10 holds across both again.
-    codes = alternating((a, b), 20, lambda url: chat(url, model="limited").status_code)
+    codes = alternating(
+        (a, b),
+        20,
+        lambda url: chat(url, model="limited").status_code,
+        lambda: counted(redis_server.port, "use"),
+    )
     assert codes.count(200) == 10 and codes.count(429) == 10, codes
 
 
@@ -285,13 +327,23 @@ def test_key_limits_hold_across_two_instances(
     a, b = pair(keys_config(redis_server, tmp_path))
 
     limited = new_key(a.url, rpm_limit=5)
-    codes = alternating((a, b), 10, lambda url: keyed_chat(url, limited).status_code)
+    codes = alternating(
+        (a, b),
+        10,
+        lambda url: keyed_chat(url, limited).status_code,
+        lambda: counted(redis_server.port, "use"),
+    )
     assert codes == [200] * 5 + [429] * 5, codes
 
     # Spend against a budget: each answer costs 0.05 (10 prompt + 20 completion tokens);
     # the database hears of it only later, Redis within the lag above.
     budget = new_key(a.url, max_budget=0.12)
-    codes = alternating((a, b), 4, lambda url: keyed_chat(url, budget).status_code)
+    codes = alternating(
+        (a, b),
+        4,
+        lambda url: keyed_chat(url, budget).status_code,
+        lambda: counted(redis_server.port, "spend"),
+    )
     assert codes == [200, 200, 200, 429], codes
     refused = keyed_chat(b.url, budget)
     assert refused.json()["error"]["code"] == "budget_exceeded"
@@ -361,6 +413,9 @@ def test_a_hung_redis_is_a_fallback_not_a_stall(redis_server: RedisServer, pair:
         time.sleep(0.1)
 
 
+HOLD = 1.0  # seconds the in-flight tests' held requests take: the checks run meanwhile
+
+
 def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
     redis_server: RedisServer, pair: Any
 ) -> None:
@@ -372,7 +427,6 @@ def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
                     "litellm_params": {
                         "model": "mock/m",
                         "mock_response": "ok",
-                        "mock_delay": 1.5,
                         "max_parallel_requests": 2,
                     },
                 }
@@ -380,26 +434,46 @@ def test_in_flight_is_shared_and_a_crashed_instance_leaks_nothing(
             "router_settings": shared(redis_server, queue_timeout=0),
         }
     )
+    import redis
+
+    client = redis.Redis(port=redis_server.port)
+    key = "{gw}:if:m/0"
+
+    def in_flight() -> int:
+        return sum(int(v.split(b":")[0]) for v in client.hvals(key))
+
+    def ours() -> int:  # the instances' own entries, not the ones planted below
+        entries = client.hgetall(key).items()
+        return sum(int(v.split(b":")[0]) for k, v in entries if k not in (b"dead", b"alive"))
+
+    def held(base: str) -> httpx.Response:
+        return chat(base, mock_delay=HOLD)  # the others answer at once
+
+    def until(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, client.hgetall(key)
+            time.sleep(0.01)
+
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        held = [pool.submit(chat, a.url) for _ in range(2)]
-        time.sleep(0.7)
+        holding = [pool.submit(held, a.url) for _ in range(2)]
+        until(lambda: in_flight() == 2)  # both of a's counted in Redis
         busy = chat(b.url)
         assert busy.status_code == 429, busy.text
-        assert [f.result().status_code for f in held] == [200, 200]
+        assert not any(f.done() for f in holding)  # still held: the 429 was theirs
+        assert [f.result().status_code for f in holding] == [200, 200]
+    until(lambda: in_flight() == 0)
     assert chat(b.url).status_code == 200
 
     # An instance that died with requests in flight: its entry (count 2, expired) is
     # ignored and removed by the next read; a live one (count 1) still counts.
-    import redis
-
-    client = redis.Redis(port=redis_server.port)
     now_ms = int(client.time()[0]) * 1000
-    key = "{gw}:if:m/0"
     client.hset(key, mapping={"dead": f"2:{now_ms - 1}", "alive": f"1:{now_ms + 60_000}"})
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        one = pool.submit(chat, b.url)  # one of ours + alive's one = the limit of 2
-        time.sleep(0.7)
+        one = pool.submit(held, b.url)  # one of ours + alive's one = the limit of 2
+        until(lambda: ours() == 1)  # b's one counted in Redis
         assert chat(a.url).status_code == 429
+        assert not one.done()
         assert one.result().status_code == 200
     # b's freed slot reaches Redis within 2 ms of its answer, not at once (it failed so in
     # a full run under load): wait until only the planted entries are left.
@@ -419,23 +493,29 @@ class Monitor:
     """Redis' MONITOR on a raw socket: every command clients send, as argument lists."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.sendall(b"MONITOR\r\n")
         assert self.sock.recv(5) == b"+OK\r\n"
         self.buffer = b""
+        self.marks = itertools.count()
 
-    def commands(self, quiet: float = 0.2) -> list[list[str]]:
-        """The commands run since the last call, read until ``quiet`` s pass without one."""
-        self.sock.settimeout(quiet)
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
+    def commands(self) -> list[list[str]]:
+        """The commands Redis ran since the last call. Read up to a marker this sends on a
+        connection of its own: Redis runs commands one at a time, so whatever a client
+        had awaited before this call is ahead of it, and nothing rides on a quiet spell
+        (a later command is in the next call's list)."""
+        mark = f"gateway-test-mark-{next(self.marks)}"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(f"ECHO {mark}\r\n".encode())
+            assert sock.recv(64).startswith(b"$")
+        quoted = f'"ECHO" "{mark}"\r\n'.encode()
+        while quoted not in self.buffer:
+            data = self.sock.recv(65536)
+            assert data, "Redis closed the MONITOR connection"
             self.buffer += data
-        lines, _, self.buffer = self.buffer.rpartition(b"\r\n")
+        before, _, self.buffer = self.buffer.partition(quoted)
+        lines = before.rpartition(b"\r\n")[0]  # the marker's line start left out
         return [
             [
                 arg.encode().decode("unicode_escape")
@@ -483,7 +563,7 @@ def test_a_request_limited_per_key_and_per_deployment_makes_one_round_trip(
     try:
         for _ in range(5):
             time.sleep(0.05)  # both views stale (> 20 ms): each request must read both
-            monitor.commands(0.05)
+            monitor.commands()
             answer = keyed_chat(a.url, key, stream=stream)
             assert answer.status_code == 200, answer.text
             seen = reads(monitor.commands())
@@ -513,7 +593,7 @@ def test_with_a_redis_cache_a_request_still_makes_one_round_trip(
     try:
         for i in range(6):
             time.sleep(0.05)  # the views stale (> 20 ms): each request must read them
-            monitor.commands(0.05)
+            monitor.commands()
             content = f"{stream} {keyed} {i // 2}"  # each question twice: a miss, a hit
             answer = keyed_chat(
                 a.url, key, stream=stream, messages=[{"role": "user", "content": content}]
@@ -521,9 +601,16 @@ def test_with_a_redis_cache_a_request_still_makes_one_round_trip(
             assert answer.status_code == 200, answer.text
             hit = answer.headers["x-gateway-cache-hit"]
             assert hit == ("true" if i % 2 else "false"), (i, hit)
-            time.sleep(0.05)  # the answer is stored (SET) after it went out
+            sent = monitor.commands()
+            deadline = time.monotonic() + 10
+            while hit != "true" and not any(c[0].upper() == "SET" for c in sent):
+                # A miss's answer is stored (SET) after it went out: the next request
+                # (the same question) must find it.
+                assert time.monotonic() < deadline, sent
+                time.sleep(0.01)
+                sent += monitor.commands()
             # SET: a miss's answer stored after it went out, not awaited by the request.
-            seen = [c for c in reads(monitor.commands()) if c[0].upper() != "SET"]
+            seen = [c for c in reads(sent) if c[0].upper() != "SET"]
             assert len(seen) == 1 and seen[0][0].upper() == "EVALSHA", seen
             keys = seen[0][3 : 3 + int(seen[0][2])]
             assert any(":cd:" in k or k.endswith(":cd") for k in keys), keys  # the group's
@@ -550,7 +637,7 @@ async def test_reads_of_one_loop_turn_share_one_script_call(redis_server: RedisS
     shared.queue("s", spend, 1.5, 60)
     monitor = Monitor(redis_server.port)
     try:
-        monitor.commands(0.05)
+        monitor.commands()
         only_a, b_and_spend, both = await asyncio.gather(
             shared.sync(a, ()), shared.sync(b, [spend]), shared.sync([*a, *b], ())
         )
