@@ -161,8 +161,15 @@ async def test_failed_calls_are_logged_with_their_status(database_url: str) -> N
 async def _load(
     servers: list[str], keys: list[str], total: int, concurrency: int = 50
 ) -> list[int]:
+    from httpx_aiohttp import AiohttpTransport
+
     limit = asyncio.Semaphore(concurrency)
-    clients = [httpx.AsyncClient(base_url=url, timeout=60) for url in servers]
+    # httpx over aiohttp's pool (as gateway.http_client() does): with httpx's own pool
+    # the client took 3.2 ms of CPU a request here, four times the two gateways' own,
+    # and 1,000 requests 5.6 s; over aiohttp 0.5 ms and 1.0 s.
+    clients = [
+        httpx.AsyncClient(base_url=url, timeout=60, transport=AiohttpTransport()) for url in servers
+    ]
 
     async def one(i: int) -> int:
         async with limit:
@@ -221,7 +228,11 @@ async def test_a_database_restarted_mid_load(postgres: PostgresServer) -> None:
                 # cannot answer either: 503, not a wrong 401.
                 down.append(await chat(client, unseen))
                 down.append(await client.get("/key/list", headers=ADMIN))
-            await asyncio.sleep(1.5)  # down long enough for several failed writes
+            writer = app.runtime.keys.writer
+            deadline = time.monotonic() + 30
+            while writer.failures < 2:  # down long enough for several failed writes
+                assert time.monotonic() < deadline, "the writer never tried the database"
+                await asyncio.sleep(0.05)
             await asyncio.to_thread(postgres.start)
 
         restarting = asyncio.ensure_future(restart())
