@@ -539,6 +539,56 @@ class ServerHandle:
         return asyncio.run_coroutine_threadsafe(func(), self.loop).result(timeout)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped as soon as it is told. uvicorn's main loop looks at
+    ``should_exit`` every 0.1 s, and its shutdown pauses 0.1 s, then polls connections
+    and tasks every 0.1 s: 0.2-0.3 s at the end of every test's server, hundreds of
+    times a run. Here the main loop wakes when told to exit, and the shutdown polls
+    every 10 ms; its steps and their order are uvicorn's 0.54 ``Server.shutdown``
+    (``servers`` and ``lifespan`` are its attributes)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.woken = asyncio.Event()
+
+    def exit_now(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """From another thread: ``should_exit``, and the main loop woken to see it."""
+        self.should_exit = True
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                loop.call_soon_threadsafe(self.woken.set)
+
+    async def main_loop(self) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):  # uvicorn's tick (the date header)
+                    await self.woken.wait()
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                while state.connections or state.tasks:
+                    await asyncio.sleep(0.01)
+                for server in self.servers:
+                    await server.wait_closed()
+        except TimeoutError:
+            for task in state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterator[ServerHandle]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port until the block ends."""
@@ -556,7 +606,7 @@ def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterat
     config.setdefault("access_log", False)
     config.setdefault("timeout_graceful_shutdown", 2)
     config.setdefault("lifespan", "auto")
-    server = uvicorn.Server(uvicorn.Config(app, loop=loop, **config))
+    server = _Server(uvicorn.Config(app, loop=loop, **config))
     handle = ServerHandle(server, port)
     errors: list[BaseException] = []
 
@@ -584,7 +634,7 @@ def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterat
     try:
         yield handle
     finally:
-        server.should_exit = True
+        server.exit_now(handle.loop)
         thread.join(15)
         sock.close()
 

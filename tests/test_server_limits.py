@@ -255,7 +255,8 @@ def test_a_slow_app_is_not_a_slow_client(impl: str) -> None:
         "model_list": [
             {
                 "model_name": "slow",
-                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.5},
+                # Twice the header, body and keep-alive timeouts (0.5 s).
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.0},
             }
         ]
     }
@@ -278,7 +279,7 @@ def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) ->
         "model_list": [
             {
                 "model_name": "slow",
-                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.5},
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.1},
             },
             CONFIG["model_list"][0],
         ]
@@ -292,7 +293,7 @@ def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) ->
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
             )
             sock.sendall(first % (len(slow), slow) + second_head % len(CHAT) + CHAT[:10])
-            time.sleep(1.0)  # past body_timeout, while the first is still being answered
+            time.sleep(0.8)  # past body_timeout (0.5), while the first is still being answered
             sock.sendall(CHAT[10:])
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
@@ -303,7 +304,8 @@ def test_refused_pipelined_head_is_never_read_as_the_earlier_answer(impl: str) -
         "model_list": [
             {
                 "model_name": "slow",
-                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.0},
+                # Long enough for the server to parse the next head meanwhile.
+                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 0.5},
             }
         ]
     }
@@ -339,9 +341,17 @@ def test_idle_keep_alive_connection_is_closed(server: Any) -> None:
 def test_over_the_connection_cap_health_still_answers(impl: str) -> None:
     cap = 8
     with serve(impl, max_connections=cap, header_timeout=30) as handle:
+        open_ = handle.server.server_state.connections
+
+        def until_open(n: int) -> None:
+            deadline = time.monotonic() + 10
+            while len(open_) != n:
+                assert time.monotonic() < deadline, (len(open_), n)
+                time.sleep(0.01)
+
         held = [connect(handle) for _ in range(cap)]
         try:
-            time.sleep(0.2)  # all accepted
+            until_open(cap)  # all accepted
             # Past the cap: health and metrics answer, anything else is refused.
             with connect(handle) as sock:
                 sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -357,14 +367,14 @@ def test_over_the_connection_cap_health_still_answers(impl: str) -> None:
             assert response(raw)[1]["retry-after"] == "1"
             # Past the reserve too: refused at once.
             held += [connect(handle) for _ in range(RESERVE)]
-            time.sleep(0.2)
+            until_open(cap + RESERVE)
             with connect(handle) as sock:
                 raw = read_until_closed(sock)
             assert error_response(raw, 503)["code"] == "too_many_connections"
         finally:
             for sock in held:
                 sock.close()
-        time.sleep(0.3)
+        until_open(0)
         with connect(handle) as sock:
             sock.sendall(chat_request())
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
