@@ -353,7 +353,7 @@ from gateway import CustomLLM
 class Slow(CustomLLM):
     async def astreaming(self, *args, **kwargs):
         for i in range(8):
-            await anyio.sleep(0.2)
+            await anyio.sleep(INTERVAL)
             yield {"text": f"t{i} ", "tool_use": None, "is_finished": False,
                    "finish_reason": "", "usage": None, "index": 0}
 
@@ -362,8 +362,12 @@ slow = Slow()
 """
 
 
-def _start_cli(tmp_path: Path, graceful_timeout: float) -> tuple[subprocess.Popen[str], str]:
-    (tmp_path / "slow_handler.py").write_text(textwrap.dedent(HANDLER))
+def _start_cli(
+    tmp_path: Path, graceful_timeout: float, interval: float
+) -> tuple[subprocess.Popen[str], str]:
+    """The CLI serving a stream of 8 chunks ``interval`` s apart."""
+    handler = textwrap.dedent(HANDLER).replace("INTERVAL", repr(interval))
+    (tmp_path / "slow_handler.py").write_text(handler)
     (tmp_path / "config.yaml").write_text(
         textwrap.dedent(
             f"""
@@ -428,7 +432,7 @@ def _stream_then_sigterm(proc: subprocess.Popen[str], url: str) -> tuple[list[st
 
 
 def test_graceful_shutdown_lets_a_running_stream_finish(tmp_path: Path) -> None:
-    proc, url = _start_cli(tmp_path, graceful_timeout=10)
+    proc, url = _start_cli(tmp_path, graceful_timeout=10, interval=0.1)
     try:
         texts, _ = _stream_then_sigterm(proc, url)
         assert texts[-1] == "[DONE]"
@@ -447,7 +451,8 @@ def test_graceful_shutdown_lets_a_running_stream_finish(tmp_path: Path) -> None:
 
 
 def test_graceful_shutdown_cancels_what_outlives_graceful_timeout(tmp_path: Path) -> None:
-    proc, url = _start_cli(tmp_path, graceful_timeout=0.5)
+    # The stream outlasts the graceful timeout (0.2 s) by 1.2 s: slack for a loaded machine.
+    proc, url = _start_cli(tmp_path, graceful_timeout=0.2, interval=0.2)
     try:
         texts, signalled = _stream_then_sigterm(proc, url)
         assert "[DONE]" not in texts  # the 1.6 s stream was cut

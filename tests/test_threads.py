@@ -212,7 +212,7 @@ def test_a_hung_sync_handler_does_not_keep_the_process_alive(tmp_path: Path) -> 
               custom_provider_map:
                 - {provider: hangs, custom_handler: handler.hangs}
             gateway_settings:
-              graceful_timeout: 1
+              graceful_timeout: 0.3
             """
         )
     )
