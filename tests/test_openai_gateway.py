@@ -364,7 +364,10 @@ async def test_200_concurrent_streams_leak_no_connections(
     assert texts == ["tok0 tok1 tok2 tok3 tok4 "] * 200
     assert upstream.max_open_requests > 50  # they overlapped
     assert after["active"] == 0 and after["requests"] == 0
-    assert after["idle"] == after["connections"] <= 50  # the configured keep-alive cap
+    assert after["idle"] == after["connections"]  # every one back in the pool
+    # ... which keeps the configured keep-alive cap once idle TRIM_AFTER (1 s): streams
+    # that end together leave more idle for that long (gateway/_pool.py says why).
+    await _wait_for(lambda: _stats(gateway_server)["connections"] <= 50, timeout=10)
     await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
 
 
