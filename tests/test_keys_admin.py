@@ -229,7 +229,7 @@ async def test_keys_work_mounted_without_a_lifespan(tmp_path: object) -> None:
 
 async def test_another_worker_sees_a_deletion_within_the_ttl(database_url: str) -> None:
     with serve_keys(database_url) as (one, _), serve_keys(database_url) as (two, app_two):
-        app_two.runtime.keys.ttl = 1.0
+        app_two.runtime.keys.ttl = 0.3
         async with (
             httpx.AsyncClient(base_url=one.url) as a,
             httpx.AsyncClient(base_url=two.url) as b,

@@ -131,21 +131,21 @@ def alternating(
     return codes
 
 
-def counted(port: int, what: str) -> float:
-    """What Redis holds, summed over every key: the requests counted (``"use"``: each
-    usage hash's ``r:<second>`` fields) or the spend recorded (``"spend"``)."""
+def counted(port: int, match: str) -> float:
+    """What Redis holds under the keys that ``match``, summed: the requests counted in
+    usage hashes (their ``r:<second>`` fields) and the spend recorded (strings)."""
     import redis
 
     client = redis.Redis(port=port)
     try:
-        if what == "use":
-            return sum(
-                int(value)
-                for key in client.scan_iter("{gw}:*use*")
-                for field, value in client.hgetall(key).items()
-                if field.startswith(b"r:")
-            )
-        return sum(float(client.get(key) or 0) for key in client.scan_iter("{gw}:*:spend:*"))
+        total = 0.0
+        for key in client.scan_iter(match):
+            if client.type(key) == b"hash":
+                fields = client.hgetall(key).items()
+                total += sum(int(value) for field, value in fields if field.startswith(b"r:"))
+            else:
+                total += float(client.get(key) or 0)
+        return total
     finally:
         client.close()
 
@@ -275,7 +275,7 @@ def test_redis_killed_mid_load_fails_nothing_and_sharing_resumes(
         (a, b),
         20,
         lambda url: chat(url, model="limited").status_code,
-        lambda: counted(redis_server.port, "use"),
+        lambda: counted(redis_server.port, "{gw}:use:limited/*"),
     )
     assert codes.count(200) == 10 and codes.count(429) == 10, codes
 
@@ -331,7 +331,7 @@ def test_key_limits_hold_across_two_instances(
         (a, b),
         10,
         lambda url: keyed_chat(url, limited).status_code,
-        lambda: counted(redis_server.port, "use"),
+        lambda: counted(redis_server.port, "{gw}:k:*:use"),
     )
     assert codes == [200] * 5 + [429] * 5, codes
 
@@ -342,7 +342,7 @@ def test_key_limits_hold_across_two_instances(
         (a, b),
         4,
         lambda url: keyed_chat(url, budget).status_code,
-        lambda: counted(redis_server.port, "spend"),
+        lambda: counted(redis_server.port, "{gw}:k:*:spend:*"),
     )
     assert codes == [200, 200, 200, 429], codes
     refused = keyed_chat(b.url, budget)
