@@ -122,13 +122,16 @@ def alternating(
     return codes
 
 
-def counted(port: int, match: str) -> float:
+def counted(port: int, match: str, keys: bool = False) -> float:
     """What Redis holds under the keys that ``match``, summed: the requests counted in
-    usage hashes (their ``r:<second>`` fields) and the spend recorded (strings)."""
+    usage hashes (their ``r:<second>`` fields) and the spend recorded (strings); with
+    ``keys``, how many keys there are."""
     import redis
 
     client = redis.Redis(port=port)
     try:
+        if keys:
+            return sum(1 for _ in client.scan_iter(match))
         total = 0.0
         for key in client.scan_iter(match):
             if client.type(key) == b"hash":
@@ -355,10 +358,14 @@ def test_an_answer_cached_through_one_is_a_hit_on_the_other(
             },
         }
     )
-    for stream in (False, True):
+    for stored, stream in enumerate((False, True), 1):
         first = chat(a.url, stream=stream, messages=[{"role": "user", "content": f"{stream}"}])
         assert first.status_code == 200 and first.headers["x-gateway-cache-hit"] == "false"
-        time.sleep(0.1)  # the store is written after the answer
+        # The store is written after the answer: until it is in Redis.
+        deadline = time.monotonic() + 10
+        while counted(redis_server.port, "t:*", keys=True) < stored:
+            assert time.monotonic() < deadline, "the answer was never stored"
+            time.sleep(0.01)
         hit = chat(b.url, stream=stream, messages=[{"role": "user", "content": f"{stream}"}])
         assert hit.headers["x-gateway-cache-hit"] == "true"
         assert hit.content == first.content
