@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,14 +49,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # schemathesis names an item per API operation ("test_fuzz_model_calls[POST /v1/...]")
-    # but pytest 9.2 builds the node id from the function's name alone: the 24 fuzz items
-    # shared 3 ids, and xdist, which hands tests out by node id, ran one operation per test
-    # function (33 of test_fuzz.py's 54 tests). The item's own name becomes its id.
-    seen = Counter(item.nodeid for item in items)
-    for item in items:
-        if seen[item.nodeid] > 1 and item.name != item.nodeid.rsplit("::", 1)[-1]:
-            item._id = item.parent.id.child(item.name)  # type: ignore[union-attr]
+    # xdist hands tests out by node id: two items with one id would run as one.
     if len({item.nodeid for item in items}) != len(items):
         raise pytest.UsageError("two tests share a node id: xdist would run only one")
 

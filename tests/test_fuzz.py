@@ -15,20 +15,22 @@ Select it alone with ``-m fuzz``; it runs with the rest by default.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from typing import Any
+import re
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import requests
-import schemathesis
-from hypothesis import settings
-from schemathesis.checks import not_a_server_error
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from tests.fake_upstream import ServerHandle, serve_in_thread
 from tests.test_openapi import AUTH, MASTER_KEY, MODELS, app_config
+
+if TYPE_CHECKING:
+    import requests
+    import schemathesis
 
 pytestmark = pytest.mark.fuzz
 
@@ -60,44 +62,51 @@ def _served_models_only(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _document() -> dict[str, Any]:
-    """The document the app serves, read in-process: schemathesis makes one test per
-    operation when the module is collected, before any server runs. The fuzz run checks
-    that the live server serves the same one."""
+    """The document the app serves, read in-process: the tests are made from it when the
+    module is collected, before any server runs. The fuzz run checks that the live server
+    serves the same one."""
     with TestClient(create_app(app_config())) as client:
         return client.get("/openapi.json").json()
 
 
 DOCUMENT = _document()
-schema = schemathesis.openapi.from_dict(
-    _served_models_only(copy.deepcopy(DOCUMENT)),
-    config=schemathesis.Config.from_dict(
-        {
-            # Every scheme the document names, so schemathesis also sends each one alone,
-            # wrong, and none (401 expected).
-            "auth": {
-                "openapi": {
-                    "bearer": {"bearer": MASTER_KEY},
-                    "api-key": {"api_key": MASTER_KEY},
-                    "x-api-key": {"api_key": MASTER_KEY},
-                }
-            },
-            "seed": SEED,
-            "generation": {
-                "mode": "all",
-                "deterministic": True,
-                # An undeclared header is not invalid HTTP: servers ignore them.
-                "allow-extra-parameters": False,
-            },
-            "request-timeout": 10,
-            "checks": {
-                # A valid request can still time out: its own `timeout` may be 5e-324 s.
-                "positive_data_acceptance": {
-                    "expected-statuses": ["2xx", "401", "404", "408", "429"]
-                }
-            },
-        }
-    ),
-)
+
+
+@cache
+def _schema() -> schemathesis.BaseSchema:
+    """The schema the fuzz tests draw from, loaded by the first one a worker runs."""
+    import schemathesis
+
+    return schemathesis.openapi.from_dict(
+        _served_models_only(copy.deepcopy(DOCUMENT)),
+        config=schemathesis.Config.from_dict(
+            {
+                # Every scheme the document names, so schemathesis also sends each one
+                # alone, wrong, and none (401 expected).
+                "auth": {
+                    "openapi": {
+                        "bearer": {"bearer": MASTER_KEY},
+                        "api-key": {"api_key": MASTER_KEY},
+                        "x-api-key": {"api_key": MASTER_KEY},
+                    }
+                },
+                "seed": SEED,
+                "generation": {
+                    "mode": "all",
+                    "deterministic": True,
+                    # An undeclared header is not invalid HTTP: servers ignore them.
+                    "allow-extra-parameters": False,
+                },
+                "request-timeout": 10,
+                "checks": {
+                    # A valid request can still time out: its own `timeout` may be 5e-324 s.
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2xx", "401", "404", "408", "429"]
+                    }
+                },
+            }
+        ),
+    )
 
 
 def test_served_document_is_the_fuzzed_one(live_gateway: ServerHandle) -> None:
@@ -114,33 +123,128 @@ ALIASES = r"^/(?!v1/|health/|metrics|openapi)"
 # refused with a 400 while the schema allows it: their Structs allow more than their
 # code accepts, so "valid data is accepted" and "the body fits" need that care first).
 FRONT_DOORS = r"^/v1/(responses|messages|messages/count_tokens|completions)$"
-SESSION = requests.Session()  # one connection pool for the whole run
-# Loopback only: no proxy settings from the environment (requests read them on every call).
-SESSION.trust_env = False
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace", "query")
 
 
-@schema.include(path_regex=MODEL_CALLS).parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True)
-def test_fuzz_model_calls(case: schemathesis.Case, live_gateway: ServerHandle) -> None:
-    _call_and_check(case, live_gateway)
+def _operations(include: str = "", exclude: tuple[str, ...] = ()) -> list[str]:
+    """``METHOD /path`` of each operation of the document whose path matches ``include``
+    and none of ``exclude``, in the document's order: schemathesis' own order and labels
+    (``test_fuzzed_operations_are_schemathesis_own`` checks), which the test ids keep."""
+    return [
+        f"{method.upper()} {path}"
+        for path, item in DOCUMENT["paths"].items()
+        if re.search(include, path) and not any(re.search(regex, path) for regex in exclude)
+        for method in item
+        if method in HTTP_METHODS
+    ]
 
 
-@(
-    schema.exclude(path_regex=MODEL_CALLS)
-    .exclude(path_regex=ALIASES)
-    .exclude(path_regex=FRONT_DOORS)  # POST only
-    .parametrize()
-)
-@settings(max_examples=10, deadline=None, database=None, derandomize=True)
-def test_fuzz_other_routes(case: schemathesis.Case, live_gateway: ServerHandle) -> None:
-    _call_and_check(case, live_gateway)
+MODEL_CALL_OPERATIONS = _operations(MODEL_CALLS)
+OTHER_OPERATIONS = _operations(exclude=(MODEL_CALLS, ALIASES, FRONT_DOORS))
+FRONT_DOOR_OPERATIONS = _operations(FRONT_DOORS)
 
 
-@schema.include(path_regex=FRONT_DOORS).parametrize()
-@settings(max_examples=40, deadline=None, database=None, derandomize=True)
-def test_fuzz_front_doors(case: schemathesis.Case, live_gateway: ServerHandle) -> None:
+def test_fuzzed_operations_are_schemathesis_own() -> None:
+    schema = _schema()
+    for selected, operations in [
+        (schema.include(path_regex=MODEL_CALLS), MODEL_CALL_OPERATIONS),
+        (
+            schema.exclude(path_regex=MODEL_CALLS)
+            .exclude(path_regex=ALIASES)
+            .exclude(path_regex=FRONT_DOORS),
+            OTHER_OPERATIONS,
+        ),
+        (schema.include(path_regex=FRONT_DOORS), FRONT_DOOR_OPERATIONS),
+    ]:
+        assert [result.ok().label for result in selected.get_all_operations()] == operations
+
+
+def _fuzz(label: str, check: Callable[..., None], max_examples: int, **fixtures: Any) -> None:
+    """Run the schemathesis test of one operation, built here rather than at collection.
+
+    ``build_operation_test`` is what schemathesis' pytest plugin calls for each operation
+    of a ``schema.parametrize()`` test when it collects it (its ``from_fixture`` schemas
+    too, at run time): the same examples, coverage and fuzzing phases, seed and settings.
+    Built at collection, every xdist worker built all 24 operations' tests (their
+    coverage cases: 1-2 s of CPU a worker) to run a few; here a worker builds those it runs.
+    """
+    from hypothesis import settings
+    from schemathesis.core.failures import FailureGroup, as_reported_failure
+    from schemathesis.generation.feedback import FeedbackSources
+    from schemathesis.generation.hypothesis import builder
+    from schemathesis.pytest._test_builder import build_operation_test
+    from schemathesis.python._constants.orchestrator import make_constants_value_source
+
+    schema = _schema().clone()
+    feedback = FeedbackSources(constants_value_source=make_constants_value_source(schema))
+    explicit = settings(max_examples=max_examples, deadline=None, database=None, derandomize=True)
+
+    def build(label: str) -> Callable[..., None]:
+        operation = schema.find_operation_by_label(label)
+        assert operation is not None, label
+        return build_operation_test(
+            config=schema.config,
+            operation=operation,
+            test_func=check,
+            given_kwargs={},
+            feedback=feedback,
+            explicit_settings=explicit,
+        )
+
+    # The coverage phase sends the methods a path does not declare (PUT, TRACE, ...) once
+    # a schema: with the first of the path's operations that the schema builds a test for.
+    # At collection that was the document's first; building the path's earlier operations
+    # on this fresh clone first keeps it so, whichever worker runs which, in any order.
+    path = label.split(" ", 1)[1]
+    for earlier in _operations(f"^{re.escape(path)}$"):
+        if earlier == label:
+            break
+        build(earlier)
+    test = build(label)
+    try:
+        test(**fixtures)
+    except FailureGroup as exc:  # one message per distinct failure, as the plugin shows
+        raise as_reported_failure(exc) from None
+    # What the plugin reports after a run: parts of the operation left untested.
+    for mark in (
+        builder.UnserializablePayloadMark,
+        builder.InvalidHeadersExampleMark,
+        builder.MissingPathParameters,
+    ):
+        assert not mark.is_set(test), (mark.attr_name, mark.get(test))
+
+
+@pytest.mark.parametrize("label", MODEL_CALL_OPERATIONS)
+def test_fuzz_model_calls(label: str, live_gateway: ServerHandle) -> None:
+    _fuzz(label, _call_and_check, MAX_EXAMPLES, live_gateway=live_gateway)
+
+
+@pytest.mark.parametrize("label", OTHER_OPERATIONS)
+def test_fuzz_other_routes(label: str, live_gateway: ServerHandle) -> None:
+    _fuzz(label, _call_and_check, 10, live_gateway=live_gateway)
+
+
+@pytest.mark.parametrize("label", FRONT_DOOR_OPERATIONS)
+def test_fuzz_front_doors(label: str, live_gateway: ServerHandle) -> None:
+    _fuzz(label, _call_front_door, 40, live_gateway=live_gateway)
+
+
+@cache
+def _session() -> requests.Session:
+    """One connection pool for the whole run."""
+    import requests
+
+    session = requests.Session()
+    # Loopback only: no proxy settings from the environment (requests read them on every call).
+    session.trust_env = False
+    return session
+
+
+def _call_front_door(case: schemathesis.Case, live_gateway: ServerHandle) -> None:
+    from schemathesis.checks import not_a_server_error
+
     response = case.call_and_validate(
-        base_url=live_gateway.url, session=SESSION, checks=[not_a_server_error]
+        base_url=live_gateway.url, session=_session(), checks=[not_a_server_error]
     )
     if response.status_code < 400:
         return
@@ -158,7 +262,7 @@ def _call_and_check(case: schemathesis.Case, live_gateway: ServerHandle) -> None
     # Every check schemathesis has: no 5xx, documented status and content type, the body
     # (and each SSE event) fits its schema, invalid data rejected and valid data accepted,
     # wrong or missing keys refused, other methods 405.
-    response = case.call_and_validate(base_url=live_gateway.url, session=SESSION)
+    response = case.call_and_validate(base_url=live_gateway.url, session=_session())
     if response.status_code >= 400 and case.method != "HEAD":
         _assert_openai_error(response)
 
