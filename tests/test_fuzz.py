@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterator
-from functools import cache
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -202,7 +202,10 @@ def _fuzz(label: str, check: Callable[..., None], max_examples: int, **fixtures:
         build(earlier)
     test = build(label)
     try:
-        test(**fixtures)
+        with pytest.MonkeyPatch.context() as patch:
+            transport = schema.transport
+            patch.setattr(transport, "send", partial(_send_on_kept_session, transport.send))
+            test(**fixtures)
     except FailureGroup as exc:  # one message per distinct failure, as the plugin shows
         raise as_reported_failure(exc) from None
     # What the plugin reports after a run: parts of the operation left untested.
@@ -238,6 +241,40 @@ def _session() -> requests.Session:
     # Loopback only: no proxy settings from the environment (requests read them on every call).
     session.trust_env = False
     return session
+
+
+@cache
+def _kept_session() -> requests.Session:
+    """The session of the requests schemathesis' checks send on their own."""
+    from schemathesis.transport.requests import SameHostRedirectsSession
+
+    session = SameHostRedirectsSession()  # the class schemathesis makes for them
+    session.trust_env = False
+    # Its default headers would be merged into the request; a session it makes sends none.
+    session.headers.clear()
+    return session
+
+
+def _send_on_kept_session(
+    send: Callable[..., schemathesis.Response],
+    case: schemathesis.Case,
+    *,
+    session: requests.Session | None = None,
+    **kwargs: Any,
+) -> schemathesis.Response:
+    """``send``, on one kept-alive session where the caller passes none.
+
+    The checks that send a case again without its credentials (``ignored_auth``: 1,136
+    requests a run, as many as 60% of the cases) pass no session, and schemathesis then
+    makes one per request: a new ``requests.Session``, a new TCP connection that the
+    server accepts and tears down, the environment read. The same requests reach the same
+    server, on one connection: 2-3 s less CPU of the run's ~22 (measured in the commit).
+    Cookies are cleared each time, as a new session would have none.
+    """
+    if session is None:
+        session = _kept_session()
+        session.cookies.clear()
+    return send(case, session=session, **kwargs)
 
 
 def _call_front_door(case: schemathesis.Case, live_gateway: ServerHandle) -> None:
