@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
@@ -17,6 +16,9 @@ from starlette.routing import Mount, Route
 import gateway
 from gateway.app import create_app
 from tests.fake_upstream import serve_in_thread
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class Handler(gateway.CustomLLM):
@@ -48,6 +50,10 @@ def starlette_host() -> Starlette:
 
 
 def fastapi_host() -> FastAPI:
+    # fastapi is imported by the tests that use it: at collection, every xdist worker
+    # paid its 0.14 s of CPU.
+    from fastapi import FastAPI
+
     app = FastAPI()
     app.get("/")(lambda: "host app")
     app.mount("/llm", create_app(gateway_config()))
@@ -99,6 +105,8 @@ class Pooled(gateway.Provider):
 
 
 def test_host_with_its_own_lifespan_runs_the_gateways_inside_it() -> None:
+    from fastapi import FastAPI
+
     # As the README shows: the host chains gateway_app.lifespan_context in its lifespan.
     provider = Pooled()
     gateway_app = create_app(
