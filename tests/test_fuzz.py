@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import unittest
 from collections.abc import Callable, Iterator
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
@@ -169,6 +170,7 @@ def _fuzz(label: str, check: Callable[..., None], max_examples: int, **fixtures:
     coverage cases: 1-2 s of CPU a worker) to run a few; here a worker builds those it runs.
     """
     from hypothesis import settings
+    from schemathesis.core.control import SkipTest
     from schemathesis.core.failures import FailureGroup, as_reported_failure
     from schemathesis.generation.feedback import FeedbackSources
     from schemathesis.generation.hypothesis import builder
@@ -208,6 +210,9 @@ def _fuzz(label: str, check: Callable[..., None], max_examples: int, **fixtures:
             test(**fixtures)
     except FailureGroup as exc:  # one message per distinct failure, as the plugin shows
         raise as_reported_failure(exc) from None
+    except (SkipTest, unittest.SkipTest) as exc:
+        # The plugin turned these into a skip (or a schema error): coverage lost quietly.
+        pytest.fail(f"{label}: schemathesis skipped the run: {exc}")
     # What the plugin reports after a run: parts of the operation left untested.
     for mark in (
         builder.UnserializablePayloadMark,
