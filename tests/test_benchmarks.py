@@ -303,20 +303,38 @@ def test_proxy_report_reads_every_level() -> None:
             "after_load": {"fds": 23, "settle_s": 45.0},
         }
     }
+    # The scale checks read the paired runs' median, not the sweep's two points.
+    scaling = {
+        "json": {"runs": [[1000, 990], [1000, 1020], [900, 945]], "ratios": [0.99, 1.02, 1.05]},
+        "stream": {"runs": [[100, 95], [100, 97], [100, 99]], "ratios": [0.95, 0.97, 0.99]},
+    }
+    scaling["json"]["median"], scaling["stream"]["median"] = 1.02, 0.97
     ctx = type("Ctx", (), {"memory_requests": 100_000, "quick": False})()
-    result = proxy._report(ctx, ["forwarder", "gateway"], levels, 32, points, ttft, life, paced)  # type: ignore[arg-type]
+    result = proxy._report(
+        ctx,  # type: ignore[arg-type]
+        ["forwarder", "gateway"],
+        levels,
+        32,
+        points,
+        ttft,
+        life,
+        paced,
+        scaling,
+    )
     checks = {c["figure"]: (c["value"], c["ok"]) for c in result["checks"]}
     assert checks == {
         "req/s gateway/forwarder, JSON (worst of c=32 and c=64)": (0.75, False),
         "streams/s gateway/forwarder (worst of c=32 and c=64)": (0.75, False),
-        "gateway req/s c=256 / c=8, JSON": (1.056, True),
-        "gateway streams/s c=256 / c=8": (1.056, True),
+        "gateway req/s c=256 / c=8, JSON (median of paired runs)": (1.02, True),
+        "gateway streams/s c=256 / c=8 (median of paired runs)": (0.97, False),
         "added TTFT p99 ms over the forwarder (c=32, paced)": (1.5, True),
         "gateway RSS MB after 100,000 proxied requests": (81.0, False),
         "gateway open fds over idle after the load": (3, False),
         "gateway open fds over idle after 1,000 dropped streams": (0, True),
     }
     assert result["headline"]["added_ttft_p99_ms_saturated"] == 3.5
+    assert result["headline"]["gateway c=256/c=8"] == {"json": 1.02, "stream": 0.97}
+    assert result["headline"]["gateway c=256/c=8 sweep"] == {"json": 1.056, "stream": 1.056}
     assert [t["title"] for t in result["tables"][:2]] == [
         "Time to first token, streams saturated (closed loop) at 32 connections",
         "Time to first token, streams paced at 500 streams/s in all over 32 connections"
@@ -328,6 +346,7 @@ def test_proxy_report_reads_every_level() -> None:
     assert (
         "| 0.750 | >= 0.8 | **no** | c=8 0.900 · c=32 0.850 · c=64 0.750 · c=256 0.500 |" in table
     )
+    assert "| 0.970 | >= 1 | **no** | runs 0.950 · 0.970 · 0.990 |" in table
 
 
 def test_unknown_scenario_is_rejected(tmp_path: Path) -> None:
@@ -454,6 +473,30 @@ def test_paced_ttft_alternates_the_proxies_and_keeps_the_median_run() -> None:
     assert out["forwarder"]["ttft_p99_ms"] == 5.0
     assert out["gateway"]["ttft_p99_ms"] == 6.0
     assert out["gateway"]["ttft_p99_ms_runs"] == [9.0, 1.0, 6.0]
+
+
+def test_scaling_pairs_the_levels_back_to_back_and_keeps_the_median() -> None:
+    order: list[tuple[str, int]] = []
+    rps = {"json": iter([100.0, 90.0, 99.0, 110.0, 100.0, 101.0]), "stream": iter([10.0] * 6)}
+
+    class Ctx:
+        quick = False
+
+        def throughput(self, server: Any, bodies: list[bytes], connections: int) -> dict:
+            kind = "stream" if bodies == [proxy.KINDS["stream"]] else "json"
+            order.append((kind, connections))
+            return {"rps": next(rps[kind])}
+
+        def echo(self, line: str) -> None:
+            pass
+
+    out = proxy._scaling(Ctx(), "gateway")  # type: ignore[arg-type]
+    # Each pair alternates which level goes first: a drift favours neither.
+    assert order == [(kind, c) for kind in ("json", "stream") for c in (8, 256, 256, 8, 8, 256)]
+    assert out["json"]["runs"] == [[100.0, 90.0], [110.0, 99.0], [100.0, 101.0]]
+    assert out["json"]["ratios"] == [0.9, 0.9, 1.01]
+    assert out["json"]["median"] == 0.9
+    assert out["stream"]["median"] == 1.0
 
 
 def test_concurrency_reads_callgrind_totals(tmp_path: Path) -> None:

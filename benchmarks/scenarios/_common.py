@@ -38,15 +38,19 @@ def check(
     bound: float,
     *,
     by_level: dict[int, float | None] | None = None,
+    runs: list[float | None] | None = None,
 ) -> dict[str, Any]:
     """A target from the issue: ``value op bound`` (ok is None when not measured);
-    ``by_level`` is the same figure at every concurrency level measured, for the table."""
+    ``by_level`` is the same figure at every concurrency level measured, ``runs`` each
+    repeated run's when ``value`` is their median, for the table."""
     ok = None
     if value is not None:
         ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
     result = {"figure": figure, "value": value, "target": f"{op} {bound:g}", "ok": ok}
     if by_level:
         result["by_level"] = {str(c): v for c, v in sorted(by_level.items())}
+    if runs:
+        result["runs"] = runs
     return result
 
 
