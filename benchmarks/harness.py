@@ -231,7 +231,7 @@ TARGET_LABELS = {
     "raw": "bare ASGI callable on uvicorn",
     "litellm": "LiteLLM proxy",
     "mock": "the mock timing served by the bare Starlette app",
-    "upstream": "the upstream (bare Starlette app) called directly",
+    "upstream": "the upstream (bare ASGI callable on uvicorn) called directly",
     "forwarder": "bare Starlette endpoint forwarding with one shared aiohttp session",
     "before": "this gateway as it was at the commit --before names (same config)",
     # (with --after, "gateway" is the gateway of that commit instead of this checkout)
@@ -395,9 +395,12 @@ class Context:
                 # Its packages first; the benchmark handlers still come from this checkout.
                 # providers/ was the import package itself before it held gateway_providers.
                 env = {"PYTHONPATH": f"{tree}:{tree / 'providers'}:{REPO}"}
-        elif target in ("baseline", "mock", "upstream"):
+        elif target in ("baseline", "mock"):
             argv = [py, "-m", "benchmarks.servers.baseline", "--port", str(port)]
-        elif target == "raw":
+        elif target in ("raw", "upstream"):
+            # The upstream shares its CPU with the load generator and must not be what
+            # limits a proxy: Starlette's StreamingResponse cost ~590 us a 20-chunk
+            # stream, about what a proxy spends, and capped every target's streams/s.
             argv = [py, "-m", "benchmarks.servers.raw", "--port", str(port)]
         elif target == "forwarder":
             if upstream_port is None:

@@ -1,6 +1,6 @@
 """proxy: the gateway in front of an OpenAI-compatible upstream, against a bare forwarder.
 
-Targets: the upstream (the bare Starlette app) called directly; the forwarder
+Targets: the upstream (``servers/raw.py``: a bare ASGI callable) called directly; the forwarder
 (``servers/forwarder.py``: a bare Starlette endpoint relaying through one shared aiohttp
 session, the limit of a Python proxy here); the gateway serving an ``openai/`` deployment
 pointed at the upstream; LiteLLM's proxy the same way with ``--litellm``. The upstream runs
