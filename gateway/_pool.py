@@ -19,21 +19,41 @@ the answer is slower). ``_ResponseHandler`` keeps one timer per wait instead: ea
 stamps the loop's clock, and the timer, when it fires, either times the read out or
 re-arms for the time left since the last read (``gateway._aio.IdleTimeout``'s rule).
 
+On Python 3.11 aiohttp writes every request that has a body from a task of its own
+(``ClientRequest.write_bytes``); from 3.12 it starts that task eagerly, so a body that
+fits the socket's buffer is written before ``send`` goes on. A task each upstream call
+is a Task, a loop turn before the request leaves (behind every other ready callback: at
+256 connections, a whole pass of the loop), and its frames alive meanwhile.
+``eager_request_writes`` gives 3.11 the same through the loop's task factory: ~14k fewer
+instructions a proxied request (``benchmarks.instructions --upstream oneshot``: 561,859
+-> 547,886), and at 256 connections 30% fewer cache misses (649 against 931 a request,
+``benchmarks.concurrency``). Every other task is made as the loop would, for ~1k
+instructions more each (the factory is a Python call). Only the ``gateway`` command sets
+it, as it tunes the collector: a loop it does not own keeps its factory.
+
 This reaches into the connector's pool (``_conns``, ``_acquired``, ``_waiters``, the
-protocol ``_factory``) and the protocol's timer (``_read_timeout_handle``,
-``_reschedule_timeout``, ``_on_read_timeout``); the tests of the keep-alive cap, of
-``pool_stats`` and of the read timeouts fail if a new aiohttp moves them.
+protocol ``_factory``), the protocol's timer (``_read_timeout_handle``,
+``_reschedule_timeout``, ``_on_read_timeout``) and the request's ``write_bytes``; the
+tests of the keep-alive cap, of ``pool_stats``, of the read timeouts and of the eager
+writes fail if a new aiohttp moves them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import sys
+from collections.abc import Callable, Coroutine, Generator
 from time import monotonic
+from types import CodeType, CoroutineType
 from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+
+__all__ = ["TRIM_AFTER", "CappedConnector", "eager_factory", "eager_request_writes"]
 
 TRIM_AFTER = 1.0  # seconds a connection beyond the cap may stay idle
 
@@ -114,3 +134,84 @@ class CappedConnector(aiohttp.TCPConnector):
             "requests": active + waiting,
             "waiting": waiting,
         }
+
+
+TaskFactory = Callable[..., "asyncio.Future[Any]"]
+
+
+def eager_request_writes(loop: asyncio.AbstractEventLoop) -> bool:
+    """Start aiohttp's request writes eagerly on ``loop`` (Python 3.11; later versions
+    do it themselves). False, and nothing changed, where the loop has a task factory."""
+    if sys.version_info >= (3, 12) or loop.get_task_factory() is not None:
+        return False
+    loop.set_task_factory(eager_factory(ClientRequest.write_bytes.__code__))
+    return True
+
+
+def eager_factory(code: CodeType) -> TaskFactory:
+    """A task factory that runs a coroutine of ``code`` at once, up to its first
+    suspension, as Python 3.12's eager tasks do: finished there, it gets a done future
+    and no task; else a task goes on from where it stopped. Other coroutines get the
+    loop's own Task."""
+    Task = asyncio.Task
+
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Future[Any]:
+        if coro.__class__ is not CoroutineType or coro.cr_code is not code:
+            return Task(coro, loop=loop, context=context)
+        if context is None:
+            context = contextvars.copy_context()
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration as stop:
+            done = loop.create_future()
+            done.set_result(stop.value)
+            return done
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # As an eager task that failed: aiohttp sees it done and goes on; the
+            # failure reached its protocol (the response read fails), not the future.
+            done = loop.create_future()
+            if isinstance(exc, asyncio.CancelledError):
+                done.cancel()
+            else:
+                done.set_exception(exc)
+                done.exception()  # retrieved: no "never retrieved" log
+            return done
+        return Task(_resumed(coro, yielded), loop=loop, context=context)
+
+    return factory
+
+
+class _Yield:
+    """Awaiting it yields ``value`` to the task, as the coroutine that yielded it did."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield self.value)
+
+
+async def _resumed(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """Run ``coro``, suspended where it yielded ``yielded``, to its end: each value it
+    yields goes to the task, and what the task sends or throws back goes to it."""
+    while True:
+        try:
+            sent = await _Yield(yielded)
+        except BaseException as exc:  # a cancellation: the coroutine sees it where it waits
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            yielded = coro.send(sent)
+        except StopIteration as stop:
+            return stop.value

@@ -166,10 +166,16 @@ class GatewayApp(Router):
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.runtime.startup()
-        if self.owns_process and self.runtime.config.settings.gc_tuning:
-            from . import _gc
+        if self.owns_process:
+            import asyncio
 
-            _gc.tune()
+            from ._pool import eager_request_writes
+
+            eager_request_writes(asyncio.get_running_loop())
+            if self.runtime.config.settings.gc_tuning:
+                from . import _gc
+
+                _gc.tune()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.runtime.write_snapshots)
