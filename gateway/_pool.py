@@ -28,8 +28,9 @@ is a Task, a loop turn before the request leaves (behind every other ready callb
 instructions a proxied request (``benchmarks.instructions --upstream oneshot``: 561,859
 -> 547,886), and at 256 connections 30% fewer cache misses (649 against 931 a request,
 ``benchmarks.concurrency``). Every other task is made as the loop would, for ~1k
-instructions more each (the factory is a Python call). Only the ``gateway`` command sets
-it, as it tunes the collector: a loop it does not own keeps its factory.
+instructions more each (the factory is a Python call), so it is set only on a loop an
+aiohttp session is made on, and only by the ``gateway`` command, as it tunes the
+collector: a loop it does not own keeps its factory.
 
 This reaches into the connector's pool (``_conns``, ``_acquired``, ``_waiters``, the
 protocol ``_factory``), the protocol's timer (``_read_timeout_handle``,

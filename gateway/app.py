@@ -165,17 +165,14 @@ class GatewayApp(Router):
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        # The command's process: aiohttp's writes start eagerly on the loops its sessions
+        # are made on (gateway/_pool.py), from the providers' start on.
+        self.runtime.http.eager_writes = self.owns_process
         await self.runtime.startup()
-        if self.owns_process:
-            import asyncio
+        if self.owns_process and self.runtime.config.settings.gc_tuning:
+            from . import _gc
 
-            from ._pool import eager_request_writes
-
-            eager_request_writes(asyncio.get_running_loop())
-            if self.runtime.config.settings.gc_tuning:
-                from . import _gc
-
-                _gc.tune()
+            _gc.tune()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.runtime.write_snapshots)

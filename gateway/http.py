@@ -76,6 +76,9 @@ class HTTPClients:
         self.http2 = bool(_setting(settings, "http2", False))
         self.max_response_bytes = int(_setting(settings, "max_response_bytes", 32 * 2**20))
         self.max_event_bytes = int(_setting(settings, "max_event_bytes", 4 * 2**20))
+        # Set by an app that owns its process (the gateway command): the loop an aiohttp
+        # session is made on starts its request writes eagerly (gateway/_pool.py).
+        self.eager_writes = False
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
             weakref.WeakKeyDictionary()
@@ -181,8 +184,10 @@ class HTTPClients:
 def _new_session(clients: HTTPClients) -> aiohttp.ClientSession:
     import aiohttp
 
-    from ._pool import CappedConnector
+    from ._pool import CappedConnector, eager_request_writes
 
+    if clients.eager_writes:
+        eager_request_writes(running_loop())
     connector = CappedConnector(
         max_idle=clients.max_keepalive,
         limit=clients.max_connections,

@@ -224,6 +224,20 @@ def test_the_gateway_command_app_proxies_on_it(upstream: FakeUpstream) -> None:
             answer = client.post(url, json={"model": "m", "messages": big})
             assert answer.status_code == 200, answer.text
             assert len(upstream.requests_seen[-1].body["messages"][0]["content"]) == 900_000
-    # A mounted app (the default) leaves the loop's factory alone.
-    with serve_in_thread(create_app(config), loop="uvloop", http="httptools") as handle:
-        assert handle.loop is not None and handle.loop.get_task_factory() is None
+    # A mounted app (the default) leaves the loop's factory alone; so does the command's
+    # app on a loop no aiohttp session runs on (no upstream: each task would pay for it).
+    mock_only = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
+        "gateway_settings": {"gc_tuning": False},
+    }
+    command_app = create_app(mock_only)
+    command_app.owns_process = True
+    for app in (create_app(config), command_app):
+        with serve_in_thread(app, loop="uvloop", http="httptools") as handle:
+            answer = httpx.post(
+                f"{handle.url}/v1/chat/completions",
+                json={"model": "m", "messages": messages},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            assert handle.loop is not None and handle.loop.get_task_factory() is None
