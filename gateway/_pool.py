@@ -183,7 +183,11 @@ def eager_factory(code: CodeType) -> TaskFactory:
                 done.set_exception(exc)
                 done.exception()  # retrieved: no "never retrieved" log
             return done
-        return Task(_resumed(coro, yielded), loop=loop, context=context)
+        task = Task(_resumed(coro, yielded), loop=loop, context=context)
+        # Cancelled before its first step, the task never reaches ``coro``: closed here,
+        # its cleanup (aiohttp closes the connection) runs now, not when it is collected.
+        task.add_done_callback(lambda _: coro.close())
+        return task
 
     return factory
 

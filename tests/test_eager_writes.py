@@ -90,6 +90,17 @@ async def test_a_write_cancelled_while_it_waits_sees_the_cancellation() -> None:
     assert log == ["started", "cancelled", "finally"]
 
 
+async def test_a_write_cancelled_before_its_task_ran_is_closed_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    log: list[str] = []
+    wait: asyncio.Future[str] = loop.create_future()
+    task = FACTORY(loop, _write(log, wait))
+    task.cancel()  # as aiohttp's terminate() may, before the loop ran the task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["started", "finally"]  # its cleanup ran, not left to the collector
+
+
 async def test_a_write_that_fails_at_once_gets_a_failed_future(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
