@@ -1,8 +1,9 @@
 """SDKs the tests import on first use rather than when pytest collects them.
 
 Every xdist worker collects (imports) every test module, and importing the anthropic SDK
-takes about 2.4 s of CPU (its pydantic models): the workers that never run its tests paid
-that too. Test modules bind the name to a ``LazyModule`` (and to the real module for type
+takes about 2.4 s of CPU (its pydantic models), openai's about 0.9 s: the workers that
+never run their tests paid that too (tests/scheduling.py's ONCE keeps their tests on few
+workers). Test modules bind the name to a ``LazyModule`` (and to the real module for type
 checkers); the first attribute read imports it.
 """
 
@@ -26,3 +27,6 @@ class LazyModule:
 
 
 anthropic = LazyModule("anthropic")
+openai = LazyModule("openai")
+openai_types = LazyModule("openai.types")
+openai_chat_types = LazyModule("openai.types.chat")

@@ -12,6 +12,11 @@ long): given whole, such a module kept one worker busy long after the others wer
 - ``SLOW_FIRST`` names what took longest in a full run (``--durations``): those go out
   first, tests that wait rather than compute ahead of the rest. The rest follows in
   loadscope's order. A stale list costs time, never a result.
+- ``ONCE`` names what a worker pays for once, on first use: the SDKs' import (anthropic's
+  pydantic models are ~2 s of CPU, openai's ~0.9 s) or a server of its own (PostgreSQL's
+  initdb and start). A worker that has paid for one is handed those tests first; the
+  others leave them to it while they have other work, and take them when nothing else is
+  left (work is never held back). A stale list costs CPU, never a result.
 """
 
 from __future__ import annotations
@@ -55,11 +60,31 @@ SLOW_FIRST = (
     "tests/test_cli.py",
 )
 
+ONCE = {
+    # One cost: the modules that use both SDKs would otherwise pull the two owners'
+    # costs together (pydantic and httpx are shared, so both together cost less).
+    "sdks": (
+        "tests/test_e2e_openai.py",
+        "tests/test_frontdoors_completions.py",
+        "tests/test_frontdoors_messages.py",  # anthropic
+        "tests/test_frontdoors_readme.py",  # both: the README's examples, run in-process
+        "tests/test_frontdoors_responses.py",
+        "tests/test_frontdoors_routing.py",  # both
+        "tests/test_frontdoors_translate.py",  # anthropic
+        "tests/test_mock_provider.py",
+        "tests/test_openai_gateway.py",
+        "tests/test_openapi.py",
+    ),
+    # The split keys modules' PostgreSQL tests, and test_keys_store's (a whole module).
+    "postgres": ("[postgres", "tests/test_keys_store.py"),
+}
+
 
 class Scheduling(LoadScopeScheduling):
     def __init__(self, config: Any, log: Any = None) -> None:
         super().__init__(config, log)
         self._ordered = False
+        self._paid: dict[Any, set[str]] = {}
 
     def _split_scope(self, nodeid: str) -> str:
         module = nodeid.split("::", 1)[0]
@@ -73,7 +98,23 @@ class Scheduling(LoadScopeScheduling):
             self.workqueue.clear()
             self.workqueue.update(units)
             self._ordered = True
+        scope = self._pick(node)
+        self.workqueue.move_to_end(scope, last=False)
+        self._paid.setdefault(node, set()).update(_once(scope))
         super()._assign_work_unit(node)
+
+    def _pick(self, node: Any) -> str:
+        """The first unit that costs ``node`` nothing another worker has paid for."""
+        paid = self._paid.get(node, set())
+        elsewhere = set().union(*(p for n, p in self._paid.items() if n is not node)) - paid
+        for scope in self.workqueue:
+            if not _once(scope) & elsewhere:
+                return scope
+        return next(iter(self.workqueue))
+
+
+def _once(scope: str) -> set[str]:
+    return {cost for cost, marks in ONCE.items() if any(mark in scope for mark in marks)}
 
 
 def _rank(scope: str) -> int:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import httpx
-import openai
 import pytest
 from test_cli import example_gateway
+
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import openai
 
 
 @pytest.fixture(scope="module")

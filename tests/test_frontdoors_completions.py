@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import pytest
 
 import gateway
@@ -17,6 +16,11 @@ from gateway import CustomLLM
 from gateway.app import create_app
 from tests.fake_upstream import ServerHandle, serve_in_thread
 from tests.frontdoor_handlers import HANDLERS, MASTER_KEY, SEEN, config
+
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import openai
 
 
 class Vectors(CustomLLM):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
-import openai
 import pytest
 
 from gateway.app import create_app
 from tests.fake_upstream import ServerHandle, serve_in_thread
 from tests.frontdoor_handlers import MASTER_KEY, SEEN, WEATHER_ARGS, config
+
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import openai
 
 WEATHER_TOOL = {
     "type": "function",

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import pytest
 
 from gateway import CustomLLM, CustomLLMError
@@ -17,8 +16,9 @@ from tests.frontdoor_handlers import DOWN, HANDLERS, MASTER_KEY, SLOW, config
 
 if TYPE_CHECKING:
     import anthropic
+    import openai
 else:  # imported on first use (tests/lazy_import.py says why)
-    from tests.lazy_import import anthropic
+    from tests.lazy_import import anthropic, openai
 
 
 class FailsOnce(CustomLLM):

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jsonschema
 import msgspec
-import openai
 import pytest
-from openai.types import CreateEmbeddingResponse, ImagesResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012 as _SPEC
 
@@ -28,6 +25,13 @@ import gateway
 from gateway import CustomLLM
 from gateway.app import create_app
 from tests.fake_upstream import serve_in_thread
+
+if TYPE_CHECKING:
+    import openai
+    import openai.types as openai_types
+    import openai.types.chat as openai_chat_types
+else:  # imported on first use (tests/lazy_import.py says why)
+    from tests.lazy_import import openai, openai_chat_types, openai_types
 
 MASTER_KEY = "sk-openapi-1234"
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -356,8 +360,10 @@ def test_sdk_chat_requests_and_answers_fit_the_schemas(
             raw = client.chat.completions.with_raw_response.create(model=model, **params)
             check(document, "ModelResponse", raw.http_response.json())
             completion = raw.parse()
-            assert isinstance(completion, ChatCompletion)
-            ChatCompletion.model_validate(raw.http_response.json())  # strict, not construct
+            assert isinstance(completion, openai_chat_types.ChatCompletion)
+            openai_chat_types.ChatCompletion.model_validate(
+                raw.http_response.json()
+            )  # strict, not construct
             assert completion.model == model
     assert len(sent) == len(SDK_CHAT_CALLS)
     for body in sent:
@@ -382,7 +388,7 @@ def test_sdk_stream_chunks_fit_the_item_schema(
     for chunk in chunks:
         data = chunk.model_dump(mode="json", exclude_unset=True)
         check(document, "ModelResponseStream", data)
-        ChatCompletionChunk.model_validate(data)
+        openai_chat_types.ChatCompletionChunk.model_validate(data)
     # The raw events too, as the document describes them: an object per event, its
     # data [DONE] or JSON that fits the chunk (or error) schema.
     r = httpx.post(f"{server}/v1/chat/completions", headers=AUTH, json={**sent[0], "stream": True})
@@ -417,7 +423,7 @@ def test_sdk_embeddings_fit_the_schemas(
     check(document, "EmbeddingRequest", sent[0])
     check(document, "EmbeddingResponse", raw.http_response.json())
     if sent[0].get("encoding_format") != "base64":  # the SDK asks base64 and decodes it
-        CreateEmbeddingResponse.model_validate(raw.http_response.json())
+        openai_types.CreateEmbeddingResponse.model_validate(raw.http_response.json())
     embeddings = raw.parse().data
     assert embeddings and all(isinstance(x, float) for x in embeddings[0].embedding)
 
@@ -438,7 +444,7 @@ def test_sdk_images_fit_the_schemas(server: str, document: dict[str, Any], model
         )
     check(document, "ImageRequest", sent[0])
     check(document, "ImageResponse", raw.http_response.json())
-    ImagesResponse.model_validate(raw.http_response.json())
+    openai_types.ImagesResponse.model_validate(raw.http_response.json())
     assert raw.parse().data
 
 
@@ -461,8 +467,8 @@ def _through_gateway(document: dict[str, Any], answer: Any, ours: type[Any]) -> 
     return data
 
 
-def _openai_chat_completion() -> ChatCompletion:
-    return ChatCompletion.model_validate(
+def _openai_chat_completion() -> openai_chat_types.ChatCompletion:
+    return openai_chat_types.ChatCompletion.model_validate(
         {
             "id": "chatcmpl-abc",
             "object": "chat.completion",
@@ -523,7 +529,7 @@ def test_openai_shaped_responses_fit_the_schemas(document: dict[str, Any]) -> No
     assert data["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "look"
     assert data["choices"][0]["logprobs"]["content"][0]["token"] == "Hi"
     assert data["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
-    chunk = ChatCompletionChunk.model_validate(
+    chunk = openai_chat_types.ChatCompletionChunk.model_validate(
         {
             "id": "chatcmpl-abc",
             "object": "chat.completion.chunk",
@@ -555,7 +561,7 @@ def test_openai_shaped_responses_fit_the_schemas(document: dict[str, Any]) -> No
     check(document, "ModelResponseStream", chunk.model_dump(mode="json"))
     data = _through_gateway(document, chunk, gateway.ModelResponseStream)
     assert data["choices"][0]["delta"]["tool_calls"][0]["id"] == "call_1"
-    embeddings = CreateEmbeddingResponse.model_validate(
+    embeddings = openai_types.CreateEmbeddingResponse.model_validate(
         {
             "object": "list",
             "model": "text-embedding-3-small",
@@ -565,7 +571,7 @@ def test_openai_shaped_responses_fit_the_schemas(document: dict[str, Any]) -> No
     )
     data = _through_gateway(document, embeddings, gateway.EmbeddingResponse)
     assert data["data"][0]["embedding"] == [0.1, -0.2]
-    images = ImagesResponse.model_validate(
+    images = openai_types.ImagesResponse.model_validate(
         {
             "created": 1700000000,
             "data": [{"b64_json": "aW1n", "revised_prompt": "an otter, swimming"}],
