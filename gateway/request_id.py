@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["request_id"]
@@ -27,21 +26,27 @@ def request_id(scope: Any) -> str:
 
 
 # A new id is this process's random 80-bit prefix and a 48-bit counter: unique across
-# workers and restarts, 32 hex digits. Made 4096 at a time: a block's first 29 digits are
-# formatted once, then each id is that head and one of 4096 ready 3-digit tails (an id
-# ~900 instructions; formatting each whole cost ~3,500).
+# workers and restarts, 32 hex digits. The counter's blocks of 4096: a block's first 29
+# digits are formatted once, then each id is that head and one of 4096 ready 3-digit
+# tails (an id ~1k instructions; formatting each whole cost ~3,500). No generator: two
+# threads asking at once (apps served from threads, sync handlers' library calls) made
+# one of them fail ("generator already executing"). ``next()`` on the count and the
+# swap of the (block, head) pair are each atomic; a race only formats a head twice.
 _PREFIX = f"{_bits(80):020x}"
 _TAILS = [f"{n:03x}" for n in range(4096)]
+_count = itertools.count().__next__
+_head = (-1, "")
 
 
-def _ids() -> Iterator[str]:
-    for block in itertools.count():
+def _next_id() -> str:
+    global _head
+    n = _count()
+    block, head = _head
+    if block != n >> 12:
+        block = n >> 12
         head = f"{_PREFIX}{block & 0xFFFFFFFFF:09x}"
-        for tail in _TAILS:
-            yield head + tail
-
-
-_next_id = _ids().__next__
+        _head = (block, head)
+    return head + _TAILS[n & 0xFFF]
 
 
 def new_request_id(headers: Any) -> str:
