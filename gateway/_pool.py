@@ -26,7 +26,7 @@ is a Task, a loop turn before the request leaves (behind every other ready callb
 256 connections, a whole pass of the loop), and its frames alive meanwhile.
 ``eager_request_writes`` gives 3.11 the same through the loop's task factory: ~14k fewer
 instructions a proxied request (``benchmarks.instructions --upstream oneshot``: 561,859
--> 547,886), and at 256 connections 30% fewer cache misses (649 against 931 a request,
+-> 547,886), and at 256 connections a third fewer cache misses (628 against 931 a request,
 ``benchmarks.concurrency``). Every other task is made as the loop would, for ~1k
 instructions more each (the factory is a Python call), so it is set only on a loop an
 aiohttp session is made on, and only by the ``gateway`` command, as it tunes the
