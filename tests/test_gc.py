@@ -7,6 +7,7 @@ import gc
 import textwrap
 from pathlib import Path
 
+import anyio
 import httpx
 
 from gateway import create_app
@@ -89,3 +90,58 @@ async def test_a_mounted_app_leaves_the_hosts_collector_alone(tmp_path: Path) ->
     async with app.lifespan_context(app):
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == before
+
+
+HELD = """
+import asyncio
+import gc
+
+from gateway import CustomLLM, completion
+
+
+class Held(CustomLLM):
+    async def acompletion(self, model, messages, **kwargs):
+        if model == "collections":  # young collections so far
+            answer = str(gc.get_stats()[0]["collections"])
+        else:
+            await asyncio.sleep(0.5)  # in flight alongside the others
+            answer = "held"
+        return completion(model=model, messages=messages, mock_response=answer)
+
+
+held = Held()
+"""
+
+
+async def test_requests_in_flight_at_256_connections_trigger_no_young_collection(
+    start,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # What 256 requests in flight keep alive (connections, scopes, tasks, frames) reached
+    # the young threshold of 10,000, and every collection walked all of it again.
+    (tmp_path / "held_handler.py").write_text(textwrap.dedent(HELD))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - {model_name: held, litellm_params: {model: held/held}}\n"
+        "  - {model_name: collections, litellm_params: {model: held/collections}}\n"
+        "litellm_settings:\n"
+        "  custom_provider_map: [{provider: held, custom_handler: held_handler.held}]\n"
+    )
+    base_url = _one_worker(start, config)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+
+        async def ask(model: str) -> str:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            answer = (await client.post("/v1/chat/completions", json=body)).json()
+            return str(answer["choices"][0]["message"]["content"])
+
+        for _ in range(3):  # connections, pools and caches made before counting
+            await ask("held")
+        before = int(await ask("collections"))
+        async with anyio.create_task_group() as tg:
+            for _ in range(256):
+                tg.start_soon(ask, "held")
+        after = int(await ask("collections"))
+    assert after == before
