@@ -63,8 +63,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # A worker's heap holds the whole collection and, later, the fuzz run's hypothesis and
     # schemathesis (~200 MB): Python's default of a young collection every 700
     # allocations promoted enough of it to run ~20 full collections of ~150 ms each. Every
-    # 10,000, as the gateway command sets for itself: 5 (fuzz, openai_gateway, keys_spend
-    # and frontdoors_routing in one process: 4.1 -> 2.6 s of collections). gc.freeze(),
+    # 10,000: 5 (fuzz, openai_gateway, keys_spend and frontdoors_routing in one process:
+    # 4.1 -> 2.6 s of collections). gc.freeze(),
     # which would spare the collected heap entirely, hides referrers from hypothesis'
     # register_random check and fails its runs.
     gc.set_threshold(10_000)
