@@ -38,7 +38,8 @@ def _number(value: Any) -> str:
 
 def headline_table(results: dict[str, Any]) -> list[str]:
     """Every target of every scenario; figures measured at several concurrency levels
-    are listed at each one ("c=8 0.91 · c=32 0.93"), a median's runs as "runs 0.98 · 1.02"."""
+    are listed at each one ("c=8 0.91 · c=32 0.93"), a median's runs as "runs 0.98 · 1.02",
+    medians of paired runs first ("paired c=32 0.91; single runs c=1 ...")."""
     rows = []
     for name, scenario in results["scenarios"].items():
         if "error" in scenario:
@@ -48,6 +49,9 @@ def headline_table(results: dict[str, Any]) -> list[str]:
             levels = " · ".join(f"c={c} {_number(v)}" for c, v in item.get("by_level", {}).items())
             if item.get("runs"):
                 levels = "runs " + " · ".join(_number(v) for v in item["runs"])
+            if item.get("paired"):
+                medians = " · ".join(f"c={c} {_number(v)}" for c, v in item["paired"].items())
+                levels = f"paired {medians}; single runs {levels}"
             rows.append(
                 [
                     name,

@@ -225,9 +225,10 @@ def test_proxy_measures_upstream_forwarder_and_gateway(runs: dict[str, Run]) -> 
     assert checks["added TTFT p99 ms over the forwarder (c=8, paced)"]["value"] is not None
     assert checks["gateway RSS MB after 100 proxied requests"]["value"] > 0
     # One level measured: the figures read at 32, 64 and 256 connections are not.
-    worst = checks["req/s gateway/forwarder, JSON (worst of c=32 and c=64)"]
+    worst = checks["req/s gateway/forwarder, JSON (worst of c=32 and c=64, median of paired runs)"]
     assert worst["value"] is None and worst["ok"] is None
-    assert worst["by_level"] == {"8": scenario["headline"]["gateway/forwarder json"]["8"]}
+    assert worst["by_level"] == {"8": scenario["headline"]["gateway/forwarder json sweep"]["8"]}
+    assert "paired" not in worst and scenario["versus"] == {"json": {}, "stream": {}}
 
 
 @SMOKE
@@ -309,6 +310,17 @@ def test_proxy_report_reads_every_level() -> None:
         "stream": {"runs": [[100, 95], [100, 97], [100, 99]], "ratios": [0.95, 0.97, 0.99]},
     }
     scaling["json"]["median"], scaling["stream"]["median"] = 1.02, 0.97
+    # So do gateway/forwarder's: the sweep's single points (0.85 and 0.75) are shown beside.
+    versus = {
+        kind: {
+            c: {"runs": [[100, 80], [100, 82], [100, 70]], "ratios": [0.8, 0.82, 0.7]}
+            for c in (32, 64)
+        }
+        for kind in ("json", "stream")
+    }
+    for kind, median in (("json", 0.82), ("stream", 0.8)):
+        versus[kind][32]["median"] = 0.9
+        versus[kind][64]["median"] = median
     ctx = type("Ctx", (), {"memory_requests": 100_000, "quick": False})()
     result = proxy._report(
         ctx,  # type: ignore[arg-type]
@@ -320,11 +332,18 @@ def test_proxy_report_reads_every_level() -> None:
         life,
         paced,
         scaling,
+        versus,
     )
     checks = {c["figure"]: (c["value"], c["ok"]) for c in result["checks"]}
     assert checks == {
-        "req/s gateway/forwarder, JSON (worst of c=32 and c=64)": (0.75, False),
-        "streams/s gateway/forwarder (worst of c=32 and c=64)": (0.75, False),
+        "req/s gateway/forwarder, JSON (worst of c=32 and c=64, median of paired runs)": (
+            0.82,
+            True,
+        ),
+        "streams/s gateway/forwarder (worst of c=32 and c=64, median of paired runs)": (
+            0.8,
+            True,
+        ),
         "gateway req/s c=256 / c=8, JSON (median of paired runs)": (1.02, True),
         "gateway streams/s c=256 / c=8 (median of paired runs)": (0.97, False),
         "added TTFT p99 ms over the forwarder (c=32, paced)": (1.5, True),
@@ -335,16 +354,21 @@ def test_proxy_report_reads_every_level() -> None:
     assert result["headline"]["added_ttft_p99_ms_saturated"] == 3.5
     assert result["headline"]["gateway c=256/c=8"] == {"json": 1.02, "stream": 0.97}
     assert result["headline"]["gateway c=256/c=8 sweep"] == {"json": 1.056, "stream": 1.056}
-    assert [t["title"] for t in result["tables"][:2]] == [
+    assert result["headline"]["gateway/forwarder json"] == {32: 0.9, 64: 0.82}
+    assert result["headline"]["gateway/forwarder json sweep"][64] == 0.75
+    assert [t["title"] for t in result["tables"][:3]] == [
         "Time to first token, streams saturated (closed loop) at 32 connections",
         "Time to first token, streams paced at 500 streams/s in all over 32 connections"
         " (the run of median p99 of each target's runs; all p99s in the JSON)",
+        "Gateway and forwarder at the same connections, run back to back in pairs",
     ]
+    assert ["json (req/s)", 64, "median", "", "", "0.82"] in result["tables"][2]["rows"]
     first = result["checks"][0]
     assert first["by_level"] == {"8": 0.9, "32": 0.85, "64": 0.75, "256": 0.5}
     table = "\n".join(report.headline_table({"scenarios": {"proxy": {**result, "failed": {}}}}))
     assert (
-        "| 0.750 | >= 0.8 | **no** | c=8 0.900 · c=32 0.850 · c=64 0.750 · c=256 0.500 |" in table
+        "| 0.820 | >= 0.8 | yes | paired c=32 0.900 · c=64 0.820; single runs"
+        " c=8 0.900 · c=32 0.850 · c=64 0.750 · c=256 0.500 |" in table
     )
     assert "| 0.970 | >= 1 | **no** | runs 0.950 · 0.970 · 0.990 |" in table
 
@@ -497,6 +521,37 @@ def test_scaling_pairs_the_levels_back_to_back_and_keeps_the_median() -> None:
     assert out["json"]["ratios"] == [0.9, 0.9, 1.01]
     assert out["json"]["median"] == 0.9
     assert out["stream"]["median"] == 1.0
+
+
+def test_versus_pairs_gateway_and_forwarder_at_each_ratio_level() -> None:
+    order: list[tuple[str, str, int]] = []
+    rps = iter([100.0, 80.0, 90.0, 100.0, 100.0, 70.0] * 4)
+
+    class Ctx:
+        quick = False
+
+        def throughput(self, server: str, bodies: list[bytes], connections: int) -> dict:
+            kind = "stream" if bodies == [proxy.KINDS["stream"]] else "json"
+            order.append((kind, server, connections))
+            return {"rps": next(rps)}
+
+        def echo(self, line: str) -> None:
+            pass
+
+    servers = {"forwarder": "forwarder", "gateway": "gateway", "upstream": "upstream"}
+    out = proxy._versus(Ctx(), servers, [1, 8, 32, 64, 256])  # type: ignore[arg-type]
+    # Back to back at one level, alternating which goes first; the upstream is not run.
+    assert order == [
+        (kind, server, c)
+        for kind in ("json", "stream")
+        for c in (32, 64)
+        for server in ("forwarder", "gateway", "gateway", "forwarder", "forwarder", "gateway")
+    ]
+    assert out["json"][32]["runs"] == [[100.0, 80.0], [100.0, 90.0], [100.0, 70.0]]
+    assert out["json"][32]["ratios"] == [0.8, 0.9, 0.7]
+    assert out["json"][32]["median"] == 0.8
+    assert set(out["stream"]) == {32, 64}
+    assert proxy._versus(Ctx(), {"gateway": "gateway"}, [32, 64]) == {}  # type: ignore[arg-type]
 
 
 def test_concurrency_reads_callgrind_totals(tmp_path: Path) -> None:

@@ -39,10 +39,13 @@ def check(
     *,
     by_level: dict[int, float | None] | None = None,
     runs: list[float | None] | None = None,
+    paired: dict[int, float | None] | None = None,
 ) -> dict[str, Any]:
     """A target from the issue: ``value op bound`` (ok is None when not measured);
     ``by_level`` is the same figure at every concurrency level measured, ``runs`` each
-    repeated run's when ``value`` is their median, for the table."""
+    repeated run's when ``value`` is their median, ``paired`` the median of paired runs
+    at the levels the check counts (``by_level`` then the single figures beside them),
+    for the table."""
     ok = None
     if value is not None:
         ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
@@ -51,6 +54,8 @@ def check(
         result["by_level"] = {str(c): v for c, v in sorted(by_level.items())}
     if runs:
         result["runs"] = runs
+    if paired:
+        result["paired"] = {str(c): v for c, v in sorted(paired.items())}
     return result
 
 
