@@ -50,7 +50,6 @@ SLOW_FIRST = (
     "tests/test_cli_observability.py::test_two_workers",
     # Then the long ones that compute.
     "tests/test_fuzz.py::test_fuzz_model_calls[POST /v1/chat/completions]",
-    "tests/test_typing.py",
     "tests/test_fuzz.py::test_fuzz_model_calls",
     "tests/test_keys_spend.py::test_spend_totals_equal_the_logs",
     "tests/test_openai_gateway.py",
