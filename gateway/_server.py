@@ -246,7 +246,8 @@ class _Guard:
         self._sweeper = sweeper
 
     def _admit(self) -> bool:
-        """At connection_made (the connection already counted): False if refused."""
+        """At connection_made (the connection already counted): False if refused. From
+        here every write goes through ``_HeadWithBody``, the refusal's too."""
         self.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
         open_ = len(self.connections)
         limit = self._limits.max_connections

@@ -504,10 +504,10 @@ def _versus(ctx: Context, servers: dict[str, Server], levels: list[int]) -> dict
     pairs}}."""
     if "gateway" not in servers or "forwarder" not in servers:
         return {}
-    pair = servers["forwarder"], servers["gateway"]
+    forwarder, gateway = servers["forwarder"], servers["gateway"]
     return {
         kind: {
-            c: _paired(ctx, kind, (pair[0], c), (pair[1], c), f"c={c} forwarder / gateway")
+            c: _paired(ctx, kind, (forwarder, c), (gateway, c), f"c={c} forwarder / gateway")
             for c in RATIO_LEVELS
             if c in levels
         }
