@@ -1,10 +1,10 @@
 """The pooled HTTP clients a gateway owns: one set per runtime and event loop.
 
-``HTTPClients`` holds the upstream session of the built-in OpenAI-compatible provider
-(aiohttp: its pool scales with concurrency where httpx's degrades) and the
-``httpx.AsyncClient`` that handlers get from ``http_client()`` (httpx's API over an
-aiohttp pool, for the same reason). Each is made on first
-use on a loop, and closed when the runtime shuts down or, failing that, when its loop
+``HTTPClients`` holds the upstream pool of the built-in OpenAI-compatible provider
+(``gateway._h1``: HTTP/1.1 on asyncio protocols, half the CPU of aiohttp a proxied
+request) and the ``httpx.AsyncClient`` that handlers get from ``http_client()``
+(httpx's API over an aiohttp pool: httpx's own degrades with concurrency). Each is made
+on first use on a loop, and closed when the runtime shuts down or, failing that, when its loop
 ends. An app's requests see their runtime's clients; library calls outside an app see
 a process-wide default set with the default settings.
 """
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import aiohttp
     import httpx
 
+    from ._h1 import Pool
+
 __all__ = ["HTTPClients", "current", "http_client"]
 
 # Set by gateway.tracing when traces are on: adds the current span's W3C traceparent to
@@ -32,18 +34,18 @@ trace_headers: Callable[[dict[str, str]], None] | None = None
 
 
 class _LoopClients:
-    __slots__ = ("httpx", "keeper", "session")
+    __slots__ = ("httpx", "keeper", "pool")
 
     def __init__(self) -> None:
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
         self.httpx: httpx.AsyncClient | None = None
         self.keeper: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
-        session, client = self.session, self.httpx
-        self.session = self.httpx = None
-        if session is not None:
-            await session.close()
+        pool, client = self.pool, self.httpx
+        self.pool = self.httpx = None
+        if pool is not None:
+            await pool.aclose()
         if client is not None:
             await client.aclose()
 
@@ -79,7 +81,6 @@ class HTTPClients:
         # Set by an app that owns its process (the gateway command): the loop an aiohttp
         # session is made on starts its request writes eagerly (gateway/_pool.py).
         self.eager_writes = False
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
             weakref.WeakKeyDictionary()
         )
@@ -119,32 +120,26 @@ class HTTPClients:
                 self._hot = None
             await entry.aclose()
 
-    def upstream_session(self) -> aiohttp.ClientSession:
-        """The aiohttp session of the built-in OpenAI-compatible provider on this loop."""
+    def upstream_pool(self) -> Pool:
+        """The connection pool of the built-in OpenAI-compatible provider on this loop."""
         entry = self._entry()
-        session = entry.session
-        if session is None or session.closed:
-            session = entry.session = _new_session(self)
-        return session
+        pool = entry.pool
+        if pool is None or pool.closed:
+            from ._h1 import Pool
 
-    def upstream_timeout(self, seconds: float | None) -> aiohttp.ClientTimeout | None:
-        """The upstream session's timeouts for a call of its own shorter timeout; None
-        when the session's apply."""
-        if seconds is None or seconds >= self.read_timeout:
-            return None
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            import aiohttp
-
-            if len(self._timeouts) >= 256:  # deployments x timeouts: few; deadlines: many
-                self._timeouts.clear()
-            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
-                total=None,
-                connect=seconds,
-                sock_connect=min(self.connect_timeout, seconds),
-                sock_read=seconds,
+            # No cookie jar, no redirects followed: one tenant's upstream answer never
+            # shapes another's call. The read timeout is both the wait for the first
+            # byte and the idle gap between chunks; the whole request's deadline is the
+            # caller's (the runner's timeout).
+            pool = entry.pool = Pool(
+                max_connections=self.max_connections,
+                max_idle=self.max_keepalive,
+                keepalive_expiry=self.keepalive_expiry,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                trust_env=self.trust_env,
             )
-        return timeout
+        return pool
 
     def http_client(self) -> httpx.AsyncClient:
         """The shared ``httpx.AsyncClient`` for handlers on this loop."""
@@ -175,10 +170,9 @@ class HTTPClients:
         ``waiting`` requests wait for a connection; ``requests`` is both.
         """
         entry = self._loops.get(asyncio.get_running_loop())
-        connector = entry.session.connector if entry and entry.session else None
-        if connector is None:
+        if entry is None or entry.pool is None:
             return {"connections": 0, "idle": 0, "active": 0, "requests": 0, "waiting": 0}
-        return connector.stats()  # type: ignore[attr-defined]
+        return entry.pool.stats()
 
 
 def _new_session(clients: HTTPClients) -> aiohttp.ClientSession:

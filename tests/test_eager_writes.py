@@ -22,6 +22,7 @@ import msgspec
 import pytest
 from aiohttp.client_reqrep import ClientRequest
 
+import gateway
 from gateway._pool import eager_factory, eager_request_writes
 from gateway.app import create_app
 from tests.fake_upstream import FakeUpstream, run_fake_upstream, serve_in_thread
@@ -197,6 +198,17 @@ async def test_aiohttp_writes_a_request_before_send_goes_on(upstream: FakeUpstre
     assert len(upstream.requests_seen[-1].body["messages"][0]["content"]) == 4 * 2**20
 
 
+class _ViaHTTPClient(gateway.CustomLLM):
+    """A handler calling its backend through ``gateway.http_client()`` (aiohttp)."""
+
+    async def acompletion(self, model: str, messages: Any, api_base: str, **kwargs: Any) -> Any:
+        answer = await gateway.http_client().post(
+            f"{api_base}/chat/completions", json={"model": model, "messages": messages}
+        )
+        answer.raise_for_status()
+        return gateway.ModelResponse(**answer.json())
+
+
 def test_the_gateway_command_app_proxies_on_it(upstream: FakeUpstream) -> None:
     config = {
         "model_list": [
@@ -207,8 +219,15 @@ def test_the_gateway_command_app_proxies_on_it(upstream: FakeUpstream) -> None:
                     "api_base": upstream.base_url,
                     "api_key": "k",
                 },
-            }
+            },
+            {
+                "model_name": "h",
+                "litellm_params": {"model": "via-client/m", "api_base": upstream.base_url},
+            },
         ],
+        "litellm_settings": {
+            "custom_provider_map": [{"provider": "via-client", "custom_handler": _ViaHTTPClient()}]
+        },
         # The collector of this test process is left alone.
         "gateway_settings": {"gc_tuning": False},
     }
@@ -217,37 +236,35 @@ def test_the_gateway_command_app_proxies_on_it(upstream: FakeUpstream) -> None:
     messages = [{"role": "user", "content": "hi"}]
     with serve_in_thread(app, loop="uvloop", http="httptools") as handle:
         assert handle.loop is not None
-        factory = handle.loop.get_task_factory()
-        assert (factory is not None) == (sys.version_info < (3, 12))
         url = f"{handle.url}/v1/chat/completions"
         with httpx.Client(timeout=30) as client:
+            # The built-in provider's client is not aiohttp: no factory for it.
             answer = client.post(url, json={"model": "m", "messages": messages})
             assert answer.status_code == 200, answer.text
+            assert handle.loop.get_task_factory() is None
+            answer = client.post(url, json={"model": "h", "messages": messages})
+            assert answer.status_code == 200, answer.text
             assert answer.json()["choices"][0]["message"]["content"]
-            with client.stream(
-                "POST", url, json={"model": "m", "messages": messages, "stream": True}
-            ) as stream:
-                assert stream.status_code == 200
-                events = [line for line in stream.iter_lines() if line.startswith("data: ")]
-            assert events[-1] == "data: [DONE]" and len(events) > 2
+            factory = handle.loop.get_task_factory()
+            assert (factory is not None) == (sys.version_info < (3, 12))
             # Under aiohttp's 1 MB (over it, it warns about bodies sent as bytes).
             big = [{"role": "user", "content": "x" * 900_000}]
-            answer = client.post(url, json={"model": "m", "messages": big})
+            answer = client.post(url, json={"model": "h", "messages": big})
             assert answer.status_code == 200, answer.text
             assert len(upstream.requests_seen[-1].body["messages"][0]["content"]) == 900_000
     # A mounted app (the default) leaves the loop's factory alone; so does the command's
-    # app on a loop no aiohttp session runs on (no upstream: each task would pay for it).
+    # app on a loop no aiohttp session runs on (each task would pay for it).
     mock_only = {
         "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}],
         "gateway_settings": {"gc_tuning": False},
     }
     command_app = create_app(mock_only)
     command_app.owns_process = True
-    for app in (create_app(config), command_app):
+    for app, model in ((create_app(config), "h"), (command_app, "m")):
         with serve_in_thread(app, loop="uvloop", http="httptools") as handle:
             answer = httpx.post(
                 f"{handle.url}/v1/chat/completions",
-                json={"model": "m", "messages": messages},
+                json={"model": model, "messages": messages},
                 timeout=30,
             )
             assert answer.status_code == 200, answer.text

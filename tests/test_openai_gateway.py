@@ -370,7 +370,7 @@ async def test_200_concurrent_streams_leak_no_connections(
     assert after["active"] == 0 and after["requests"] == 0
     assert after["idle"] == after["connections"]  # every one back in the pool
     # ... which keeps the configured keep-alive cap once idle TRIM_AFTER (1 s): streams
-    # that end together leave more idle for that long (gateway/_pool.py says why).
+    # that end together leave more idle for that long (gateway/_h1.py says why).
     await _wait_for(lambda: _stats(gateway_server)["connections"] <= 50, timeout=10)
     await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
 
@@ -697,7 +697,7 @@ def test_each_app_owns_its_upstream_clients_and_closes_them(
     upstream_server: FakeUpstream,
 ) -> None:
     apps = [create_app(_config(upstream_server.base_url)) for _ in range(2)]
-    sessions = []
+    pools = []
     with serve_in_thread(apps[0]) as first, serve_in_thread(apps[1]) as second:
         for app, handle in zip(apps, (first, second), strict=True):
             answer = httpx.post(
@@ -705,13 +705,13 @@ def test_each_app_owns_its_upstream_clients_and_closes_them(
             )
             assert answer.status_code == 200
 
-            async def session(app: GatewayApp = app) -> Any:
-                return app.runtime.http.upstream_session()
+            async def pool(app: GatewayApp = app) -> Any:
+                return app.runtime.http.upstream_pool()
 
-            sessions.append(handle.call(session))
-            assert not sessions[-1].closed
-        assert sessions[0] is not sessions[1]
-    assert all(s.closed for s in sessions)  # each app's shutdown closed its own
+            pools.append(handle.call(pool))
+            assert not pools[-1].closed
+        assert pools[0] is not pools[1]
+    assert all(p.closed for p in pools)  # each app's shutdown closed its own
 
 
 def test_environment_proxies_are_used_only_when_configured(

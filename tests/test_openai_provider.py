@@ -18,7 +18,7 @@ import pytest
 
 import gateway
 from gateway import errors
-from gateway._pool import TRIM_AFTER
+from gateway._h1 import TRIM_AFTER
 from gateway.calls import astream_chunks
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall
@@ -649,8 +649,8 @@ async def test_idle_gap_between_stream_chunks_times_out(upstream: FakeUpstream) 
 async def test_a_stream_that_keeps_talking_outlives_its_read_timeout(
     upstream: FakeUpstream,
 ) -> None:
-    # One read timer per wait, re-armed when it fires (gateway._pool): each read must
-    # still count as progress. 8 gaps of 0.15 s under a 0.4 s read timeout: 1.2 s in all.
+    # The read timeout bounds each wait for data (gateway._h1), not the stream: each
+    # read must count as progress. 8 gaps of 0.15 s under a 0.4 s read timeout: 1.2 s in all.
     provider = OpenAIProvider()
     call = ChatCall(
         model="x",
@@ -665,8 +665,6 @@ async def test_a_stream_that_keeps_talking_outlives_its_read_timeout(
     received = [item async for item in provider.astream(call)]
     assert time.monotonic() - started > 1.0
     assert len(received) >= 8
-    session = current().upstream_session()
-    assert type(session.connector._factory()).__name__ == "_ResponseHandler"  # type: ignore[union-attr]
 
 
 # Disconnects and the connection pool.
@@ -758,38 +756,38 @@ async def test_clients_are_per_loop_made_from_settings_and_closed() -> None:
             trust_env=True,
         )
     )
-    session = clients.upstream_session()
-    assert clients.upstream_session() is session  # one per loop, shared across calls
-    connector = session.connector
-    assert connector is not None and connector.limit == 7
-    assert session.timeout.sock_connect == 1.5 and session.timeout.sock_read == 9.0
-    assert session.timeout.total is None  # a stream may run long; the caller bounds it
-    assert session.trust_env
-    assert HTTPClients().upstream_session().trust_env is False  # env proxies: opt-in
+    pool = clients.upstream_pool()
+    assert clients.upstream_pool() is pool  # one per loop, shared across calls
+    assert (pool.max_connections, pool.max_idle, pool.keepalive_expiry) == (7, 3, 2.0)
+    assert pool.connect_timeout == 1.5 and pool.read_timeout == 9.0
+    assert pool.trust_env
+    assert HTTPClients().upstream_pool().trust_env is False  # env proxies: opt-in
     handler_client = clients.http_client()
     assert clients.http_client() is handler_client
     assert handler_client.timeout.connect == 1.5 and handler_client.timeout.read == 9.0
 
     async def in_new_loop() -> Any:
-        return clients.upstream_session(), clients.http_client()
+        return clients.upstream_pool(), clients.http_client()
 
     other, other_httpx = await anyio.to_thread.run_sync(lambda: asyncio.run(in_new_loop()))
-    assert other is not session
+    assert other is not pool
     assert other.closed and other_httpx.is_closed  # closed when their loop ended
-    assert not session.closed
+    assert not pool.closed
     await clients.aclose()
-    assert session.closed and handler_client.is_closed
-    assert clients.upstream_session() is not session  # made again on next use
+    assert pool.closed and handler_client.is_closed
+    assert clients.upstream_pool() is not pool  # made again on next use
     await clients.aclose()
 
 
 async def test_keep_alive_cap_closes_idle_connections_beyond_it(upstream: FakeUpstream) -> None:
     clients = HTTPClients(SimpleNamespace(max_keepalive_connections=2))
-    session = clients.upstream_session()
+    pool = clients.upstream_pool()
 
     async def one() -> None:
-        async with session.post(upstream.base_url + "/embeddings", json={"input": "x"}) as r:
-            await r.read()
+        headers = {"content-type": "application/json"}
+        answer = await pool.request(upstream.base_url, "/embeddings", headers, b"{}", None)
+        await answer.read(2**20)
+        answer.release()
 
     try:
         async with anyio.create_task_group() as tg:

@@ -1,9 +1,9 @@
 """Any OpenAI-compatible upstream: OpenAI, vLLM, TGI, llama.cpp, Ollama, another gateway.
 
 Serves the ``openai/``, ``hosted_vllm/`` and ``openai_like/`` prefixes. Requests go
-through the runtime's pooled aiohttp session (``gateway.http.HTTPClients``, one per app
-and event loop); streams are relayed event by event as they arrive, and every upstream
-failure becomes a ``gateway.errors`` error that keeps its status.
+through the runtime's upstream pool (``gateway.http.HTTPClients``, one per app and event
+loop; the client is ``gateway._h1``); streams are relayed event by event as they
+arrive, and every upstream failure becomes a ``gateway.errors`` error that keeps its status.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import aiohttp
 import msgspec
 
 from gateway._aio import within
-from gateway.errors import BadGatewayError, GatewayError, InternalServerError
+from gateway._h1 import BodyTooLarge, InvalidHeader, Pool, Response
+from gateway.errors import BadGatewayError, BadRequestError, GatewayError, InternalServerError
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
 from gateway.streaming import Events
@@ -108,42 +108,25 @@ def _has_answer(response: ModelResponse) -> bool:
     return message.content is not None or bool(message.tool_calls)
 
 
-async def _read(response: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+async def _read(response: Response, cap: int, *, truncate: bool = False) -> bytes:
     """The whole body, decompressed, of at most ``cap`` bytes: more is a 502 (or, with
     ``truncate``, cut). Counted as it arrives, so a 1 GB answer or a gzip bomb is
     stopped at the cap, not held in memory."""
-    length = response.content_length
-    encoded = "content-encoding" in response.headers
-    if length is not None and length <= cap and not encoded:
-        return await response.read()  # the framing bounds it
-    if length is not None and length > cap and not encoded and not truncate:
-        raise _too_big(cap)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > cap:
-            if truncate:
-                parts.append(chunk[: cap - size])
-                break
-            raise _too_big(cap)
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _too_big(cap: int) -> BadGatewayError:
-    return BadGatewayError(
-        f"upstream answer is over {cap} bytes (gateway_settings.upstream.max_response_bytes)"
-    )
+    try:
+        return await response.read(cap, truncate=truncate)
+    except BodyTooLarge:
+        raise BadGatewayError(
+            f"upstream answer is over {cap} bytes (gateway_settings.upstream.max_response_bytes)"
+        ) from None
 
 
 _ERROR_BODY_CAP = 64 * 1024  # of an error answer, only the message is used
 
 
-def _session() -> tuple[HTTPClients, aiohttp.ClientSession]:
+def _pool() -> tuple[HTTPClients, Pool]:
     clients = current()
     try:
-        return clients, clients.upstream_session()
+        return clients, clients.upstream_pool()
     except RuntimeError:
         raise InternalServerError(
             "the OpenAI-compatible provider runs on an asyncio event loop (uvloop included)"
@@ -199,23 +182,21 @@ class OpenAIProvider(Provider):
         self._fixed: dict[Any, Any] = {}
 
     async def astart(self, settings: Any = None) -> None:
-        # The app's session now, on its loop, so the first request does not make it.
-        _session()
+        # The app's pool now, on its loop, so the first request does not make it.
+        _pool()
 
     async def _send(
         self, target: Target, path: str, body: dict[str, Any], *, stream: bool
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
+    ) -> tuple[Response, bytes]:
         """The upstream's response and, unless streaming, its whole body."""
-        clients, session = _session()
-        timeout = clients.upstream_timeout(target.timeout) or session.timeout
+        clients, pool = _pool()
         with mapped(target, path):
-            response = await session.post(
-                target.url(path),
-                data=_encoder.encode(body),
-                headers=target.headers,
-                allow_redirects=False,
-                timeout=timeout,
-            )
+            try:
+                response = await pool.request(
+                    target.base, path, target.headers, _encoder.encode(body), target.timeout
+                )
+            except InvalidHeader as exc:
+                raise BadRequestError(str(exc), param="extra_headers") from None
             try:
                 if response.status >= 300:
                     content = await _read(response, _ERROR_BODY_CAP, truncate=True)
@@ -255,7 +236,7 @@ class OpenAIProvider(Provider):
         response, _ = await self._send(target, path, body, stream=True)
         done = finished = False
         parser = SSEParser(current().max_event_bytes)
-        reads = response.content.iter_any()
+        reads = response.iter_chunks()
         try:
             with mapped(target, path):
                 async for chunk in reads:
@@ -304,7 +285,7 @@ class OpenAIProvider(Provider):
         finally:
             # On a client disconnect this runs while cancelled; closing an unfinished
             # response drops the upstream connection at once (and it is not async).
-            if done and response.content.at_eof():
+            if done and response.at_eof:
                 response.release()
             else:
                 response.close()

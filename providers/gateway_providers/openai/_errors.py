@@ -10,9 +10,16 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
+from gateway._h1 import (
+    ConnectError,
+    ConnectTimeout,
+    PoolTimeout,
+    ReadTimeout,
+    ServerDisconnected,
+    UpstreamError,
+)
 from gateway.errors import (
     APIConnectionError,
     BadGatewayError,
@@ -23,6 +30,8 @@ from gateway.errors import (
 )
 
 if TYPE_CHECKING:
+    from gateway._h1 import Response
+
     from ._target import Target
 
 __all__ = [
@@ -75,9 +84,7 @@ def log(level: int, what: str, target: Target, path: str, detail: str) -> None:
         logger.log(level, "%s from %s: %s", what, url, redact(detail, target.api_key))
 
 
-def upstream_error(
-    response: aiohttp.ClientResponse, body: bytes, target: Target, path: str
-) -> GatewayError:
+def upstream_error(response: Response, body: bytes, target: Target, path: str) -> GatewayError:
     status = response.status
     message: Any = None
     param = code = None
@@ -121,27 +128,21 @@ def upstream_error(
     return error_for_status(status, message, **kwargs)
 
 
-def transport_error(exc: aiohttp.ClientError, target: Target, path: str) -> GatewayError:
-    name = TIMEOUT_NAMES.get(type(exc), type(exc).__name__)
+def transport_error(exc: UpstreamError, target: Target, path: str) -> GatewayError:
+    # The class names are httpx's words for the same failures: what operators know.
+    name = type(exc).__name__
     log(logging.WARNING, f"upstream call failed ({name})", target, path, str(exc) or name)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
+    if isinstance(exc, ConnectTimeout | ReadTimeout | PoolTimeout):
         return GatewayTimeoutError(f"upstream timed out ({name})")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         return APIConnectionError(f"cannot connect to the upstream ({name})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, ServerDisconnected):
         return BadGatewayError(f"upstream closed the connection mid-response ({name})")
     return BadGatewayError(f"upstream call failed ({name})")
 
 
-# httpx's names for aiohttp's timeouts: the one that fired, in words operators know.
-TIMEOUT_NAMES: dict[type[BaseException], str] = {
-    aiohttp.ConnectionTimeoutError: "ConnectTimeout",
-    aiohttp.SocketTimeoutError: "ReadTimeout",
-}
-
-
 class mapped:
-    """Every aiohttp failure of one upstream call as a gateway error, mapped once.
+    """Every transport failure of one upstream call as a gateway error, mapped once.
 
     A class, not ``contextlib.contextmanager``: its generator, made and driven per
     call, cost ~70 bytecodes a request more than these two methods."""
@@ -156,7 +157,7 @@ class mapped:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, UpstreamError):
             raise transport_error(exc, self.target, self.path) from None
 
 
