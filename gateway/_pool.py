@@ -1,5 +1,7 @@
 """aiohttp's connector with a cap on idle keep-alive connections, and its protocol with
-a read timeout that costs no timer per read (imported on first use).
+a read timeout that costs no timer per read (imported on first use): the pool under
+``gateway.http_client()``, the handlers' client (the built-in provider has its own,
+``gateway._h1``).
 
 aiohttp caps connections in use (``limit``) but keeps every idle one until its
 keep-alive expiry: after a burst of 1,000 streams it would hold 1,000 idle sockets.
@@ -54,9 +56,9 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 
-__all__ = ["TRIM_AFTER", "CappedConnector", "eager_factory", "eager_request_writes"]
+from ._h1 import TRIM_AFTER  # one rule for both pools
 
-TRIM_AFTER = 1.0  # seconds a connection beyond the cap may stay idle
+__all__ = ["TRIM_AFTER", "CappedConnector", "eager_factory", "eager_request_writes"]
 
 
 class _ResponseHandler(ResponseHandler):

@@ -166,7 +166,7 @@ class GatewayApp(Router):
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         # The command's process: aiohttp's writes start eagerly on the loops its sessions
-        # are made on (gateway/_pool.py), from the providers' start on.
+        # (gateway.http_client()'s) are made on (gateway/_pool.py).
         self.runtime.http.eager_writes = self.owns_process
         await self.runtime.startup()
         if self.owns_process and self.runtime.config.settings.gc_tuning:

@@ -138,3 +138,62 @@ async def test_library_client_is_one_per_loop_and_closed_with_its_loop() -> None
 def test_outside_an_asyncio_loop_the_error_says_so() -> None:
     with pytest.raises(RuntimeError, match="asyncio event loop"):
         gateway.http_client()
+
+
+# The aiohttp pool under it (gateway/_pool.py).
+
+
+async def test_idle_connections_beyond_the_keep_alive_cap_close_once_idle() -> None:
+    from types import SimpleNamespace
+
+    from gateway._pool import TRIM_AFTER
+    from gateway.http import HTTPClients
+    from tests.fake_upstream import run_fake_upstream
+
+    clients = HTTPClients(SimpleNamespace(max_keepalive_connections=2))
+    client = clients.http_client()
+    connector = client._transport.client.connector  # type: ignore[attr-defined]
+    with run_fake_upstream() as upstream:
+        try:
+
+            async def one() -> None:
+                answer = await client.post(upstream.base_url + "/embeddings", json={"input": "x"})
+                assert answer.status_code == 200
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(one)
+            assert upstream.open_connections > 2
+            started = asyncio.get_running_loop().time()
+            stats = {"connections": 2, "idle": 2, "active": 0, "requests": 0, "waiting": 0}
+            while connector.stats() != stats:
+                assert asyncio.get_running_loop().time() - started < 5, connector.stats()
+                await asyncio.sleep(0.05)
+            assert asyncio.get_running_loop().time() - started >= TRIM_AFTER * 0.9
+        finally:
+            await clients.aclose()
+
+
+async def test_a_stream_that_keeps_talking_outlives_its_read_timeout() -> None:
+    # One read timer per wait, re-armed when it fires (gateway._pool): each read counts as
+    # progress. 8 gaps of 0.15 s under a 0.4 s read timeout: 1.2 s in all.
+    from tests.fake_upstream import run_fake_upstream
+
+    body = {
+        "model": "x",
+        "messages": MESSAGES,
+        "stream": True,
+        "fake": {"chunks": 8, "interval": 0.15},
+    }
+    with run_fake_upstream() as upstream:
+        client = gateway.http_client()
+        timeout = httpx.Timeout(5, read=0.4)
+        url = upstream.base_url + "/chat/completions"
+        started = asyncio.get_running_loop().time()
+        async with client.stream("POST", url, json=body, timeout=timeout) as answer:
+            lines = [line async for line in answer.aiter_lines() if line.startswith("data:")]
+        assert asyncio.get_running_loop().time() - started > 1.0
+        assert len(lines) >= 8
+        transport = client._transport  # type: ignore[attr-defined]
+        factory = transport.client.connector._factory
+        assert type(factory()).__name__ == "_ResponseHandler"
