@@ -539,20 +539,25 @@ async def test_hanging_upstream_times_out_per_request(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
     cases = [("quick", {}), ("m", {"timeout": 0.3})]  # deployment timeout; request timeout
-    for model, extra in cases:
-        for stream in (False, True):
-            started = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as info:
-                await client.chat.completions.create(
-                    model=model,
-                    messages=MESSAGES,
-                    stream=stream,
-                    extra_body={"fake": {"hang": True}, **extra},
-                )
-            assert info.value.status_code in (408, 504)
-            # 0.3 s configured; the default it must not fall back to is 600 s. The margin is
-            # for a loaded machine (the suite runs on several workers), not for the gateway.
-            assert time.monotonic() - started < 30
+
+    async def one(model: str, extra: dict[str, Any], stream: bool) -> None:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(
+                model=model,
+                messages=MESSAGES,
+                stream=stream,
+                extra_body={"fake": {"hang": True}, **extra},
+            )
+        assert info.value.status_code in (408, 504)
+        # 0.3 s configured; the default it must not fall back to is 600 s. The margin is
+        # for a loaded machine (the suite runs on several workers), not for the gateway.
+        assert time.monotonic() - started < 30
+
+    async with anyio.create_task_group() as tg:  # at once: four timeouts, one wait
+        for model, extra in cases:
+            for stream in (False, True):
+                tg.start_soon(one, model, extra, stream)
     await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
     # Each timed-out request was dropped upstream. (At least: the upstream is shared by the
     # module, and a request an earlier test left hanging may be dropped in this window.)
