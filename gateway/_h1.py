@@ -315,6 +315,9 @@ class Response:
                 waiter.set_result(None)
 
     def _head(self, parser: Any) -> None:
+        if self._complete:  # a second answer to one request: ignored, the connection dropped
+            self._keep_alive = False
+            return
         status = parser.get_status_code()
         if 100 <= status < 200:
             self._interim = True
@@ -343,6 +346,8 @@ class Response:
         self._wake()
 
     def _data(self, data: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > HIGH_WATER and not self._paused and self._conn is not None:
@@ -351,6 +356,8 @@ class Response:
         self._wake()
 
     def _finish(self) -> None:
+        if self._complete:  # the end of an answer nobody asked for (see _head)
+            return
         self._complete = True
         self._wake()
 

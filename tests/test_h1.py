@@ -226,6 +226,7 @@ async def test_answer_framings() -> None:
         "/br": ok(b"\x0b\x02\x80hi\x03", b"content-encoding: br\r\n"),
         "/notgzip": ok(b"not gzip at all", b"content-encoding: gzip\r\n"),
         "/garbage": b"SMTP ready\r\n\r\n",
+        "/twice": ok(b"first") + ok(b"second"),
     }
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -262,6 +263,12 @@ async def test_answer_framings() -> None:
             await get("/notgzip")
         with pytest.raises(InvalidResponse, match="invalid HTTP"):
             await get("/garbage")
+        # Two answers to one request: the first is the answer, the connection is dropped.
+        answer, body = await get("/twice")
+        assert body == b"first"
+        connections = server.connections
+        assert (await get("/chunked"))[1] == b"abcde"
+        assert server.connections == connections + 1
 
 
 async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering() -> None:
