@@ -149,10 +149,17 @@ def test_chat_seed_measures_every_target(runs: dict[str, Run]) -> None:
         assert point["tool"] == ("wrk" if have_wrk() else "asyncio-client")
     # The comparison is fair only if every target answers the gateway's bytes.
     assert scenario["same_bytes"] == {"baseline": True, "raw": True}
+    # The check counts gateway and baseline measured back to back (one pair in a quick
+    # run, three in a full one); the sweep's single ratio is shown beside it.
     (check,) = scenario["checks"]
-    assert check["figure"] == "req/s gateway/baseline (c=8)"
-    assert check["value"] == scenario["headline"]["gateway/baseline"] is not None
-    assert check["by_level"] == {"8": check["value"]}
+    assert check["figure"] == "req/s gateway/baseline (c=8, median of paired runs)"
+    versus = scenario["gateway/baseline paired"]
+    ((baseline, gateway),) = versus["runs"]
+    assert versus["ratios"] == [round(gateway / baseline, 3)] == [versus["median"]]
+    assert check["value"] == scenario["headline"]["gateway/baseline"] == versus["median"]
+    assert check["paired"] == {"8": check["value"]}
+    sweep = scenario["headline"]["gateway/baseline sweep"]
+    assert sweep is not None and check["by_level"] == {"8": sweep}
 
 
 @SMOKE

@@ -7,7 +7,22 @@ from typing import Any
 
 from ..harness import Context, http_request
 
-__all__ = ["check", "fmt", "headline_level", "ratio", "run_throughput", "warm_up"]
+__all__ = [
+    "PAIRED_RUNS",
+    "check",
+    "fmt",
+    "headline_level",
+    "paired",
+    "ratio",
+    "run_throughput",
+    "warm_up",
+]
+
+# One 5-s point a target and level moves by tens of percent on this shared host (the same
+# point minutes apart: 1,300 -> 4,300 req/s). A ratio a target counts is taken from
+# figures measured back to back, in pairs (alternating which goes first, so a steady
+# drift favours neither), and is the median pair's; the sweep's are reported beside it.
+PAIRED_RUNS = 3
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -57,6 +72,33 @@ def check(
     if paired:
         result["paired"] = {str(c): v for c, v in sorted(paired.items())}
     return result
+
+
+def paired(
+    ctx: Context,
+    a: tuple[Any, int],
+    b: tuple[Any, int],
+    bodies: list[bytes],
+    label: str,
+    unit: str = "req/s",
+) -> dict[str, Any]:
+    """``b``'s throughput over ``a``'s ((server, connections) each), measured back to
+    back ``PAIRED_RUNS`` times (once in a quick run): {"runs": [[a, b] figures],
+    "ratios", "median"}."""
+    pairs, ratios = [], []
+    for i in range(1 if ctx.quick else PAIRED_RUNS):
+        figures = {}
+        for side, (server, connections) in (("a", a), ("b", b))[:: 1 if i % 2 == 0 else -1]:
+            figures[side] = ctx.throughput(server, bodies, connections)["rps"]
+        pairs.append([figures["a"], figures["b"]])
+        ratios.append(ratio(figures["b"], figures["a"]))
+        ctx.echo(
+            f"  {label} pair {i + 1}: {figures['a']:,.0f} and {figures['b']:,.0f} {unit},"
+            f" ratio {fmt(ratios[-1])}"
+        )
+    known = sorted(r for r in ratios if r is not None)
+    median = known[len(known) // 2] if len(known) == len(ratios) else None
+    return {"runs": pairs, "ratios": ratios, "median": median}
 
 
 def headline_level(levels: list[int]) -> int:
@@ -124,6 +166,16 @@ def run_throughput(
                     f" {point['rps']:>10,.0f} req/s  p50 {point['p50_ms']:.2f} ms"
                     f"  p99 {point['p99_ms']:.2f} ms  errors {point['errors']}"
                 )
+        top = headline_level(levels)
+        versus = None
+        if "gateway" in servers and "baseline" in servers:
+            versus = paired(
+                ctx,
+                (servers["baseline"], top),
+                (servers["gateway"], top),
+                [body],
+                f"{name:<9} c={top} baseline / gateway",
+            )
     finally:
         ctx.stop_all()
     by = {(p["target"], p["connections"]): p for p in points}
@@ -170,8 +222,11 @@ def run_throughput(
             row.append(" / ".join(cells))
         row.append(sum(p["errors"] for p in points if p["connections"] == connections))
         rows.append([fmt(cell) for cell in row])
-    top = headline_level(levels)
-    headline = next(r for r in ratios if r["connections"] == top)
+    headline = dict(next(r for r in ratios if r["connections"] == top))
+    if versus is not None:
+        # The checks and the headline read the paired median; the sweep's stays beside it.
+        headline["gateway/baseline sweep"] = headline["gateway/baseline"]
+        headline["gateway/baseline"] = versus["median"]
     return {
         "unit": unit,
         "metric": metric,
@@ -182,15 +237,18 @@ def run_throughput(
         "points": points,
         "ratios": ratios,
         "headline": headline,
+        "gateway/baseline paired": versus,
         "checks": [
             check(
-                f"{figure} (c={top})",
+                f"{figure} (c={top}{', median of paired runs' if paired_key else ''})",
                 headline.get(key),
                 op,
                 bound,
                 by_level={r["connections"]: r.get(key) for r in ratios},
+                paired={top: headline.get(key)} if paired_key else None,
             )
             for figure, key, op, bound in checks
+            for paired_key in [key == "gateway/baseline" and versus is not None]
         ],
         "columns": columns,
         "rows": rows,

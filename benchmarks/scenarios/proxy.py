@@ -34,7 +34,7 @@ from typing import Any
 
 from ..harness import Context, Server
 from ..payloads import PROXY_DROP_MODEL, PROXY_MODEL, PROXY_PIECES, chat_body
-from ._common import check, fmt, ratio, warm_up
+from ._common import check, fmt, paired, ratio, warm_up
 
 NAME = "proxy"
 TITLE = "proxy: gateway -> OpenAI-compatible upstream vs a bare aiohttp forwarder (wrk)"
@@ -42,13 +42,9 @@ LEVELS = (1, 8, 32, 64, 256)
 QUICK_LEVELS = (8, 32, 256)
 RATIO_LEVELS = (32, 64)  # where gateway/forwarder must hold
 SCALE_LEVELS = (8, 256)  # throughput at the second must not fall below the first
-# The sweep takes one 5-s point a target and level, and the same point measured minutes
-# apart on this shared host has moved 1,300 -> 4,300 req/s (the forwarder 2,884 -> 4,263
-# within one sweep). The checks instead compare figures taken back to back, in pairs
-# (alternating which goes first, so a steady drift favours neither), and count the
-# median pair's ratio: the gateway at SCALE_LEVELS, and gateway/forwarder at each of
-# RATIO_LEVELS. The sweep's ratios are reported beside them.
-PAIRED_RUNS = 3
+# The checks count the median of paired runs (_common.paired): the gateway at
+# SCALE_LEVELS, and gateway/forwarder at each of RATIO_LEVELS (the forwarder alone moved
+# 2,884 -> 4,263 req/s within one sweep).
 TTFT_LEVEL = 32
 # The paced TTFT run's total arrival rate, as a share of the forwarder's saturated
 # streams/s at TTFT_LEVEL: below what either proxy can serve, so nothing queues.
@@ -472,24 +468,8 @@ def _paced(
 def _paired(
     ctx: Context, kind: str, a: tuple[Server, int], b: tuple[Server, int], label: str
 ) -> dict[str, Any]:
-    """``b``'s throughput over ``a``'s, measured back to back ``PAIRED_RUNS`` times,
-    alternating which goes first so a steady drift favours neither: {"runs": [(a, b)
-    figures], "ratios", "median"}."""
-    body = KINDS[kind]
-    pairs, ratios = [], []
-    for i in range(1 if ctx.quick else PAIRED_RUNS):
-        figures = {}
-        for side, (server, connections) in (("a", a), ("b", b))[:: 1 if i % 2 == 0 else -1]:
-            figures[side] = ctx.throughput(server, [body], connections)["rps"]
-        pairs.append([figures["a"], figures["b"]])
-        ratios.append(ratio(figures["b"], figures["a"]))
-        ctx.echo(
-            f"  {NAME:<9} {kind:<6} {label} pair {i + 1}: {figures['a']:,.0f} and"
-            f" {figures['b']:,.0f} {UNITS[kind]}, ratio {fmt(ratios[-1])}"
-        )
-    known = sorted(r for r in ratios if r is not None)
-    median = known[len(known) // 2] if len(known) == len(ratios) else None
-    return {"runs": pairs, "ratios": ratios, "median": median}
+    """``b``'s throughput over ``a``'s for ``kind``, in pairs (``_common.paired``)."""
+    return paired(ctx, a, b, [KINDS[kind]], f"{NAME:<9} {kind:<6} {label}", UNITS[kind])
 
 
 def _scaling(ctx: Context, gateway: Server) -> dict[str, dict[str, Any]]:
