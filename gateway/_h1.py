@@ -444,6 +444,20 @@ class Response:
         length = self.content_length
         if length is not None and length > cap and self._decoder is None and not truncate:
             raise BodyTooLarge(f"the answer is {length} bytes")
+        chunks = self._chunks
+        if (
+            self._complete
+            and len(chunks) == 1
+            and self._decoder is None
+            and self._error is None
+            and not self._paused
+        ):
+            # The usual answer: all of it came with its head, in one piece.
+            whole = chunks[0]
+            if len(whole) <= cap:
+                chunks.clear()
+                self._size = 0
+                return whole
         parts: list[bytes] = []
         size = 0
         while (data := await self.next()) is not None:
@@ -554,11 +568,25 @@ class Pool:
             connect_timeout = min(connect_timeout, timeout)
         data = origin.head(path, headers, len(body)) + body
         for attempt in (0, 1):
-            conn, reused = await self._acquire(origin, read_timeout, connect_timeout)
+            conn = None
+            if attempt == 0:  # a kept connection, taken here: no coroutine for the usual case
+                idle = self._idle.get(origin.key)
+                while idle:
+                    candidate = idle.pop()
+                    if not candidate.lost:
+                        conn = candidate
+                        self._active += 1
+                        break
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._acquire(
+                    origin, read_timeout, connect_timeout, reuse=attempt == 0
+                )
             response = conn.response = Response(conn, read_timeout)
             conn.transport.write(data)  # type: ignore[union-attr]
             try:
-                await response._started()
+                if not response._headed or response._error is not None:
+                    await response._started()
             except ServerDisconnected:
                 # Closed by the server while idle in the pool: the request never reached
                 # it. Once more, on a new connection.
@@ -573,11 +601,13 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _acquire(
-        self, origin: _Origin, wait: float, connect_timeout: float
+        self, origin: _Origin, wait: float, connect_timeout: float, *, reuse: bool = True
     ) -> tuple[_Conn, bool]:
+        """A connection to ``origin``: a kept one (unless ``reuse`` is false), else a new
+        one once the pool has room; and whether it was kept."""
         key = origin.key
         while True:
-            idle = self._idle.get(key)
+            idle = self._idle.get(key) if reuse else None
             while idle:
                 conn = idle.pop()
                 if not conn.lost:

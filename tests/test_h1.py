@@ -140,6 +140,23 @@ async def test_a_reused_connection_the_server_closed_is_tried_once_more() -> Non
         assert server.connections == 2 and requests == 3
 
 
+async def test_the_retry_takes_a_new_connection_not_another_kept_one() -> None:
+    # A restarted upstream leaves every kept connection stale at once.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.05)  # both requests in flight: two connections kept
+        writer.write(ok())
+        await writer.drain()
+        await read_request(reader)  # then dropped unanswered
+
+    async with scripted(handler) as server, pool() as p:
+        first = await asyncio.gather(fetch(p, server.base), fetch(p, server.base))
+        assert [status for status, _ in first] == [200, 200]
+        assert p.stats()["idle"] == 2
+        assert (await fetch(p, server.base))[0] == 200
+        assert server.connections == 3
+
+
 async def test_a_new_connection_closed_unanswered_is_an_error_not_a_retry() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
