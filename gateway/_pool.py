@@ -56,7 +56,7 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 
-from ._h1 import TRIM_AFTER  # one rule for both pools
+from ._h1pool import TRIM_AFTER  # one rule for both pools
 
 __all__ = ["TRIM_AFTER", "CappedConnector", "eager_factory", "eager_request_writes"]
 

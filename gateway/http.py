@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import aiohttp
     import httpx
 
-    from ._h1 import Pool
+    from ._h1pool import Pool
 
 __all__ = ["HTTPClients", "current", "http_client"]
 
@@ -125,7 +125,7 @@ class HTTPClients:
         entry = self._entry()
         pool = entry.pool
         if pool is None or pool.closed:
-            from ._h1 import Pool
+            from ._h1pool import Pool
 
             # No cookie jar, no redirects followed: one tenant's upstream answer never
             # shapes another's call. The read timeout is both the wait for the first

@@ -1,6 +1,6 @@
-"""gateway._h1, the built-in provider's upstream client, against servers on loopback that
-answer what each test scripts: framing, the pool's limits, retries, refused headers,
-TLS and CONNECT proxies. (The provider's behaviour over it is in test_openai_*.)"""
+"""gateway._h1 and _h1pool, the built-in provider's upstream client, against loopback
+servers that answer what each test scripts: framing, the pool's limits, retries, refused
+headers, TLS and CONNECT proxies. (The provider's behaviour over it: test_openai_*.)"""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from gateway._h1 import (
     ConnectError,
     InvalidHeader,
     InvalidResponse,
-    Pool,
     PoolTimeout,
     ReadTimeout,
     ServerDisconnected,
 )
+from gateway._h1pool import Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 JSON = {"content-type": "application/json"}

@@ -370,7 +370,7 @@ async def test_200_concurrent_streams_leak_no_connections(
     assert after["active"] == 0 and after["requests"] == 0
     assert after["idle"] == after["connections"]  # every one back in the pool
     # ... which keeps the configured keep-alive cap once idle TRIM_AFTER (1 s): streams
-    # that end together leave more idle for that long (gateway/_h1.py says why).
+    # that end together leave more idle for that long (gateway/_h1pool.py says why).
     await _wait_for(lambda: _stats(gateway_server)["connections"] <= 50, timeout=10)
     await _wait_for(lambda: upstream.open_requests == 0, timeout=30)
 

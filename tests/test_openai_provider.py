@@ -18,7 +18,7 @@ import pytest
 
 import gateway
 from gateway import errors
-from gateway._h1 import TRIM_AFTER
+from gateway._h1pool import TRIM_AFTER
 from gateway.calls import astream_chunks
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway._aio import within
-from gateway._h1 import BodyTooLarge, InvalidHeader, Pool, Response
+from gateway._h1 import BodyTooLarge, InvalidHeader, Response
+from gateway._h1pool import Pool
 from gateway.errors import BadGatewayError, BadRequestError, GatewayError, InternalServerError
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall, EmbeddingCall, ImageCall, Provider
