@@ -198,7 +198,9 @@ async def _stream(
     finally:
         relay_hint.reset(token)
         # Closed once the watch has stopped, so no disconnect can cut the close short.
-        if opened:
+        # A stream read to its end needs no close, nor the cancel scope around it (~6 us
+        # under uvloop, and three getpid() on Python 3.11).
+        if opened and not getattr(opened[0].result, "finished", False):
             with anyio.CancelScope(shield=True):
                 await opened[0].result.aclose()
 

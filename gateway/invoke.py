@@ -276,7 +276,9 @@ async def astream_chunks(
     finally:
         idle.close()
         aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
+        # A native async generator that ran to its end has nothing to close: no cancel
+        # scope for it (~6 us under uvloop, and three getpid() on Python 3.11).
+        if aclose is not None and getattr(iterator, "ag_frame", True) is not None:
             with anyio.CancelScope(shield=True):
                 await aclose()
 

@@ -855,7 +855,19 @@ async def test_stream_holds_its_slot_until_it_ends() -> None:
     assert router.state.total_in_flight == 1
     with pytest.raises(RateLimitError):
         await router.acompletion("g", MESSAGES)
+    assert not stream.finished  # the endpoints close it: it holds the slot
     await stream.aclose()  # closed before being read at all
+    assert router.state.in_flight("g/0") == 0
+    assert router.state.total_in_flight == 0
+
+
+async def test_a_stream_read_to_its_end_is_finished_and_has_nothing_to_close() -> None:
+    # The endpoints skip the close (and its shielded cancel scope) of a finished stream:
+    # by then it must have let go of everything.
+    router, _ = make_router({"g": [{"name": "a", "max_parallel_requests": 1}]}, max_in_flight=1)
+    stream = await router.acompletion("g", MESSAGES, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert chunks and stream.finished
     assert router.state.in_flight("g/0") == 0
     assert router.state.total_in_flight == 0
 

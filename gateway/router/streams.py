@@ -165,6 +165,11 @@ class RoutedStream:
             self._tokens = tokens
         self._chars += chars
 
+    @property
+    def finished(self) -> bool:
+        """Read to its end and wound up: ``aclose()`` would do nothing."""
+        return self._done and getattr(self._gen, "ag_frame", None) is None
+
     async def aclose(self) -> None:
         await self._gen.aclose()
         if not self._done:  # closed before it was read: the generator never ran
