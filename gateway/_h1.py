@@ -147,7 +147,9 @@ class _Conn(asyncio.Protocol):
         self.response._reason = reason  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.response._raw.append((name, value))  # type: ignore[union-attr]
+        response = self.response
+        if not response._headed:  # type: ignore[union-attr]  # (trailers are not kept)
+            response._raw.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         self.response._head(self.parser)  # type: ignore[union-attr]
@@ -180,6 +182,7 @@ class Response:
         "_error",
         "_got_bytes",
         "_headed",
+        "_headers",
         "_interim",
         "_keep_alive",
         "_paused",
@@ -190,7 +193,6 @@ class Response:
         "_until_close",
         "_waiter",
         "content_length",
-        "headers",
         "status",
     )
 
@@ -207,8 +209,20 @@ class Response:
         self._until_close = self._keep_alive = self._got_bytes = False
         self._decoder: Any = None
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self._headers: dict[str, str] | None = None
         self.content_length: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers: lower-case names, repeated ones joined with ", "."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+            for name, value in self._raw:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return headers
 
     @property
     def reason(self) -> str:
@@ -238,24 +252,29 @@ class Response:
             self._raw.clear()
             return
         self.status = status
-        headers: dict[str, str] = {}
+        # Only the framing headers are read here (by their length first: most are not
+        # looked at); ``headers`` is made from the raw pairs if someone asks.
+        length: bytes | None = None
+        chunked = False
+        encoding = b""
         for name, value in self._raw:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.headers = headers
-        self._raw = []
-        length = headers.get("content-length")
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                length = value.strip()
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                chunked = chunked or b"chunked" in value.lower()
+            elif size == 16 and name.lower() == b"content-encoding":
+                value = value.strip().lower()
+                encoding = value if not encoding else encoding + b", " + value
         if length is not None and length.isdigit():
             self.content_length = int(length)
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._until_close = length is None and not chunked and status not in _NO_BODY
         self._keep_alive = parser.should_keep_alive()
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
+        if encoding in (b"gzip", b"x-gzip", b"deflate"):
             self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
-        elif encoding not in ("", "identity"):
-            self._error = InvalidResponse(f"unsupported content-encoding {encoding!r}")
+        elif encoding not in (b"", b"identity"):
+            shown = encoding.decode("latin-1")
+            self._error = InvalidResponse(f"unsupported content-encoding {shown!r}")
         self._headed = True
         self._wake()
 

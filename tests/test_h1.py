@@ -244,6 +244,11 @@ async def test_answer_framings() -> None:
         "/notgzip": ok(b"not gzip at all", b"content-encoding: gzip\r\n"),
         "/garbage": b"SMTP ready\r\n\r\n",
         "/twice": ok(b"first") + ok(b"second"),
+        "/headers": b"HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n",
+        # Both framings at once: refused (a request-smuggling shape), not guessed.
+        "/both": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n"
+        b"\r\n2\r\nok\r\n0\r\n\r\n",
     }
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -251,7 +256,7 @@ async def test_answer_framings() -> None:
             head = await read_request(reader)
             path = head.split(b" ")[1].decode().removeprefix("/v1")
             writer.write(answers[path])
-            if path in ("/close", "/garbage"):
+            if path in ("/close", "/garbage", "/both"):
                 await writer.drain()
                 return
 
@@ -281,6 +286,13 @@ async def test_answer_framings() -> None:
         with pytest.raises(InvalidResponse, match="invalid HTTP"):
             await get("/garbage")
         # Two answers to one request: the first is the answer, the connection is dropped.
+        # Headers as a dict (lower-case names, repeats joined), made when asked for; a
+        # trailer is not one of them.
+        answer, body = await get("/headers")
+        assert body == b"ok"
+        assert answer.headers == {"x-a": "1, 2", "transfer-encoding": "chunked"}
+        with pytest.raises(InvalidResponse, match="invalid HTTP"):
+            await get("/both")
         answer, body = await get("/twice")
         assert body == b"first"
         connections = server.connections
