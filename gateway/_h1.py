@@ -409,13 +409,12 @@ class Response:
         conn = self._conn
         if conn is None:
             return
-        self._conn = None
-        conn.response = None
         if self._complete and self._keep_alive and self._error is None and not self._chunks:
+            self._conn = None
+            conn.response = None
             conn.pool._put(conn)
         else:
-            conn.pool._done(conn)
-            conn.close()
+            self.close()
 
     def close(self) -> None:
         """Drop the connection now, whatever is left of the answer."""

@@ -186,15 +186,8 @@ class Pool:
             connect_timeout = min(connect_timeout, timeout)
         data = origin.head(path, headers, len(body)) + body
         for attempt in (0, 1):
-            conn = None
-            if attempt == 0:  # a kept connection, taken here: no coroutine for the usual case
-                idle = self._idle.get(origin.key)
-                while idle:
-                    candidate = idle.pop()
-                    if not candidate.lost:
-                        conn = candidate
-                        self._active += 1
-                        break
+            # A kept connection, taken here: no coroutine for the usual case.
+            conn = self._take_idle(origin.key) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
                 conn, reused = await self._acquire(
@@ -225,12 +218,9 @@ class Pool:
         one once the pool has room; and whether it was kept."""
         key = origin.key
         while True:
-            idle = self._idle.get(key) if reuse else None
-            while idle:
-                conn = idle.pop()
-                if not conn.lost:
-                    self._active += 1
-                    return conn, True
+            kept = self._take_idle(key) if reuse else None
+            if kept is not None:
+                return kept, True
             if self._count < self.max_connections or self._close_an_idle():
                 break
             waiter = self._loop.create_future()
@@ -258,6 +248,16 @@ class Pool:
             self._done(conn)
             raise
         return conn, False
+
+    def _take_idle(self, key: Any) -> _Conn | None:
+        """The last kept connection of ``key`` still open, lent out; None if none."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                self._active += 1
+                return conn
+        return None
 
     async def _connect(self, conn: _Conn, origin: _Origin, timeout: float) -> None:
         loop = self._loop
