@@ -131,6 +131,8 @@ _Read = tuple[Sequence[str], Sequence[str], "asyncio.Future[list[Any] | None]"]
 # Writes ride along with the next read (under load: at once); without one, they go on
 # their own after this long. It bounds how late other instances see this one's counts.
 _WRITE_LAG = 0.002
+# Timeouts in a row put down to a busy loop before Redis is taken for down all the same.
+LATE_LIMIT = 3
 
 
 def connect(url: str, timeout: float) -> Any:
@@ -189,6 +191,7 @@ class SharedRedis:
         self.errors = 0
         self.outages = 0
         self.late = 0  # timeouts put down to a busy event loop (see ``failed``)
+        self._late_in_a_row = 0
         self._client: Any = None
         # Queued writes, merged per (op, key): counts add up, an in-flight count replaces
         # the last, a cooldown keeps the longest. A batch is small however busy we are.
@@ -312,13 +315,15 @@ class SharedRedis:
         started = asyncio.get_running_loop().time()
         try:
             try:
-                return await client.evalsha(_SHA, len(keys), *keys, *args)
+                out = await client.evalsha(_SHA, len(keys), *keys, *args)
             except NoScriptError:  # a new (or restarted) Redis: load it once
                 await client.script_load(_SCRIPT)
-                return await client.evalsha(_SHA, len(keys), *keys, *args)
+                out = await client.evalsha(_SHA, len(keys), *keys, *args)
         except Exception as exc:  # redis errors, OSError, timeouts: all mean "not now"
             self.failed(exc, started)
             return None
+        self._late_in_a_row = 0
+        return out
 
     async def call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """``fn(client)``; None if Redis is down or failed."""
@@ -326,10 +331,12 @@ class SharedRedis:
             return None
         started = asyncio.get_running_loop().time()
         try:
-            return await fn(self.client)  # socket_timeout bounds it
+            out = await fn(self.client)  # socket_timeout bounds it
         except Exception as exc:
             self.failed(exc, started)
             return None
+        self._late_in_a_row = 0
+        return out
 
     # -- health ----------------------------------------------------------------------
 
@@ -337,7 +344,10 @@ class SharedRedis:
         """A call failed: Redis is down until a ping answers. Not for a timeout that
         fired over twice late (the call began at ``started``): then this process's
         event loop was busy, not Redis slow, and only this call answers locally (a
-        saturated loop would otherwise flap between Redis and local counters)."""
+        saturated loop would otherwise flap between Redis and local counters). Unless
+        ``LATE_LIMIT`` such calls failed in a row with no answer between: a loop that
+        stays saturated must still find out that Redis hung, or every call would wait
+        out its timeout for as long as the load lasts."""
         self.errors += 1
         if not self.up:
             return
@@ -345,7 +355,10 @@ class SharedRedis:
             late = asyncio.get_running_loop().time() - started
             if late > 2 * self.timeout + 0.005:
                 self.late += 1
-                return
+                self._late_in_a_row += 1
+                if self._late_in_a_row < LATE_LIMIT:
+                    return
+        self._late_in_a_row = 0
         self.up = False
         self.outages += 1
         self._ops.clear()

@@ -3,6 +3,7 @@ dir; restartable on the same port (to test an outage)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -71,13 +72,27 @@ class RedisServer:
             if self.process.poll() is not None:  # could not bind: the PONG is another's
                 break
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG") and self.process.poll() is None:
-                        return
+                if self._answering_pid() == self.process.pid:
+                    return
             except OSError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _answering_pid(self) -> int | None:
+        """The pid of the redis-server answering on our port. Until ours has bound it (or
+        failed to), another worker's server may hold the port and answer: a PONG alone
+        once made a worker share its neighbour's Redis (FLUSHALLs and SIGSTOPs crossed)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+            sock.sendall(b"INFO server\r\n")
+            answer = b""
+            while b"process_id:" not in answer or not answer.endswith(b"\r\n"):
+                piece = sock.recv(65536)
+                if not piece:
+                    return None
+                answer += piece
+        found = re.search(rb"process_id:(\d+)", answer)
+        return int(found[1]) if found else None
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -71,6 +71,26 @@ class Instance:
         self._out.close()
 
 
+def test_a_test_redis_never_takes_a_neighbours_port_for_its_own(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's server on the port picked: the new one must notice that the
+    answer is not its own and move, not share the neighbour (whose flushes and stops
+    would cross into its tests)."""
+    import tests.redis_server
+
+    ports = iter([redis_server.port])
+    real = tests.redis_server.free_port
+    monkeypatch.setattr(tests.redis_server, "free_port", lambda: next(ports, None) or real())
+    second = RedisServer(redis_server.binary)
+    try:
+        assert second.port != redis_server.port
+        assert second.process is not None
+        assert second._answering_pid() == second.process.pid
+    finally:
+        second.close()
+
+
 def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -684,6 +704,48 @@ async def test_a_timeout_a_busy_event_loop_caused_does_not_mark_redis_down(
         # On an idle loop the same timeout is Redis' fault: down, local counters.
         assert await shared.sync(keys, ()) is None
         assert not shared.up and shared.outages == 1
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+        await shared.aclose()
+
+
+async def test_a_loop_that_stays_busy_still_finds_out_that_redis_hung(
+    redis_server: RedisServer,
+) -> None:
+    """Every timeout late (a saturated loop) and none answered between: after
+    LATE_LIMIT of them Redis counts as down, not a wait a call for as long as it lasts."""
+    import asyncio
+
+    from gateway.shared import LATE_LIMIT, SharedRedis
+
+    shared = SharedRedis(redis_server.url, timeout=0.05)
+    keys = [shared.key(part, "x") for part in ("cd", "use", "if")]
+    for _ in range(50):
+        shared.up = True
+        if await shared.sync(keys, ()) is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert redis_server.process is not None
+
+    async def late_timeout() -> None:
+        read = asyncio.ensure_future(shared.sync(keys, ()))
+        await asyncio.sleep(0.01)
+        time.sleep(0.2)
+        assert await read is None
+
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(1, LATE_LIMIT):
+            await late_timeout()
+            assert shared.up and shared.late == n
+        redis_server.process.send_signal(signal.SIGCONT)
+        # An answer between late timeouts starts the count again.
+        assert await shared.sync(keys, ()) is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        for _ in range(LATE_LIMIT):
+            assert shared.up
+            await late_timeout()
+        assert not shared.up and shared.outages == 1 and shared.late == 2 * LATE_LIMIT - 1
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
         await shared.aclose()
