@@ -27,8 +27,13 @@ CONFIG = {
 CHAT = b'{"model": "canned", "messages": [{"role": "user", "content": "hi"}]}'
 
 
+# The in-process servers' header, body and keep-alive timeouts; the waits below scale
+# with it (the tests wait these out: short, yet long beside a loaded machine's delays).
+TIMEOUT = 0.25
+
+
 def limits(**overrides: Any) -> Limits:
-    values: dict[str, Any] = {"header_timeout": 0.5, "body_timeout": 0.5, **overrides}
+    values: dict[str, Any] = {"header_timeout": TIMEOUT, "body_timeout": TIMEOUT, **overrides}
     return Limits(**values)
 
 
@@ -41,7 +46,7 @@ def serve(impl: str, **overrides: Any) -> Any:
     return serve_in_thread(
         create_app(CONFIG),
         http=protocol_factory(impl, limits(**overrides)),
-        timeout_keep_alive=0.5,
+        timeout_keep_alive=TIMEOUT,
     )
 
 
@@ -182,7 +187,7 @@ def test_silent_connection_is_closed_after_the_header_timeout(server: Any) -> No
         elapsed = time.monotonic() - started
     error = error_response(raw, 408)
     assert error["code"] == "header_timeout"
-    assert 0.4 < elapsed < 5
+    assert 0.8 * TIMEOUT < elapsed < 5
 
 
 def test_trickled_headers_are_cut_after_the_header_timeout(server: Any) -> None:
@@ -255,8 +260,12 @@ def test_a_slow_app_is_not_a_slow_client(impl: str) -> None:
         "model_list": [
             {
                 "model_name": "slow",
-                # Twice the header, body and keep-alive timeouts (0.5 s).
-                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.0},
+                # Twice the header, body and keep-alive timeouts.
+                "litellm_params": {
+                    "model": "mock/x",
+                    "mock_response": "hi",
+                    "mock_delay": 2 * TIMEOUT,
+                },
             }
         ]
     }
@@ -279,7 +288,11 @@ def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) ->
         "model_list": [
             {
                 "model_name": "slow",
-                "litellm_params": {"model": "mock/x", "mock_response": "hi", "mock_delay": 1.1},
+                "litellm_params": {
+                    "model": "mock/x",
+                    "mock_response": "hi",
+                    "mock_delay": 2.2 * TIMEOUT,
+                },
             },
             CONFIG["model_list"][0],
         ]
@@ -293,7 +306,7 @@ def test_pipelined_request_waiting_behind_a_slow_answer_is_not_cut(impl: str) ->
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
             )
             sock.sendall(first % (len(slow), slow) + second_head % len(CHAT) + CHAT[:10])
-            time.sleep(0.8)  # past body_timeout (0.5), while the first is still being answered
+            time.sleep(1.6 * TIMEOUT)  # past body_timeout, while the first is still answered
             sock.sendall(CHAT[10:])
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
             assert read_response(sock).startswith(b"HTTP/1.1 200 ")
@@ -332,7 +345,7 @@ def test_idle_keep_alive_connection_is_closed(server: Any) -> None:
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
         assert read_until_closed(sock) == b""
-        assert 0.3 < time.monotonic() - started < 5
+        assert 0.6 * TIMEOUT < time.monotonic() - started < 5
 
 
 # -- the connection cap --------------------------------------------------------------------
