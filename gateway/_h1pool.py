@@ -365,9 +365,11 @@ class Pool:
         if self.closed:
             return
         now = self._loop.time()
-        for idle in list(self._idle.values()):
+        for key, idle in list(self._idle.items()):
             while idle and now - idle[0].idle_since >= self.keepalive_expiry:
                 idle[0].close()  # out of the list too
+            if not idle:  # (a lent connection leaves its list empty, not deleted)
+                self._idle.pop(key, None)
         due = None
         count = sum(map(len, self._idle.values()))
         while count > self.max_idle:

@@ -232,6 +232,35 @@ async def test_a_full_pool_closes_another_origins_idle_connection_to_make_room()
             assert p.stats()["connections"] == 1
 
 
+async def test_idle_connections_expire_while_an_origins_only_one_is_lent() -> None:
+    """A lent connection leaves its origin's idle list empty: the trim that comes
+    meanwhile still closes the other origin's expired one (it raised IndexError in the
+    loop's callback and trimmed nothing)."""
+    errors_seen: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors_seen.append(ctx))
+
+    async def quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok())
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok())
+        await read_request(reader)
+        await asyncio.sleep(0.5)
+        writer.write(ok())
+
+    async with scripted(quick) as a, scripted(slow) as b, pool(keepalive_expiry=0.1) as p:
+        assert await fetch(p, a.base) == (200, b'{"ok":true}')
+        assert await fetch(p, b.base) == (200, b'{"ok":true}')
+        lent = asyncio.ensure_future(fetch(p, b.base))  # b's only connection, for 0.5 s
+        await asyncio.sleep(0.3)
+        assert p.stats()["idle"] == 0  # a's expired after 0.1 s, b's is lent
+        assert await lent == (200, b'{"ok":true}')
+    assert errors_seen == []
+
+
 async def test_answer_framings() -> None:
     answers = {
         # No length: the body ends when the server closes.
