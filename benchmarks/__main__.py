@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
         finally:
             ctx.stop_all()
+        if ctx.log_errors:
+            outcome["log_errors"] = dict(ctx.log_errors)
+            ctx.log_errors.clear()
+            failed = True
         outcome["title"] = module.TITLE
         outcome["elapsed_s"] = round(time.perf_counter() - started, 1)
         if "gateway" in outcome.get("failed", {}):
@@ -201,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     print(f"wrote {json_path}, {md_path}" + (f", {png_path}" if png else ""))
-    if any(s.get("failed") or "error" in s for s in results["scenarios"].values()):
+    if any(
+        s.get("failed") or "error" in s or "log_errors" in s for s in results["scenarios"].values()
+    ):
         print(f"server logs and generated configs kept in {ctx.work_dir}")
     else:
         shutil.rmtree(ctx.work_dir, ignore_errors=True)

@@ -137,6 +137,10 @@ def _fds_tree(pid: int) -> int:
     return total
 
 
+# Lines that start a traceback or an error the event loop caught in a callback.
+_ERROR_LINES = ("Traceback (most recent call last)", "Exception in callback", "Task exception")
+
+
 @dataclass
 class Server:
     """One target process: started, polled until it answers, measured, stopped."""
@@ -206,6 +210,15 @@ class Server:
         except OSError:
             return ""
         return " | ".join(text[-lines:])
+
+    def errors(self) -> list[str]:
+        """The log's tracebacks and loop callback errors (their first lines): a target
+        that logged one served the run with a bug, whatever its figures say."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line for line in text if line.startswith(_ERROR_LINES)]
 
     def stop(self) -> None:
         proc = self.proc
@@ -328,6 +341,8 @@ class Context:
     trees: dict[str, Path] = field(default_factory=dict)
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
     servers: list[Server] = field(default_factory=list)
+    # target -> the error lines its logs held when stopped (``Server.errors``).
+    log_errors: dict[str, list[str]] = field(default_factory=dict)
     echo: Callable[[str], None] = print
 
     @property
@@ -508,6 +523,10 @@ class Context:
     def stop_all(self) -> None:
         for server in self.servers:
             server.stop()
+            found = server.errors() if server.name != "litellm" else []  # (not ours)
+            if found:
+                self.log_errors.setdefault(server.name, []).extend(found)
+                self.echo(f"  ! {server.name} logged {len(found)} error(s): {found[0][:160]}")
         self.servers.clear()
 
     # load

@@ -9,7 +9,7 @@ from typing import Any
 
 from .scenarios._common import fmt
 
-__all__ = ["markdown", "plot", "update_readme", "write_json"]
+__all__ = ["markdown", "plot", "scenario_notes", "update_readme", "write_json"]
 
 _MATPLOTLIB_MISSING = (
     "matplotlib is not installed, so no plot was drawn: "
@@ -97,16 +97,25 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(scenario["columns"], scenario["rows"])
         for table in scenario.get("tables", []):
             lines += ["", f"{table['title']}:", "", *_table(table["columns"], table["rows"])]
-        notes = []
-        same = scenario.get("same_bytes")
-        if same:
-            listed = ", ".join(f"{t} {'yes' if ok else '**no**'}" for t, ok in same.items())
-            notes.append(f"Same bytes as the gateway (ids masked): {listed}.")
-        for target, message in scenario.get("failed", {}).items():
-            notes.append(f"{target} did not run: {message[:200]}")
+        notes = scenario_notes(scenario)
         if notes:
             lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def scenario_notes(scenario: dict[str, Any]) -> list[str]:
+    """The lines under a scenario's table: same bytes, targets that did not run or that
+    logged errors."""
+    notes = []
+    same = scenario.get("same_bytes")
+    if same:
+        listed = ", ".join(f"{t} {'yes' if ok else '**no**'}" for t, ok in same.items())
+        notes.append(f"Same bytes as the gateway (ids masked): {listed}.")
+    for target, message in scenario.get("failed", {}).items():
+        notes.append(f"{target} did not run: {message[:200]}")
+    for target, found in scenario.get("log_errors", {}).items():
+        notes.append(f"**{target} logged {len(found)} error(s)**: {found[0][:200]}")
+    return notes
 
 
 def plot(results: dict[str, Any], path: Path) -> tuple[bool, str | None]:

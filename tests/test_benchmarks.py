@@ -129,6 +129,7 @@ def test_every_scenario_ran_and_checked_its_targets(runs: dict[str, Run]) -> Non
         assert list(results["scenarios"]) == list(names)
         for name, scenario in results["scenarios"].items():
             assert "error" not in scenario, (name, scenario)
+            assert "log_errors" not in scenario, (name, scenario["log_errors"])
             failed = {}
             if name == "proxy" and importlib.util.find_spec("aiohttp") is None:
                 failed = {"forwarder": proxy.FORWARDER_NEEDS}  # said, and the rest measured
@@ -391,6 +392,27 @@ def test_unknown_scenario_is_rejected(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown scenario(s) chatt" in proc.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_a_target_that_logged_a_traceback_is_reported(tmp_path: Path) -> None:
+    from benchmarks.harness import Server
+
+    echoed: list[str] = []
+    ctx = Context(duration=1, connections=[1], quick=True, out_dir=tmp_path, echo=echoed.append)
+    for name, text in (
+        ("gateway", "INFO: ok\nException in callback Pool._trim()\nIndexError: list index\n"),
+        ("baseline", "WARNING: a warning is not an error\n"),
+        ("litellm", "Traceback (most recent call last):\n"),  # not ours to judge
+    ):
+        log = tmp_path / f"{name}.log"
+        log.write_text(text)
+        ctx.servers.append(Server(name, [], 0, log))
+    ctx.stop_all()
+    assert ctx.log_errors == {"gateway": ["Exception in callback Pool._trim()"]}
+    assert echoed == ["  ! gateway logged 1 error(s): Exception in callback Pool._trim()"]
+    assert report.scenario_notes({"log_errors": ctx.log_errors}) == [
+        "**gateway logged 1 error(s)**: Exception in callback Pool._trim()"
+    ]
 
 
 def test_normalise_masks_ids_and_timestamps_only() -> None:
