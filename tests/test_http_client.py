@@ -143,13 +143,16 @@ def test_outside_an_asyncio_loop_the_error_says_so() -> None:
 # The aiohttp pool under it (gateway/_pool.py).
 
 
-async def test_idle_connections_beyond_the_keep_alive_cap_close_once_idle() -> None:
+async def test_idle_connections_beyond_the_keep_alive_cap_close_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from types import SimpleNamespace
 
-    from gateway._pool import TRIM_AFTER
     from gateway.http import HTTPClients
     from tests.fake_upstream import run_fake_upstream
 
+    trim_after = 0.3  # the pool's 1 s, shortened: the test waits it out
+    monkeypatch.setattr("gateway._pool.TRIM_AFTER", trim_after)
     clients = HTTPClients(SimpleNamespace(max_keepalive_connections=2))
     client = clients.http_client()
     connector = client._transport.client.connector  # type: ignore[attr-defined]
@@ -169,7 +172,7 @@ async def test_idle_connections_beyond_the_keep_alive_cap_close_once_idle() -> N
             while connector.stats() != stats:
                 assert asyncio.get_running_loop().time() - started < 5, connector.stats()
                 await asyncio.sleep(0.05)
-            assert asyncio.get_running_loop().time() - started >= TRIM_AFTER * 0.9
+            assert asyncio.get_running_loop().time() - started >= trim_after * 0.9
         finally:
             await clients.aclose()
 

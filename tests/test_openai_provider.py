@@ -18,7 +18,6 @@ import pytest
 
 import gateway
 from gateway import errors
-from gateway._h1pool import TRIM_AFTER
 from gateway.calls import astream_chunks
 from gateway.http import HTTPClients, current
 from gateway.provider import ChatCall
@@ -779,7 +778,11 @@ async def test_clients_are_per_loop_made_from_settings_and_closed() -> None:
     await clients.aclose()
 
 
-async def test_keep_alive_cap_closes_idle_connections_beyond_it(upstream: FakeUpstream) -> None:
+async def test_keep_alive_cap_closes_idle_connections_beyond_it(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trim_after = 0.3  # the pool's 1 s, shortened: the test waits it out
+    monkeypatch.setattr("gateway._h1pool.TRIM_AFTER", trim_after)
     clients = HTTPClients(SimpleNamespace(max_keepalive_connections=2))
     pool = clients.upstream_pool()
 
@@ -799,7 +802,7 @@ async def test_keep_alive_cap_closes_idle_connections_beyond_it(upstream: FakeUp
         started = time.monotonic()
         stats = {"connections": 2, "idle": 2, "active": 0, "requests": 0, "waiting": 0}
         await _wait_for(lambda: clients.pool_stats() == stats, timeout=5)
-        assert time.monotonic() - started >= TRIM_AFTER * 0.9
+        assert time.monotonic() - started >= trim_after * 0.9
         await _wait_for(lambda: upstream.open_connections <= 2)
         async with anyio.create_task_group() as tg:  # the two kept are reused
             for _ in range(2):

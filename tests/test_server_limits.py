@@ -404,7 +404,7 @@ gateway_settings:
   max_header_bytes: 2048
   header_timeout: 0.5
   body_timeout: 0.5
-  keepalive_timeout: 0.5
+  keepalive_timeout: 0.25
   max_connections: 4
 """
 
@@ -441,7 +441,7 @@ def _check_cli_limits(port: int) -> None:
         started = time.monotonic()
         assert error_response(read_until_closed(sock), 408)["code"] == "header_timeout"
         assert time.monotonic() - started < 5
-    with connect(handle) as sock:  # keepalive_timeout 0.5, not uvicorn's 5
+    with connect(handle) as sock:  # keepalive_timeout 0.25, not uvicorn's 5
         sock.sendall(chat_request())
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
