@@ -32,6 +32,7 @@ __all__ = [
     "RelayHint",
     "StreamState",
     "is_single_item",
+    "plain",
     "relay_hint",
     "stream_chunk_builder",
 ]
@@ -313,12 +314,14 @@ class StreamState:
             self._emit(out, Delta(content=message.content))
         if message.tool_calls:
             self._tools_seen = True
-            calls = [{**_plain(call), "index": i} for i, call in enumerate(message.tool_calls)]
+            calls = [{**plain(call), "index": i} for i, call in enumerate(message.tool_calls)]
             self._emit(out, Delta(tool_calls=calls))
         self._finish(out, choice.finish_reason)
 
 
-def _plain(value: Any) -> dict[str, Any]:
+def plain(value: Any) -> dict[str, Any]:
+    """A chunk, tool call or usage as a dict (a Struct's, a pydantic model's or a
+    mapping's fields)."""
     if isinstance(value, dict):
         return value
     if isinstance(value, msgspec.Struct):
@@ -337,7 +340,7 @@ def stream_chunk_builder(chunks: Iterable[Any], model: str | None = None) -> Mod
     chunk_id: str | None = None
     created: int | None = None
     for chunk in chunks:
-        data = _plain(chunk)
+        data = plain(chunk)
         chunk_id = chunk_id or data.get("id")
         created = created or data.get("created")
         model = model or data.get("model")

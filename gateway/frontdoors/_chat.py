@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import BadRequestError, GatewayError
+from ..streaming import plain
 from ..types import ModelResponse, ModelResponseStream, Usage
 
 __all__ = [
@@ -57,16 +58,6 @@ def new_id(prefix: str) -> str:
 def sse(event: str, data: Any) -> bytes:
     """One server-sent event with a name, as the Responses and Messages APIs send them."""
     return b"event: " + event.encode() + b"\ndata: " + _encode(data) + b"\n\n"
-
-
-def plain(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, msgspec.Struct):
-        return msgspec.to_builtins(value)
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    return dict(value)
 
 
 def usage_counts(usage: Any) -> tuple[int, int]:
