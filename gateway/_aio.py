@@ -19,12 +19,14 @@ import heapq
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import msgspec
 
 if TYPE_CHECKING:
     from starlette.types import Receive
@@ -75,10 +77,19 @@ def running_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+# ``asyncio.current_task(loop)``: Python code on 3.11 (a frame a call, on every request),
+# a lookup in the dict it reads; C from 3.12 on.
+_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info < (3, 12):
+    _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+else:
+    _task_of = asyncio.current_task
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     """The running asyncio task, or None on another backend."""
     try:
-        return asyncio.current_task(running_loop())
+        return _task_of(running_loop())
     except RuntimeError:  # no asyncio loop running: trio, or another anyio backend
         return None
 
@@ -94,16 +105,24 @@ async def within(timeout: float, awaitable: Awaitable[T]) -> T:
 
     On asyncio the deadline joins its loop's ``_Deadlines``: no timer of its own.
     """
-    task = _current_task()
+    try:
+        loop = running_loop()
+    except RuntimeError:  # no asyncio loop running: trio, or another anyio backend
+        task = None
+    else:
+        task = _task_of(loop)
     if task is None:
         with anyio.fail_after(timeout):
             return await awaitable
-    loop = task.get_loop()
     deadlines: _Deadlines | None = getattr(_here, "deadlines", None)
     if deadlines is None or deadlines.loop is not loop:
         deadlines = _here.deadlines = _Deadlines(loop)
-    guard = _Guard(task, loop.time() + timeout)
-    deadlines.add(guard)
+    # _Deadlines.add and .finished inline: a Python frame less each, on every call.
+    when = loop.time() + timeout
+    guard = _Guard(task, task.cancelling())
+    heapq.heappush(deadlines._heap, (when, deadlines._next(), guard))
+    if when < deadlines._armed:
+        deadlines._arm(when)
     try:
         return await awaitable
     except asyncio.CancelledError:
@@ -113,19 +132,18 @@ async def within(timeout: float, awaitable: Awaitable[T]) -> T:
     finally:
         if guard.task is not None:  # not expired: leave the heap to drop it
             guard.task = None
-            deadlines.finished()
+            deadlines._ended += 1
+            if deadlines._ended > 64:
+                deadlines.compact()
 
 
-class _Guard:
-    """One ``within()`` deadline: its task is cancelled at ``when`` unless it ended."""
+class _Guard(msgspec.Struct):
+    """One ``within()`` deadline: its task is cancelled when it comes, unless it ended.
+    A Struct: made per call, in C (a class with an ``__init__`` was a Python frame)."""
 
-    __slots__ = ("cancelling", "expired", "task", "when")
-
-    def __init__(self, task: asyncio.Task[Any], when: float) -> None:
-        self.task: asyncio.Task[Any] | None = task  # None once ended or expired
-        self.when = when
-        self.cancelling = task.cancelling()
-        self.expired = False
+    task: asyncio.Task[Any] | None  # None once ended or expired
+    cancelling: int
+    expired: bool = False
 
 
 class _Deadlines:
@@ -149,15 +167,11 @@ class _Deadlines:
         self._armed = math.inf
         self._ended = 0
 
-    def add(self, guard: _Guard) -> None:
-        when = guard.when
-        heapq.heappush(self._heap, (when, self._next(), guard))
-        if when < self._armed:
-            self._arm(when)
+    # ``within`` pushes its (when, tie, guard) itself and counts the ended ones.
 
-    def finished(self) -> None:
-        self._ended += 1
-        if self._ended > 64 and self._ended * 2 > len(self._heap):
+    def compact(self) -> None:
+        """Drop the ended entries once they outnumber the live ones."""
+        if self._ended * 2 > len(self._heap):
             self._heap = [entry for entry in self._heap if entry[2].task is not None]
             heapq.heapify(self._heap)
             self._ended = 0
@@ -374,7 +388,7 @@ async def until_disconnect(
         # Inline, not a coroutine of its own: one frame less on every request.
         if signal.gone:
             raise ClientGone
-        task = asyncio.current_task(signal.loop)  # the loop given: no getpid()
+        task = _task_of(signal.loop)  # the loop given: no getpid()
         assert task is not None
         cancelling = task.cancelling()
         signal._task = task
