@@ -234,8 +234,14 @@ class ModelResponse(_Compat):
         ) -> None: ...
 
     def __post_init__(self) -> None:
-        _convert_list(self.choices, Choices)
-        if not isinstance(self.usage, Usage):
+        # Made twice a chat request (the handler's answer, its blank ``model_response``):
+        # the usual Choices checked here, not in a call of _convert_list (~1k
+        # instructions each).
+        for choice in self.choices:
+            if choice.__class__ is not Choices:
+                _convert_list(self.choices, Choices)
+                break
+        if self.usage.__class__ is not Usage:
             self.usage = _convert(self.usage, Usage) or Usage()
 
 
