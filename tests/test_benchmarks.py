@@ -402,16 +402,21 @@ def test_a_target_that_logged_a_traceback_is_reported(tmp_path: Path) -> None:
     for name, text in (
         ("gateway", "INFO: ok\nException in callback Pool._trim()\nIndexError: list index\n"),
         ("baseline", "WARNING: a warning is not an error\n"),
-        ("litellm", "Traceback (most recent call last):\n"),  # not ours to judge
+        ("forwarder", "Traceback (most recent call last):\n"),  # a reference: not judged
+        ("gw-off", "Task exception was never retrieved\n"),
     ):
         log = tmp_path / f"{name}.log"
         log.write_text(text)
         ctx.servers.append(Server(name, [], 0, log))
     ctx.stop_all()
-    assert ctx.log_errors == {"gateway": ["Exception in callback Pool._trim()"]}
-    assert echoed == ["  ! gateway logged 1 error(s): Exception in callback Pool._trim()"]
+    assert ctx.log_errors == {
+        "gateway": ["Exception in callback Pool._trim()"],
+        "gw-off": ["Task exception was never retrieved"],
+    }
+    assert echoed[0] == "  ! gateway logged 1 error(s): Exception in callback Pool._trim()"
     assert report.scenario_notes({"log_errors": ctx.log_errors}) == [
-        "**gateway logged 1 error(s)**: Exception in callback Pool._trim()"
+        "**gateway logged 1 error(s)**: Exception in callback Pool._trim()",
+        "**gw-off logged 1 error(s)**: Task exception was never retrieved",
     ]
 
 
