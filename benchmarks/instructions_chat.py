@@ -1,7 +1,8 @@
 """``python -m benchmarks.instructions_chat [variant ...]``: CPU instructions per chat request.
 
 The gateway's ASGI app driven in-process (no server, no sockets: a scripted receive and
-send), one ``/v1/chat/completions`` request at a time, counted by valgrind's callgrind.
+send, and the ``Disconnect`` its own server offers in each scope), one
+``/v1/chat/completions`` request at a time, counted by valgrind's callgrind.
 Each variant runs twice, with ``--small`` and ``--large`` requests after a warm-up; the
 difference divided by the difference in requests is the cost of one request, without
 start-up. Instruction counts barely move with the machine's load, unlike req/s: the way
@@ -30,6 +31,7 @@ WARM_UP = 300
 def _drive(variant: str, requests: int) -> None:
     from benchmarks.harness import GATEWAY_VARIANTS, gateway_config
     from benchmarks.payloads import chat_body
+    from gateway._aio import SCOPE_DISCONNECT, Disconnect
     from gateway.app import create_app
 
     config = gateway_config()
@@ -61,6 +63,9 @@ def _drive(variant: str, requests: int) -> None:
             "headers": headers,
             "client": ("127.0.0.1", 5000),
             "server": ("127.0.0.1", 8000),
+            # What the gateway command's server puts in every request's scope (its own
+            # protocols, gateway/_server.py): the disconnect is told, not watched for.
+            SCOPE_DISCONNECT: Disconnect(asyncio.get_running_loop()),
         }
         sent: list[Any] = []
         received = False
