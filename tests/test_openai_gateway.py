@@ -225,7 +225,7 @@ async def test_first_chunk_reaches_the_client_while_the_upstream_still_streams(
 ) -> None:
     # No buffering in between: the first chunk is relayed while the upstream has more to
     # send. (How much time the gateway adds is measured in benchmarks/, scenario proxy.)
-    fake = {"chunks": 2, "interval": 0.5}
+    fake = {"chunks": 2, "interval": 0.3}
     stream = await client.chat.completions.create(
         model="m", messages=MESSAGES, stream=True, extra_body={"fake": fake}
     )
@@ -234,7 +234,7 @@ async def test_first_chunk_reaches_the_client_while_the_upstream_still_streams(
         async for chunk in stream
         if chunk.choices and chunk.choices[0].delta.content
     ]
-    assert open_at_arrival[0] == 1, open_at_arrival  # the second chunk is 0.5 s away
+    assert open_at_arrival[0] == 1, open_at_arrival  # the second chunk is 0.3 s away
 
 
 async def _body_sends(app: GatewayApp, fake: dict[str, Any]) -> list[bytes]:

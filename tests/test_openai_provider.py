@@ -586,7 +586,7 @@ async def test_upstream_error_text_is_short_and_names_no_address(
 
 
 async def test_hanging_upstream_times_out_and_is_released(upstream: FakeUpstream) -> None:
-    for stream in (False, True):
+    async def one(stream: bool) -> None:  # JSON and a stream at once: one wait, not two
         started = time.monotonic()
         with pytest.raises((errors.Timeout, errors.GatewayTimeoutError)) as info:
             result = await gateway.acompletion(
@@ -602,8 +602,12 @@ async def test_hanging_upstream_times_out_and_is_released(upstream: FakeUpstream
         elapsed = time.monotonic() - started
         assert 0.4 < elapsed < 3, elapsed
         assert info.value.retryable and info.value.status_code in (408, 504)
-        # The upstream learns the request is gone.
-        await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, False)
+        tg.start_soon(one, True)
+    # The upstream learns the requests are gone.
+    await _wait_for(lambda: upstream.open_requests == 0, timeout=2)
     assert len(upstream.disconnects) == 2
 
 
