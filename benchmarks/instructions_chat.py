@@ -24,11 +24,13 @@ import subprocess
 import sys
 from typing import Any
 
+from benchmarks.payloads import SEED_MODEL
+
 VARIANTS = ("gw-off", "gateway", "gw-observed")
 WARM_UP = 300
 
 
-def _drive(variant: str, requests: int) -> None:
+def _drive(variant: str, requests: int, model: str = "bench-chat") -> None:
     from benchmarks.harness import GATEWAY_VARIANTS, gateway_config
     from benchmarks.payloads import chat_body
     from gateway._aio import SCOPE_DISCONNECT, Disconnect
@@ -42,7 +44,7 @@ def _drive(variant: str, requests: int) -> None:
         from gateway._gc import tune
 
         tune()
-    body = chat_body("bench-chat")
+    body = chat_body(model)
     headers = [
         (b"host", b"127.0.0.1"),
         (b"content-type", b"application/json"),
@@ -91,9 +93,10 @@ def _drive(variant: str, requests: int) -> None:
     asyncio.run(main())
 
 
-def _count(variant: str, requests: int) -> int:
+def _count(variant: str, requests: int, model: str) -> int:
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     argv += ["-m", "benchmarks.instructions_chat", "--drive", variant, str(requests)]
+    argv += ["--model", model]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -107,16 +110,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), metavar="variant")
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=1200)
+    parser.add_argument(
+        "--model",
+        default="bench-chat",
+        help=f"the chat scenario's bench-chat, or chat-seed's {SEED_MODEL}",
+    )
     parser.add_argument("--drive", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:
-        _drive(args.drive[0], int(args.drive[1]))
+        _drive(args.drive[0], int(args.drive[1]), args.model)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
     per: dict[str, float] = {}
     for variant in args.variants:
-        small, large = _count(variant, args.small), _count(variant, args.large)
+        small, large = (
+            _count(variant, args.small, args.model),
+            _count(variant, args.large, args.model),
+        )
         per[variant] = (large - small) / (args.large - args.small)
         print(f"{variant:12} {per[variant]:>10,.0f} instructions a request", flush=True)
     if "gw-off" in per:

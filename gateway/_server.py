@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocols with the limits a gateway on a network needs.
+"""The ``gateway`` command's HTTP/1.1 protocols, with the limits a gateway on a network needs.
 
 uvicorn bounds none of these with httptools, and only the size of a request's head with
 h11: how long a client may take to send its headers or its body, how large its URL and
@@ -16,10 +16,10 @@ to both, since the ``gateway`` command falls back to h11 when httptools is missi
   get 503 with ``Retry-After``); past it by ``RESERVE`` more, a new connection gets 503
   at once and is closed.
 
-The httptools protocol builds on ``gateway._uvicorn``'s (its disconnect fix for pipelined
-requests). Timeouts are checked by one sweep per server every ``tick`` seconds (at most 1 s) over
-its connections, not by a timer per request: a request pays only for noting its phase and
-the loop's clock, twice.
+The httptools protocol is our own (``gateway._server_httptools``: uvicorn's, rewritten
+lean); h11's is uvicorn's with ``_Guard`` (``gateway._server_h11``). Timeouts are checked
+by one sweep per server every ``tick`` seconds (at most 1 s) over its connections, not by
+a timer per request: a request pays only for noting its phase and the loop's clock, twice.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from ._aio import SCOPE_DISCONNECT, Disconnect
+from ._aio import SCOPE_DISCONNECT
 
 __all__ = ["RESERVE", "Limits", "protocol_factory"]
 
@@ -221,6 +221,19 @@ class _Sweeper:
 _sweepers: weakref.WeakKeyDictionary[Any, _Sweeper] = weakref.WeakKeyDictionary()
 
 
+def _sweeper_for(
+    server_state: Any, loop: asyncio.AbstractEventLoop, limits: Limits, keepalive: float = 1.0
+) -> _Sweeper:
+    """The server's sweeper, made by its first connection: a tick of a quarter of the
+    shortest timeout it enforces, between 50 ms and 1 s."""
+    sweeper = _sweepers.get(server_state)
+    if sweeper is None:
+        shortest = min(limits.header_timeout, limits.body_timeout, keepalive)
+        tick = min(1.0, max(0.05, shortest / 4))
+        sweeper = _sweepers[server_state] = _Sweeper(loop, server_state.connections, tick)
+    return sweeper
+
+
 class _Guard:
     """What both protocols share: phases, deadlines, refusals."""
 
@@ -239,11 +252,7 @@ class _Guard:
         self._over_cap = False
         self._phase = _HEAD
         self._since = 0.0
-        sweeper = _sweepers.get(self.server_state)
-        if sweeper is None:
-            tick = min(1.0, max(0.05, min(limits.header_timeout, limits.body_timeout) / 4))
-            sweeper = _sweepers[self.server_state] = _Sweeper(self.loop, self.connections, tick)
-        self._sweeper = sweeper
+        self._sweeper = _sweeper_for(self.server_state, self.loop, limits)
 
     def _admit(self) -> bool:
         """At connection_made (the connection already counted): False if refused. From
@@ -325,108 +334,16 @@ class _Guard:
         return self._real_app if path in HEALTH_PATHS else _over_capacity
 
 
-# -- httptools (absent: the gateway command falls back to h11) -------------------------
-
-try:
-    import httptools
-except ImportError:
-    HAVE_HTTPTOOLS = False
-else:
-    HAVE_HTTPTOOLS = True
-    # uvicorn's, with the disconnect fix for pipelined requests.
-    from ._uvicorn import PipelinedHttpToolsProtocol
-
-
-class _Refused(Exception):
-    """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
-
-
-if HAVE_HTTPTOOLS:
-
-    class GatewayHttpToolsProtocol(_Guard, PipelinedHttpToolsProtocol):  # type: ignore[misc]
-        def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._refusal: str | None = None
-            self._heads = 0
-            self._head_room = limits.head_bytes
-            self._guard_init(limits)
-
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            self._admit()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._lose(exc)
-
-        def data_received(self, data: bytes) -> None:
-            # uvicorn's, plus: in a head, never feed the parser more than a head's limit.
-            # httptools buffers each header until it ends, so a check per header would
-            # come after the memory is spent.
-            self._unset_keepalive_if_required()
-            self._next_head()
-            try:
-                if self._phase == _HEAD:
-                    room = self._head_room
-                    if len(data) > room:
-                        heads = self._heads
-                        self._head_room = 0  # (on_headers_complete: the head may be large)
-                        self.parser.feed_data(memoryview(data)[:room])
-                        if self._heads == heads:  # no head ended within its limit
-                            self._refuse("headers")  # (a long URL was refused in on_url)
-                            return
-                        self.data_received(data[room:])
-                        return
-                    self._head_room = room - len(data)
-                self.parser.feed_data(data)
-            except httptools.HttpParserCallbackError:
-                if self._refusal is None:
-                    raise
-                self._refuse(self._refusal)
-            except httptools.HttpParserError:
-                msg = "Invalid HTTP request received."
-                self.logger.warning(msg)
-                self.send_400_response(msg)
-            except httptools.HttpParserUpgrade:
-                if self._should_upgrade():
-                    self.handle_websocket_upgrade()
-                else:
-                    self._unsupported_upgrade_warning()
-
-        def on_url(self, url: bytes) -> None:
-            self.url += url
-            if len(self.url) > self._limits.max_url_bytes:
-                self._refusal = "url"
-                raise _Refused
-
-        def on_headers_complete(self) -> None:
-            limits = self._limits
-            # Counted exactly only when the head may be large: the bytes fed since it
-            # began bound its size from above.
-            if limits.head_bytes - self._head_room > limits.max_header_bytes:
-                size = 0
-                for name, value in self.headers:
-                    size += len(name) + len(value) + 4
-                if size > limits.max_header_bytes:
-                    self._refusal = "headers"
-                    raise _Refused
-            self._heads += 1
-            self._phase = _BODY
-            self._since = self.loop.time()
-            self._head_room = limits.head_bytes
-            if self._over_cap:
-                self.app = self._app_for(httptools.parse_url(self.url).path)
-            self.scope[SCOPE_DISCONNECT] = Disconnect(self.loop)  # (uvicorn's cycle takes it)
-            super().on_headers_complete()
-
-
 def protocol_factory(http: str, limits: Limits) -> Any:
     """What uvicorn's ``http=`` takes: the ``"httptools"`` or ``"h11"`` protocol with
     ``limits``. A module-level class and a frozen Struct in a ``functools.partial`` are
     picklable, so ``--workers`` (spawned processes) get the same limits."""
     if http == "httptools":
-        if not HAVE_HTTPTOOLS:
-            raise RuntimeError("httptools is not installed")
-        return functools.partial(GatewayHttpToolsProtocol, limits=limits)
+        try:
+            from ._server_httptools import HttpToolsProtocol
+        except ImportError:
+            raise RuntimeError("httptools is not installed") from None
+        return functools.partial(HttpToolsProtocol, limits=limits)
     # Imported only for h11: h11 and uvicorn's protocol are ~5% of the command's start.
     from ._server_h11 import GatewayH11Protocol
 

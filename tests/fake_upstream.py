@@ -602,6 +602,12 @@ def serve_in_thread(app: Any, *, loop: str = "asyncio", **config: Any) -> Iterat
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     port = sock.getsockname()[1]
+    if config.get("http") == "httptools":
+        # The gateway command's own protocol over httptools (gateway/_server_httptools.py),
+        # so that every test served this way exercises it.
+        from gateway._server import Limits, protocol_factory
+
+        config["http"] = protocol_factory("httptools", Limits())
     config.setdefault("log_level", "warning")
     config.setdefault("access_log", False)
     config.setdefault("timeout_graceful_shutdown", 2)

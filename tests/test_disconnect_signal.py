@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import gateway
 from gateway._server import Limits, protocol_factory
-from gateway._uvicorn import http_protocol
 from gateway.app import create_app
 from tests.fake_upstream import serve_in_thread
 
@@ -98,7 +98,7 @@ def _leave_mid_request(port: int, stream: bool) -> None:
     [
         (protocol_factory("httptools", Limits()), 0),
         (protocol_factory("h11", Limits()), 0),
-        (http_protocol("httptools"), 1),  # plain uvicorn: the app's watcher task
+        (HttpToolsProtocol, 1),  # plain uvicorn: the app's watcher task
         ("h11", 1),
     ],
     ids=["gateway-httptools", "gateway-h11", "uvicorn-httptools", "uvicorn-h11"],

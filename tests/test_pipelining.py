@@ -19,7 +19,7 @@ import pytest
 from test_cli import Server
 
 import gateway
-from gateway._uvicorn import http_protocol
+from gateway._server import Limits, protocol_factory
 from gateway.app import create_app
 from tests.fake_upstream import serve_in_thread
 
@@ -70,7 +70,7 @@ def test_pipelined_client_leaving_cancels_the_running_call(http: str) -> None:
             },
         }
     )
-    with serve_in_thread(app, http=http_protocol(http)) as server:
+    with serve_in_thread(app, http=protocol_factory(http, Limits())) as server:
         pipelined(server.port, SEEN.started)
         assert SEEN.cancelled.wait(5), "the running call was not cancelled"
         metrics = app.runtime.metrics

@@ -1,0 +1,270 @@
+"""HTTP/1.1 as the ``gateway`` command's protocols speak it (gateway/_server_httptools.py
+and, as a check on the same expectations, uvicorn's h11 protocol with our limits).
+
+A raw socket on loopback against a small ASGI app: what a client sees for HEAD,
+``Expect: 100-continue``, chunked bodies both ways, pipelining, large bodies each way
+(flow control), broken apps, forbidden header values, upgrades and closes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway._server import Limits, protocol_factory
+from tests.fake_upstream import ServerHandle, serve_in_thread
+
+BIG = bytes(range(256)) * 4096 * 8  # 8 MiB: far past any socket or transport buffer
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    path = scope["path"]
+    if path == "/raise":
+        raise RuntimeError("boom")
+    if path == "/nothing":
+        return
+    if path == "/chunked":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"one,", b"two,", b"three"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/big":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(0, len(BIG), 65536):
+            piece = BIG[i : i + 65536]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-type", b"text/plain")]
+    status = 200
+    if path == "/bad-header":
+        headers.append((b"x-evil", b"a\r\nset-cookie: stolen=1"))
+    elif path == "/bad-name":
+        headers.append((b"x evil", b"a"))
+    elif path == "/status-499":
+        status = 499
+    answer = body if path == "/echo" else b"hello"
+    headers.append((b"content-length", str(len(answer)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def served(request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
+    with serve_in_thread(app, http=protocol_factory(request.param, Limits())) as handle:
+        handle.protocol = request.param  # type: ignore[attr-defined]
+        yield handle
+
+
+class Reader:
+    """Reads HTTP/1.1 responses off a socket, one at a time."""
+
+    def __init__(self, sock: socket.socket, pause: float = 0.0) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.pause = pause
+
+    def _more(self) -> None:
+        if self.pause:
+            time.sleep(self.pause)
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError(self.buffer)
+        self.buffer += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self._more()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            self._more()
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[bytes, bytes], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        status = int(status_line.split(b" ")[1])
+        if head_only or status == 100:
+            return status, headers, b""
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while size := int(self._line(), 16):
+                body += self._take(size)
+                assert self._take(2) == b"\r\n"
+            assert self._line() == b""
+            return status, headers, body
+        return status, headers, self._take(int(headers.get(b"content-length", b"0")))
+
+    def closed(self) -> bool:
+        try:
+            self._more()
+        except EOFError:
+            return True
+        return False
+
+
+def _connect(handle: ServerHandle) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", handle.port), timeout=10)
+
+
+def _request(method: str, path: str, body: bytes = b"", extra: bytes = b"") -> bytes:
+    return b"%s %s HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        method.encode(),
+        path.encode(),
+        len(body),
+        extra,
+        body,
+    )
+
+
+def test_a_head_request_gets_the_head_alone(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        reader = Reader(sock)
+        sock.sendall(_request("HEAD", "/fixed") + _request("GET", "/fixed"))
+        status, headers, _ = reader.response(head_only=True)
+        assert status == 200 and headers[b"content-length"] == b"5"
+        # No body went out: the next answer on the connection starts right there.
+        assert reader.response()[::2] == (200, b"hello")
+
+
+def test_expect_100_continue_asks_for_the_body(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        reader = Reader(sock)
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+        )
+        assert reader.response()[0] == 100
+        sock.sendall(b"ping")
+        assert reader.response()[2] == b"ping"
+
+
+def test_a_chunked_request_body_is_read_whole(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+        )
+        assert Reader(sock).response()[2] == b"abcdefg"
+
+
+def test_an_answer_without_a_length_is_chunked(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(_request("GET", "/chunked"))
+        _, headers, body = Reader(sock).response()
+    assert headers[b"transfer-encoding"] == b"chunked" and body == b"one,two,three"
+
+
+def test_pipelined_requests_are_answered_in_order(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(b"".join(_request("POST", "/echo", word) for word in (b"a", b"bb", b"ccc")))
+        reader = Reader(sock)
+        assert [reader.response()[2] for _ in range(3)] == [b"a", b"bb", b"ccc"]
+
+
+def test_large_bodies_both_ways_under_flow_control(served: ServerHandle) -> None:
+    # A body past the read buffer's high-water mark (reading pauses, then resumes), and
+    # an answer far larger than what the socket holds, read slowly (writing pauses).
+    with _connect(served) as sock:
+        reader = Reader(sock)
+        sock.sendall(_request("POST", "/echo", BIG[: 1 << 20]))
+        assert reader.response()[2] == BIG[: 1 << 20]
+        sock.sendall(_request("GET", "/big"))
+        reader.pause = 0.001
+        body = reader.response()[2]
+    assert hashlib.sha256(body).digest() == hashlib.sha256(BIG).digest()
+
+
+@pytest.mark.parametrize("path", ["/bad-header", "/bad-name"])
+def test_a_forbidden_header_never_reaches_the_wire(served: ServerHandle, path: str) -> None:
+    with _connect(served) as sock:
+        sock.sendall(_request("GET", path))
+        reader = Reader(sock)
+        try:
+            status, _, body = reader.response()
+        except EOFError:  # closed without an answer: also nothing injected
+            status, body = 0, b""
+        assert b"stolen" not in reader.buffer + body
+    assert status in (0, 500)
+
+
+@pytest.mark.parametrize("path", ["/raise", "/nothing"])
+def test_an_app_that_fails_gets_a_500_and_a_close(served: ServerHandle, path: str) -> None:
+    with _connect(served) as sock:
+        sock.sendall(_request("GET", path))
+        reader = Reader(sock)
+        status, headers, body = reader.response()
+        assert (status, body) == (500, b"Internal Server Error")
+        assert headers[b"connection"] == b"close" and reader.closed()
+
+
+def test_a_status_without_a_reason_phrase(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(_request("GET", "/status-499"))
+        reader = Reader(sock)
+        assert reader.response()[0] == 499
+        sock.sendall(_request("GET", "/fixed"))  # and the connection lives on
+        assert reader.response()[2] == b"hello"
+
+
+@pytest.mark.parametrize(
+    "extra, version",
+    [(b"connection: close\r\n", b"1.1"), (b"", b"1.0")],
+    ids=["connection-close", "http-1.0"],
+)
+def test_a_client_that_asks_to_close_is_closed(
+    served: ServerHandle, extra: bytes, version: bytes
+) -> None:
+    with _connect(served) as sock:
+        request = _request("GET", "/fixed", extra=extra).replace(b"HTTP/1.1", b"HTTP/" + version)
+        sock.sendall(request)
+        reader = Reader(sock)
+        assert reader.response()[2] == b"hello"
+        assert reader.closed()
+
+
+def test_a_request_that_is_not_http_gets_a_400(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(b"HELLO THERE\r\n\r\n")
+        reader = Reader(sock)
+        assert reader.response()[0] == 400
+        assert reader.closed()
+
+
+def test_an_upgrade_request_is_answered_as_http_then_closed(served: ServerHandle) -> None:
+    if served.protocol != "httptools":  # type: ignore[attr-defined]
+        pytest.skip("uvicorn's h11 protocol hands upgrades to its WebSocket protocol")
+    with _connect(served) as sock:
+        sock.sendall(
+            _request("GET", "/fixed", extra=b"connection: upgrade\r\nupgrade: websocket\r\n")
+        )
+        reader = Reader(sock)
+        assert reader.response()[2] == b"hello"
+        assert reader.closed()
