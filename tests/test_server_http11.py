@@ -53,6 +53,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/whoami":
+        client = scope["client"]
+        body = f"{scope['scheme']} {client[0] if client else None}".encode()
     headers = [(b"content-type", b"text/plain")]
     status = 200
     if path == "/bad-header":
@@ -61,7 +64,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers.append((b"x evil", b"a"))
     elif path == "/status-499":
         status = 499
-    answer = body if path == "/echo" else b"hello"
+    answer = body if path in ("/echo", "/whoami") else b"hello"
     headers.append((b"content-length", str(len(answer)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": answer})
@@ -268,3 +271,25 @@ def test_an_upgrade_request_is_answered_as_http_then_closed(served: ServerHandle
         reader = Reader(sock)
         assert reader.response()[2] == b"hello"
         assert reader.closed()
+
+
+FORWARDED = b"x-forwarded-for: 203.0.113.7, 10.0.0.2\r\nx-forwarded-proto: https\r\n"
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize(
+    "allow, seen",
+    [
+        ("127.0.0.1", b"https 10.0.0.2"),  # the default: the nearest untrusted hop
+        ("127.0.0.1,10.0.0.2", b"https 203.0.113.7"),
+        ("10.9.9.9", b"http 127.0.0.1"),  # the peer is not trusted: headers ignored
+    ],
+)
+def test_forwarded_headers_from_a_trusted_proxy(http: str, allow: str, seen: bytes) -> None:
+    protocol = protocol_factory(http, Limits())
+    with serve_in_thread(app, http=protocol, forwarded_allow_ips=allow) as handle:
+        with _connect(handle) as sock:
+            sock.sendall(_request("GET", "/whoami", extra=FORWARDED) + _request("GET", "/whoami"))
+            reader = Reader(sock)
+            assert reader.response()[2] == seen
+            assert reader.response()[2] == b"http 127.0.0.1"  # no headers: the peer itself
