@@ -91,7 +91,11 @@ class _Cycle(Disconnect):
     )
 
     def __init__(self, proto: HttpToolsProtocol, scope: Any, keep_alive: bool, expect: bool):
-        Disconnect.__init__(self, proto.loop)
+        # Disconnect's fields, set here: a call less a request.
+        self.loop = proto.loop
+        self.gone = False
+        self._task = None
+        self._cancelled = False
         self.proto = proto
         self.scope = scope
         self.keep_alive = keep_alive
@@ -194,7 +198,8 @@ class _Cycle(Disconnect):
             if self.left > 0:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.complete = True
-            self.wake()
+            if self.waiter is not None:
+                self.wake()
             if not self.keep_alive:
                 proto.transport.close()
             proto.response_complete(self)
@@ -202,7 +207,9 @@ class _Cycle(Disconnect):
     def _head(self, status: int, headers: Any) -> bytes:
         parts = [
             _STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status,
-            _default_headers(self.proto.server_state.default_headers),
+            _defaults[1]
+            if _defaults[0] is self.proto.server_state.default_headers
+            else _default_headers(self.proto.server_state.default_headers),
         ]
         values = []
         close = False
@@ -212,7 +219,7 @@ class _Cycle(Disconnect):
             values.append(value)
             if lowered == b"content-length":
                 if length < 0 and not self.chunked:
-                    length = int(value.decode())
+                    length = int(value)
             elif lowered == b"transfer-encoding":
                 if value.lower() == b"chunked":
                     length, self.chunked = -1, True
@@ -335,7 +342,8 @@ class HttpToolsProtocol(asyncio.Protocol):
         self._replies = _replies(limits)
         self._refusal: str | None = None
         self._heads = 0
-        self._head_room = limits.head_bytes
+        self._head_bytes = limits.head_bytes
+        self._head_room = self._head_bytes
         self._over_cap = False
         self._phase = _HEAD
         self._since = 0.0
@@ -464,7 +472,7 @@ class HttpToolsProtocol(asyncio.Protocol):
         headers = self.headers
         # Counted exactly only when the head may be large: the bytes fed since it began
         # bound its size from above.
-        if limits.head_bytes - self._head_room > limits.max_header_bytes:
+        if self._head_bytes - self._head_room > limits.max_header_bytes:
             size = 0
             for name, value in headers:
                 size += len(name) + len(value) + 4
@@ -474,7 +482,7 @@ class HttpToolsProtocol(asyncio.Protocol):
         self._heads += 1
         self._phase = _BODY
         self._since = self.loop.time()
-        self._head_room = limits.head_bytes
+        self._head_room = self._head_bytes
         parser = self.parser
         version = parser.get_http_version()
         url = httptools.parse_url(self.url)
@@ -535,14 +543,18 @@ class HttpToolsProtocol(asyncio.Protocol):
         cycle.buffered += len(body)
         if cycle.buffered > _HIGH_WATER:
             self.pause_reading()
-        cycle.wake()
+        cycle.ready = True  # cycle.wake(), inline
+        if cycle.waiter is not None and not cycle.waiter.done():
+            cycle.waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if cycle is None or cycle.complete:
             return
         cycle.more_body = False
-        cycle.wake()
+        cycle.ready = True  # cycle.wake(), inline
+        if cycle.waiter is not None and not cycle.waiter.done():
+            cycle.waiter.set_result(None)
 
     def _forwarded_by(self, headers: list[tuple[bytes, bytes]], client: Any, scheme: str) -> Any:
         """The client and scheme a trusted proxy's X-Forwarded headers name (as uvicorn's
@@ -576,7 +588,8 @@ class HttpToolsProtocol(asyncio.Protocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self.resume_reading()
+        if self.read_paused:
+            self.resume_reading()
         if self.pipeline:
             self._start(*self.pipeline.popleft())
         elif self.cycle is cycle and self._phase == _BODY:
