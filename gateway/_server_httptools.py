@@ -80,6 +80,7 @@ class _Cycle(Disconnect):
         "complete",
         "expect_100",
         "head",
+        "head_only",
         "keep_alive",
         "left",
         "more_body",
@@ -97,7 +98,10 @@ class _Cycle(Disconnect):
         self._task = None
         self._cancelled = False
         self.proto = proto
-        self.scope = scope
+        # Until the app starts (then only the scope points here: no reference cycle to
+        # leave for the garbage collector each request).
+        self.scope: Any = scope
+        self.head_only = scope["method"] == "HEAD"
         self.keep_alive = keep_alive
         self.expect_100 = expect
         self.body: list[bytes] = []
@@ -232,7 +236,7 @@ class _Cycle(Disconnect):
             raise RuntimeError("Invalid HTTP header value.")
         if not self.keep_alive and not close:
             parts.append(b"connection: close\r\n")
-        if self.scope["method"] == "HEAD" or status in (204, 304):
+        if self.head_only or status in (204, 304):
             self.chunked, length = False, -1
         elif not self.chunked and length < 0:
             self.chunked = True
@@ -580,7 +584,8 @@ class HttpToolsProtocol(asyncio.Protocol):
 
     def _start(self, cycle: _Cycle, app: Any) -> None:
         self.running = cycle
-        task = self.loop.create_task(app(cycle.scope, cycle.receive, cycle.send))
+        scope, cycle.scope = cycle.scope, None
+        task = self.loop.create_task(app(scope, cycle.receive, cycle.send))
         task.add_done_callback(cycle.done)
         self.tasks.add(task)
 
