@@ -43,7 +43,10 @@ _IDLE = 2  # a keep-alive connection between requests (see _server's phases)
 _HIGH_WATER = 65536  # request body bytes buffered before reading pauses
 _STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name: a token
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0A-\x1F\x7F]")
+# A header value's allowed bytes (uvicorn's check: no controls but tab): deleting them
+# from the values leaves nothing. bytes.translate, not a regex search: ~5 instructions
+# a byte, not ~40.
+_VALUE_BYTES = bytes(b for b in range(256) if b == 9 or 32 <= b < 127 or b > 127)
 _names: dict[bytes, bytes] = {}  # header names as sent -> checked and lowercased
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -232,7 +235,7 @@ class _Cycle(Disconnect):
                     self.keep_alive = False
                     close = True
             parts += (lowered, b": ", value, b"\r\n")
-        if values and _BAD_VALUE.search(b"".join(values)):
+        if b"".join(values).translate(None, _VALUE_BYTES):
             raise RuntimeError("Invalid HTTP header value.")
         if not self.keep_alive and not close:
             parts.append(b"connection: close\r\n")

@@ -132,7 +132,10 @@ def _decode_body(body: bytes, kind: type[Any]) -> tuple[Any, dict[str, Any]]:
         raise BadRequestError("Request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequestError("Request body must be a JSON object")
-    return _convert_body(data, kind)
+    try:  # _convert_body's first try, inline: a call less on every request
+        return msgspec.convert(data, kind), data
+    except msgspec.ValidationError:
+        return _convert_body(data, kind)
 
 
 def _convert_body(data: dict[str, Any], kind: type[Any]) -> tuple[Any, dict[str, Any]]:

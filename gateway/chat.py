@@ -59,7 +59,13 @@ class ChatCompletions(_Endpoint):
         if prepared is None:
             cache = self.runtime.cache
             control = data.pop("cache", None) if cache is not None else None
-            optional = {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
+            # Most requests carry no optional param: a set test in C, not a comprehension
+            # (a function call on 3.11).
+            optional = (
+                {}
+                if data.keys() <= _NOT_OPTIONAL
+                else {k: v for k, v in data.items() if k not in _NOT_OPTIONAL and v is not None}
+            )
             stream = bool(request.stream)
             if stream:
                 optional["stream"] = True

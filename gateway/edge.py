@@ -184,7 +184,7 @@ class _Endpoint:
                 await _send_json(send, 405, self.render_error(exc, rid), self._allow)
                 return
             if self.auth:
-                presented = self.runtime.check_auth(scope)
+                presented = runtime.check_auth(scope) if runtime.master_key is not None else None
                 if self.runtime.keys is not None:
                     grant = scope["gateway.key"] = await self.runtime.keys.authenticate(presented)
             status = await self.handle(scope, receive, send) or 200
