@@ -1,16 +1,20 @@
 """``python -m benchmarks.instructions_chat [variant ...]``: CPU instructions per chat request.
 
-The gateway's ASGI app driven in-process (no server, no sockets: a scripted receive and
-send, and the ``Disconnect`` its own server offers in each scope), one
-``/v1/chat/completions`` request at a time, counted by valgrind's callgrind.
-Each variant runs twice, with ``--small`` and ``--large`` requests after a warm-up; the
-difference divided by the difference in requests is the cost of one request, without
-start-up. Instruction counts barely move with the machine's load, unlike req/s: the way
-to compare a request-path change on a shared machine. Variants are the chat scenario's
-(``benchmarks.harness.GATEWAY_VARIANTS``): ``gw-off`` (metrics and request ids off),
-``gateway`` (on, the defaults), ``gw-observed`` (on, and ``benchmarks.loggers.noop_logger``).
-The collector is tuned as the ``gateway`` command tunes it in the process it serves.
-Needs ``valgrind`` (``apt-get install valgrind``).
+The whole server's work for one ``/v1/chat/completions`` request, in one process: the
+HTTP protocol the target serves with (the gateway command's own over httptools; uvicorn's
+for the baseline, as the benchmarks serve it) and the app behind it, fed the request's
+bytes on a keep-alive connection whose transport is memory (no sockets, no system calls),
+one request at a time, counted by valgrind's callgrind. Each variant runs twice, with
+``--small`` and ``--large`` requests after a warm-up; the difference divided by the
+difference in requests is the cost of one request, without start-up. Instruction counts
+barely move with the machine's load, unlike req/s: the way to compare a request-path
+change on a shared machine. Variants: ``baseline`` (the chat scenario's bare Starlette
+app on uvicorn), and the chat scenario's gateways (``benchmarks.harness.GATEWAY_VARIANTS``):
+``gw-off`` (metrics and request ids off), ``gateway`` (on, the defaults),
+``gw-observed`` (on, and ``benchmarks.loggers.noop_logger``). The collector is tuned as
+the ``gateway`` command tunes it in the process it serves. What this leaves out is the
+kernel's share (socket reads and writes, the same for every target), so the ratio on the
+wire is closer to 1 than the ratio here. Needs ``valgrind`` (``apt-get install valgrind``).
 """
 
 from __future__ import annotations
@@ -26,71 +30,86 @@ from typing import Any
 
 from benchmarks.payloads import SEED_MODEL
 
-VARIANTS = ("gw-off", "gateway", "gw-observed")
+VARIANTS = ("baseline", "gw-off", "gateway", "gw-observed")
 WARM_UP = 300
 
 
-def _drive(variant: str, requests: int, model: str = "bench-chat") -> None:
+class _Transport(asyncio.Transport):
+    """A connection's transport in memory: what the server writes is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _server(variant: str) -> tuple[Any, Any]:
+    """The uvicorn config (the app and its protocol) and the app's startup, if any."""
+    import uvicorn
+
+    if variant == "baseline":
+        from benchmarks.servers.baseline import app
+
+        config = uvicorn.Config(app, http="httptools", log_level="warning", lifespan="off")
+        config.load()
+        return config, None
     from benchmarks.harness import GATEWAY_VARIANTS, gateway_config
-    from benchmarks.payloads import chat_body
-    from gateway._aio import SCOPE_DISCONNECT, Disconnect
+    from gateway._server import Limits, protocol_factory
     from gateway.app import create_app
 
-    config = gateway_config()
-    if variant in GATEWAY_VARIANTS:
-        GATEWAY_VARIANTS[variant](config)
-    app = create_app(config)
-    if getattr(app.runtime.settings, "gc_tuning", False):  # as the command does (if it does)
+    settings = gateway_config()
+    GATEWAY_VARIANTS.get(variant, lambda _: None)(settings)
+    gateway = create_app(settings)
+    if getattr(gateway.runtime.settings, "gc_tuning", False):  # as the command does
         from gateway._gc import tune
 
         tune()
+    http = protocol_factory("httptools", Limits())
+    config = uvicorn.Config(gateway, http=http, log_level="warning", lifespan="off")
+    config.load()
+    return config, gateway.runtime.startup
+
+
+def _drive(variant: str, requests: int, model: str = "bench-chat") -> None:
+    from uvicorn.server import ServerState
+
+    from benchmarks.payloads import chat_body
+
+    config, startup = _server(variant)
     body = chat_body(model)
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-
-    async def one() -> None:
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 5000),
-            "server": ("127.0.0.1", 8000),
-            # What the gateway command's server puts in every request's scope (its own
-            # protocols, gateway/_server.py): the disconnect is told, not watched for.
-            SCOPE_DISCONNECT: Disconnect(asyncio.get_running_loop()),
-        }
-        sent: list[Any] = []
-        received = False
-
-        async def receive() -> Any:
-            nonlocal received
-            if not received:
-                received = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # never: the answer comes first
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        assert sent[0]["status"] == 200, sent
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
     async def main() -> None:
+        if startup is not None:
+            await startup()
+        protocol = config.http_protocol_class(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        transport = _Transport()
+        protocol.connection_made(transport)
         for _ in range(WARM_UP + requests):
-            await one()
+            transport.written.clear()
+            protocol.data_received(request)
+            # Answered when its last bytes are out: a JSON body ends the answer.
+            while not (transport.written and transport.written[-1].endswith(b"}")):
+                await asyncio.sleep(0)
+            assert transport.written[0].startswith(b"HTTP/1.1 200 "), transport.written
         await asyncio.sleep(0.2)  # the callbacks' task runs what is queued
 
-    asyncio.run(main())
+    import uvloop
+
+    uvloop.run(main())
 
 
 def _count(variant: str, requests: int, model: str) -> int:
@@ -130,10 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         per[variant] = (large - small) / (args.large - args.small)
         print(f"{variant:12} {per[variant]:>10,.0f} instructions a request", flush=True)
-    if "gw-off" in per:
-        for variant, count in per.items():
-            if variant != "gw-off":
-                print(f"gw-off/{variant}: {per['gw-off'] / count:.3f}")
+    for reference in ("baseline", "gw-off"):
+        if reference in per:
+            for variant, count in per.items():
+                if variant not in ("baseline", reference):
+                    print(f"{reference}/{variant}: {per[reference] / count:.3f}")
 
 
 if __name__ == "__main__":

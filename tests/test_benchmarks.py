@@ -495,10 +495,11 @@ async def test_paced_client_sends_at_the_rate_not_as_fast_as_answered() -> None:
     assert paced["rate"] == 40 and paced["late"] == 0
 
 
-@pytest.mark.parametrize("variant", ["gw-off", "gw-observed"])
+@pytest.mark.parametrize("variant", ["baseline", "gw-off", "gw-observed"])
 def test_the_instruction_counters_driver_answers_every_request(variant: str) -> None:
-    # What callgrind counts (python -m benchmarks.instructions_chat): the app driven in-process;
-    # it asserts each answer is a 200, so a broken variant fails here, not in a long run.
+    # What callgrind counts (python -m benchmarks.instructions_chat): protocol and app
+    # in-process; it asserts each answer is a 200, so a broken variant fails here, not in
+    # a long run.
     argv = [sys.executable, "-m", "benchmarks.instructions_chat", "--drive", variant, "5"]
     out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
