@@ -33,7 +33,16 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from ._aio import SCOPE_DISCONNECT, Disconnect
-from ._server import _BODY, _HEAD, RESERVE, Limits, _over_capacity, _replies, _sweeper_for
+from ._server import (
+    _BODY,
+    _HEAD,
+    HEALTH_PATHS,
+    RESERVE,
+    Limits,
+    _over_capacity,
+    _replies,
+    _sweeper_for,
+)
 
 __all__ = ["HttpToolsProtocol"]
 
@@ -288,13 +297,7 @@ class _Cycle(Disconnect):
         if self.gone:
             return
         self.started = self.complete = True
-        self.proto.transport.write(
-            _STATUS[500]
-            + _default_headers(self.proto.server_state.default_headers)
-            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
-            b"connection: close\r\n\r\nInternal Server Error"
-        )
-        self.proto.transport.close()
+        self.proto.close_with(500, b"Internal Server Error")
 
 
 class HttpToolsProtocol(asyncio.Protocol):
@@ -441,20 +444,21 @@ class HttpToolsProtocol(asyncio.Protocol):
             self._refuse(self._refusal)
         except httptools.HttpParserError:
             logger.warning(_INVALID)
-            self._send_400(_INVALID)
+            if self.running is not None:
+                self.running.flush()
+            self.close_with(400, _INVALID.encode())
         except httptools.HttpParserUpgrade:
             logger.warning("Unsupported upgrade request.")
             if self.cycle is not None:
                 self.cycle.keep_alive = False  # the parser reads nothing after it
 
-    def _send_400(self, message: str) -> None:
-        if self.running is not None:
-            self.running.flush()
+    def close_with(self, status: int, text: bytes) -> None:
+        """Answer with a plain-text ``status`` and close (uvicorn's own 400 and 500)."""
         self.transport.write(
-            _STATUS[400]
+            _STATUS[status]
             + _default_headers(self.server_state.default_headers)
             + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (len(message), message.encode())
+            b"connection: close\r\n\r\n%s" % (len(text), text)
         )
         self.transport.close()
 
@@ -654,8 +658,6 @@ class HttpToolsProtocol(asyncio.Protocol):
                 self._refuse("body_timeout")
 
     def _app_for(self, path: str) -> Any:
-        from ._server import HEALTH_PATHS
-
         return self.app if path in HEALTH_PATHS else _over_capacity
 
 
