@@ -101,6 +101,7 @@ async def _target(name: str, upstream: str) -> AsyncIterator[tuple[Any, Callable
 
     port = int(upstream.rsplit(":", 1)[1])
     gateway = create_gateway(gateway_config(port))
+    gateway.own_process()  # as the command does
     loop = asyncio.get_running_loop()
     await gateway.runtime.startup()
     try:

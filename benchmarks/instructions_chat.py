@@ -68,6 +68,7 @@ def _server(variant: str) -> tuple[Any, Any]:
     settings = gateway_config()
     GATEWAY_VARIANTS.get(variant, lambda _: None)(settings)
     gateway = create_app(settings)
+    gateway.own_process()  # as the command does
     if getattr(gateway.runtime.settings, "gc_tuning", False):  # as the command does
         from gateway._gc import tune
 

@@ -356,6 +356,14 @@ class Disconnect:
 
     __slots__ = ("_cancelled", "_task", "gone", "loop")
 
+    # What a server may also do for the app, told by these class attributes:
+    # ``notes_response``: when the response starts, it notes the time and status in
+    # the ``RequestRecord`` put in its ``record`` and adds the record's ``x-request-id``
+    # to the head, so the app needs no wrapper around ``send``; ``own_task``: the
+    # request runs in a task made for it alone, whose context variables die with it.
+    notes_response = False
+    own_task = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.gone = False

@@ -26,6 +26,7 @@ import re
 import urllib.parse
 from collections import deque
 from http import HTTPStatus
+from time import perf_counter
 from typing import Any
 
 import httptools
@@ -85,6 +86,9 @@ class _Cycle(Disconnect):
     """One request and its response; in the scope as its ``Disconnect`` (``gone``: the
     client left or the connection was closed)."""
 
+    notes_response = True
+    own_task = True
+
     __slots__ = (
         "body",
         "buffered",
@@ -98,6 +102,7 @@ class _Cycle(Disconnect):
         "more_body",
         "proto",
         "ready",
+        "record",
         "scope",
         "started",
         "waiter",
@@ -126,6 +131,7 @@ class _Cycle(Disconnect):
         self.chunked = False
         self.left = -1  # bytes of the body still owed by its content-length (-1: none)
         self.head: bytes | None = None  # the response's head, until its body's first bytes
+        self.record: Any = None  # the app's RequestRecord (Disconnect.notes_response)
 
     def wake(self) -> None:
         self.ready = True
@@ -175,7 +181,14 @@ class _Cycle(Disconnect):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
                 )
-            self.head = self._head(message["status"], message.get("headers", ()))
+            status = message["status"]
+            record = self.record
+            if record is None:
+                self.head = self._head(status, message.get("headers", ()), None)
+            else:
+                record.responded = perf_counter()
+                record.status = status
+                self.head = self._head(status, message.get("headers", ()), record.id)
             self.started = True  # (after the checks: a refused head can be a 500 still)
             self.expect_100 = False
             # Held for the body's first bytes, which usually follow in the same step of
@@ -220,7 +233,7 @@ class _Cycle(Disconnect):
                 proto.transport.close()
             proto.response_complete(self)
 
-    def _head(self, status: int, headers: Any) -> bytes:
+    def _head(self, status: int, headers: Any, request_id: str | None) -> bytes:
         parts = [
             _STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status,
             _defaults[1]
@@ -246,6 +259,8 @@ class _Cycle(Disconnect):
             parts += (lowered, b": ", value, b"\r\n")
         if b"".join(values).translate(None, _VALUE_BYTES):
             raise RuntimeError("Invalid HTTP header value.")
+        if request_id is not None:  # safe as it is (gateway.request_id)
+            parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
         if not self.keep_alive and not close:
             parts.append(b"connection: close\r\n")
         if self.head_only or status in (204, 304):

@@ -21,6 +21,7 @@ import anyio
 from starlette.routing import Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
+from ._aio import SCOPE_DISCONNECT
 from ._context import current_runtime
 from .chat import ChatCompletions
 from .edge import _Endpoint
@@ -87,18 +88,30 @@ class GatewayApp(Router):
             route.path: route.endpoint for route in routes if "{" not in route.path
         }
 
+    def own_process(self) -> None:
+        """Make this app its process's only one (the ``gateway`` command's): its
+        lifespan tunes the garbage collector, and its runtime is the current one in this
+        context, which the server's connections and their requests inherit."""
+        self.owns_process = True
+        current_runtime.set(self.runtime)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # What this app owns, for whatever serves the request: its HTTP clients
         # (providers, handlers calling gateway.http_client()) and its threads for sync
-        # handlers. ~0.1 us a request for the set and reset.
-        runtime_token = current_runtime.set(self.runtime)
+        # handlers. Set only where it is not already (own_process): a set and reset
+        # cost ~0.5 us a request.
+        runtime = self.runtime
+        runtime_token = None if current_runtime.get() is runtime else current_runtime.set(runtime)
+        # A server that made this request's task for it alone (gateway._server_httptools)
+        # needs no reset of what is set here: the task's context ends with it.
+        served = scope.get(SCOPE_DISCONNECT)
+        own_task = served is not None and served.own_task
         try:
             if scope["type"] != "http":  # lifespan
                 await super().__call__(scope, receive, send)
                 return
             # The request itself, inline: a coroutine of its own was one frame more on
             # every request (~1.4k instructions).
-            runtime = self.runtime
             record = token = None
             logged = access_logger.isEnabledFor(INFO)  # asked once a request: 0.7k instructions
             if runtime.count_requests or runtime.request_ids or logged:
@@ -111,18 +124,10 @@ class GatewayApp(Router):
                 record = scope[SCOPE_KEY] = RequestRecord(
                     rid, perf_counter(), client[0] if client else None
                 )
-                header = None if rid is None else (b"x-request-id", rid.encode())
-                inner = send
-
-                def send(message: Message) -> Awaitable[None]:
-                    # When and with what status the response started; the id on its headers.
-                    if message["type"] == "http.response.start":
-                        record.responded = perf_counter()
-                        record.status = message["status"]
-                        if header is not None:
-                            message["headers"] = [*message.get("headers", ()), header]
-                    return inner(message)
-
+                if served is not None and served.notes_response:
+                    served.record = record  # the server notes the response start
+                else:
+                    send = _noting(send, record)
                 token = current.set(record)
             try:
                 if runtime.tracing is not None:
@@ -141,11 +146,13 @@ class GatewayApp(Router):
                     await super().__call__(scope, receive, send)
             finally:
                 if record is not None:
-                    current.reset(token)  # type: ignore[arg-type]
+                    if not own_task:
+                        current.reset(token)  # type: ignore[arg-type]
                     if logged:
                         access_log(record, scope)
         finally:
-            current_runtime.reset(runtime_token)
+            if runtime_token is not None and not own_task:
+                current_runtime.reset(runtime_token)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
@@ -182,6 +189,22 @@ class GatewayApp(Router):
             await self.runtime.shutdown()
 
 
+def _noting(send: Send, record: RequestRecord) -> Send:
+    """``send`` noting when and with what status the response started, with the
+    request's id added to its headers (for servers that do not note it themselves)."""
+    header = None if record.id is None else (b"x-request-id", record.id.encode())
+
+    def noting(message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            record.responded = perf_counter()
+            record.status = message["status"]
+            if header is not None:
+                message["headers"] = [*message.get("headers", ()), header]
+        return send(message)
+
+    return noting
+
+
 def create_app(config_or_path: Any) -> GatewayApp:
     """The gateway as an ASGI app, from a ``Config``, a config.yaml path, or a dict."""
     from .config import Config, load_config, parse_config
@@ -198,5 +221,5 @@ def create_app(config_or_path: Any) -> GatewayApp:
 def app_from_env() -> GatewayApp:
     """App factory for uvicorn workers: reads the config path from ``GATEWAY_CONFIG``."""
     app = create_app(os.environ["GATEWAY_CONFIG"])
-    app.owns_process = True
+    app.own_process()  # called in the worker's serving task, before it listens
     return app

@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         # Built here even with several workers: errors the app finds in the config
         # (router settings, ...) fail now, once, instead of in every worker.
         app = create_app(config)
-        app.owns_process = True
+        app.own_process()
     except ConfigError as exc:
         return _fail(str(exc))
     if app.runtime.unavailable:

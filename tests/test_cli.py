@@ -377,6 +377,62 @@ def test_two_workers_share_the_port(start) -> None:
     assert "Traceback" not in "".join(server.stderr)
 
 
+_CLIENT_REPORTER = """
+import gateway
+
+
+class Reporter(gateway.CustomLLM):
+    async def acompletion(self, model, messages, **kwargs):
+        client = gateway.http_client()
+        text = f"{client.timeout.read:g} {id(client)}"
+        return gateway.ModelResponse(
+            model=model, choices=[{"message": {"role": "assistant", "content": text}}]
+        )
+
+
+handler = Reporter()
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_handlers_get_the_apps_client_under_the_command(start, tmp_path: Path, workers) -> None:
+    # The command makes its app's runtime the current one for the whole process (no set
+    # and reset per request): handlers still get the app's client, in every worker.
+    (tmp_path / "cli_client_reporter.py").write_text(_CLIENT_REPORTER)
+    write_config(
+        tmp_path,
+        """
+        model_list:
+          - {model_name: a, litellm_params: {model: rep/x}}
+        litellm_settings:
+          custom_provider_map:
+          - {provider: rep, custom_handler: cli_client_reporter.handler}
+        gateway_settings:
+          upstream: {read_timeout: 77}
+        """,
+    )
+    args = ("--config", str(tmp_path / "config.yaml"), "--workers", str(workers))
+    if workers == 1:
+        server = start(*args, "--host", "127.0.0.1", "--port", "0")
+        port = server.wait_for_line(r"^gateway: listening on http://127\.0\.0\.1:(\d+) ")[1]
+        base_url = f"http://127.0.0.1:{port}"
+        server.wait_until_live(base_url)
+    else:
+        server, base_url = start_workers(start, *args)
+    seen = set()
+    body = {"model": "a", "messages": [{"role": "user", "content": "Hello"}]}
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        for _ in range(8):
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            timeout, ident = answer.json()["choices"][0]["message"]["content"].split()
+            assert timeout == "77"  # the app's client, not the library's per-loop one
+            seen.add(ident)
+    assert len(seen) <= workers, seen  # one client per worker's app
+    assert server.stop() == 0
+    assert "Traceback" not in "".join(server.stderr)
+
+
 # -- the master key ------------------------------------------------------------------
 
 
