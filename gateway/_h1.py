@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from ._aio import within
+from ._aio import deadline, within
 
 if TYPE_CHECKING:
     from ._h1pool import Pool
@@ -306,8 +306,21 @@ class Response:
         if conn is None:
             raise ServerDisconnected("the answer was closed")
         waiter = self._waiter = conn.pool._loop.create_future()
+        # The read timeout in this frame: a within() frame more would be resumed too on
+        # each wake-up (gateway._aio.deadline).
+        guard = deadline(self._timeout)
         try:
-            await within(self._timeout, waiter)
+            if guard is None:
+                await within(self._timeout, waiter)
+            else:
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if guard.timed_out():
+                        raise TimeoutError from None
+                    raise
+                finally:
+                    guard.end()
         except TimeoutError:
             self.close()
             raise ReadTimeout(f"no data from the upstream for {self._timeout:g} s") from None
@@ -315,14 +328,6 @@ class Response:
             # Cancelled (a client gone, a deadline): the upstream stops at once.
             self.close()
             raise
-
-    async def _started(self) -> None:
-        while not self._headed:
-            if self._error is not None:
-                raise self._error
-            await self._wait()
-        if self._error is not None:
-            raise self._error
 
     async def _next_raw(self) -> bytes | None:
         """What arrived since the last read (one piece), None at the end."""

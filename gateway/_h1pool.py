@@ -196,8 +196,14 @@ class Pool:
             response = conn.response = Response(conn, read_timeout)
             conn.transport.write(data)  # type: ignore[union-attr]
             try:
-                if not response._headed or response._error is not None:
-                    await response._started()
+                # Waited for here, not in a method of the response: a coroutine frame
+                # less to resume when the head comes.
+                while not response._headed:
+                    if response._error is not None:
+                        raise response._error
+                    await response._wait()
+                if response._error is not None:
+                    raise response._error
             except ServerDisconnected:
                 # Closed by the server while idle in the pool: the request never reached
                 # it. Once more, on a new connection.

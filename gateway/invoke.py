@@ -9,6 +9,7 @@ ours becomes ``Timeout``, anything else goes through ``as_gateway_error``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import anyio
 
 from . import registry
-from ._aio import IdleTimeout, within
+from ._aio import IdleTimeout, deadline, within
 from ._threads import current_pool, iterate_in_thread
 from .errors import BadGatewayError, BadRequestError, GatewayError, Timeout, as_gateway_error
 from .provider import DEFAULT_TIMEOUT, ChatCall, EmbeddingCall, ImageCall, Provider
@@ -209,8 +210,20 @@ async def run_acompletion(
     provider: Provider, call: ChatCall, model_name: str | None
 ) -> ModelResponse:
     timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
+    # The deadline in this frame, not a within() frame more under every request's task.
+    guard = deadline(timeout)
     try:
-        response = await within(timeout, provider.acompletion(call))
+        if guard is None:
+            response = await within(timeout, provider.acompletion(call))
+        else:
+            try:
+                response = await provider.acompletion(call)
+            except asyncio.CancelledError:
+                if guard.timed_out():
+                    raise TimeoutError from None
+                raise
+            finally:
+                guard.end()
     except GatewayError:
         raise
     except Exception as exc:
