@@ -384,7 +384,7 @@ class Disconnect:
     waiting in ``until_disconnect`` is cancelled at once. ``loop`` is the server's.
     """
 
-    __slots__ = ("_cancelled", "_task", "gone", "loop")
+    __slots__ = ("_baseline", "_cancelled", "_task", "_watched", "gone", "loop")
 
     # What a server may also do for the app, told by these class attributes:
     # ``notes_response``: when the response starts, it notes the time and status in
@@ -409,6 +409,32 @@ class Disconnect:
             self._cancelled = True
             task.cancel()
 
+    # ``until_disconnect`` for a coroutine that awaits in its own frame (a frame less for
+    # its task to resume on each wake-up): ``watch()``, await, ``unwatch()`` in a
+    # ``finally``; on ``CancelledError``, ``went()`` says whether the client's leaving
+    # cancelled it (then raise ``ClientGone``).
+
+    def watch(self) -> None:
+        """Until ``unwatch``, the running task is cancelled if the client goes;
+        ``ClientGone`` at once if it has gone."""
+        if self.gone:
+            raise ClientGone
+        task = self._watched = _task_of(self.loop)  # the loop given: no getpid()
+        assert task is not None
+        self._baseline = task.cancelling()
+        self._task = task
+
+    def unwatch(self) -> None:
+        self._task = None
+
+    def went(self) -> bool:
+        """After a ``CancelledError`` while watched: whether the client's leaving
+        cancelled the task, and nobody else (its cancel request is then taken back)."""
+        if not self._cancelled:
+            return False
+        self._cancelled = False
+        return _cancelled_by_us(self._watched, self._baseline)
+
 
 async def until_disconnect(
     receive: Receive, body: Callable[[], Awaitable[T]], scope: Any = None
@@ -423,23 +449,15 @@ async def until_disconnect(
     """
     signal: Disconnect | None = None if scope is None else scope.get(SCOPE_DISCONNECT)
     if signal is not None:
-        # Inline, not a coroutine of its own: one frame less on every request.
-        if signal.gone:
-            raise ClientGone
-        task = _task_of(signal.loop)  # the loop given: no getpid()
-        assert task is not None
-        cancelling = task.cancelling()
-        signal._task = task
+        signal.watch()
         try:
             return await body()
         except asyncio.CancelledError:
-            if signal._cancelled:
-                signal._cancelled = False
-                if _cancelled_by_us(task, cancelling):
-                    raise ClientGone from None
+            if signal.went():
+                raise ClientGone from None
             raise
         finally:
-            signal._task = None
+            signal.unwatch()
     task = _current_task()
     if task is None:
         return await _until_disconnect_anyio(receive, body)

@@ -230,7 +230,7 @@ class Router:
 
     # the app-facing calls
 
-    async def chat(
+    def chat(
         self,
         model_name: str,
         messages: list[Any],
@@ -241,10 +241,14 @@ class Router:
         headers: dict[str, str] | None = None,
         raw_dicts: bool = True,
         plain_text: bool = False,
-    ) -> Routed:
-        """A chat completion; with ``stream`` the result is a ``RoutedStream`` whose
-        first chunk has already arrived (so failures before it are raised here).
-        ``plain_text``: a stream's text chunks are the text itself (a front door's)."""
+    ) -> Awaitable[Routed]:
+        """A chat completion (to await); with ``stream`` the result is a
+        ``RoutedStream`` whose first chunk has already arrived (so failures before it
+        are raised here). ``plain_text``: a stream's text chunks are the text itself (a
+        front door's).
+
+        Not a coroutine itself: it hands over routing's, so a request's task has one
+        coroutine frame less to resume on each wake-up (an unknown model raises here)."""
         if stream:
 
             def run(d: Deployment, t: float) -> Any:
@@ -256,13 +260,13 @@ class Router:
                 )
 
             chars = text_length(messages) if self._count_prompts else 0
-            return await self._routing.route(self._group(model_name), run, True, timeout, chars)
+            return self._routing.route(self._group(model_name), run, True, timeout, chars)
 
         def run_once(d: Deployment, t: float) -> Any:
             call = self._call(ChatCall, d, optional_params, headers, t, messages=messages)
             return run_acompletion(provider_of(d), call, model_name)
 
-        return await self._routing.route(self._group(model_name), run_once, False, timeout)
+        return self._routing.route(self._group(model_name), run_once, False, timeout)
 
     async def embed(
         self,
