@@ -188,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         if "gateway" in outcome.get("failed", {}):
             failed = True
         results["scenarios"][name] = outcome
+    if ctx.stolen:
+        ordered = sorted(ctx.stolen)
+        results["settings"]["stolen_pct"] = {
+            "median": ordered[len(ordered) // 2],
+            "max": ordered[-1],
+            "runs": len(ordered),
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d") + ("-quick" if quick else "")
     json_path, md_path, png_path = (args.out / f"{stem}{ext}" for ext in (".json", ".md", ".png"))

@@ -97,6 +97,27 @@ def normalise(body: bytes) -> bytes:
     return _CREATED.sub(lambda m: b'"created":' + b"0" * (len(m.group()) - 10), body)
 
 
+def cpu_ticks(cpus: set[int] | None) -> tuple[int, int]:
+    """(stolen, all) clock ticks so far of ``cpus`` (None: every CPU), from /proc/stat;
+    (0, 0) where there is none. Stolen: the time a virtual machine's CPU was ready to
+    run but the hypervisor ran someone else."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    stolen = every = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or (name == "cpu") != (cpus is None):
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        ticks = [int(x) for x in rest.split()]
+        stolen += ticks[7] if len(ticks) > 7 else 0
+        every += sum(ticks[:8])
+    return stolen, every
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and all its descendants."""
     found, todo = [], [pid]
@@ -346,6 +367,10 @@ class Context:
     # target -> the error lines its logs held when stopped (``Server.errors``).
     log_errors: dict[str, list[str]] = field(default_factory=dict)
     echo: Callable[[str], None] = print
+    # The share (%) of the server CPUs' time the hypervisor took during each throughput
+    # run: what makes two runs of one server minutes apart differ by half on a shared
+    # machine, reported beside the figures.
+    stolen: list[float] = field(default_factory=list)
 
     @property
     def server_cpus(self) -> set[int] | None:
@@ -547,7 +572,37 @@ class Context:
         on_tick: Callable[[int | None], None] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Requests per second and latency percentiles from wrk (or the asyncio client)."""
+        """Requests per second and latency percentiles from wrk (or the asyncio client),
+        and ``stolen``: the % of the server CPUs' time the hypervisor took meanwhile."""
+        before = cpu_ticks(self.server_cpus)
+        result = self._throughput(
+            server,
+            bodies,
+            connections,
+            duration=duration,
+            requests=requests,
+            on_tick=on_tick,
+            headers=headers,
+        )
+        after = cpu_ticks(self.server_cpus)
+        if after[1] > before[1]:
+            stolen = result["stolen"] = round(
+                100 * (after[0] - before[0]) / (after[1] - before[1]), 1
+            )
+            self.stolen.append(stolen)
+        return result
+
+    def _throughput(
+        self,
+        server: Server,
+        bodies: Sequence[bytes],
+        connections: int,
+        *,
+        duration: float | None,
+        requests: int,
+        on_tick: Callable[[int | None], None] | None,
+        headers: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
         seconds = self.duration if duration is None else duration
         if self.tool == "wrk":
             return load.wrk_run(

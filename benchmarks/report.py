@@ -80,6 +80,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Load: {s['load_generator']}; {s['pinning']}; {s['duration_s']:g} s per point;"
         f" one uvicorn worker per server (uvloop, httptools, no access log).",
         *(
+            f"- CPU time the hypervisor took from the server CPUs during the throughput runs"
+            f" (steal): median {st['median']:g}%, worst {st['max']:g}% ({st['runs']} runs);"
+            f" a figure measured under much of it is the machine's, not the server's."
+            for st in [s.get("stolen_pct")]
+            if st
+        ),
+        *(
             f"- Target {'before' if which == 'before' else 'gateway'}: the gateway of"
             f" commit {commit}"
             for which, commit in s.get("commits", {}).items()

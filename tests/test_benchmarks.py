@@ -370,7 +370,7 @@ def test_proxy_report_reads_every_level() -> None:
         " (the run of median p99 of each target's runs; all p99s in the JSON)",
         "Gateway and forwarder at the same connections, run back to back in pairs",
     ]
-    assert ["json (req/s)", 64, "median", "", "", "0.82"] in result["tables"][2]["rows"]
+    assert ["json (req/s)", 64, "median", "", "", "0.82", ""] in result["tables"][2]["rows"]
     first = result["checks"][0]
     assert first["by_level"] == {"8": 0.9, "32": 0.85, "64": 0.75, "256": 0.5}
     table = "\n".join(report.headline_table({"scenarios": {"proxy": {**result, "failed": {}}}}))
@@ -611,3 +611,14 @@ def test_concurrency_reads_callgrind_totals(tmp_path: Path) -> None:
         "DLmr": 21,
         "DLmw": 11,
     }
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux's /proc/stat")
+def test_cpu_ticks_count_stolen_time_of_the_cpus_asked() -> None:
+    from benchmarks.harness import cpu_ticks
+
+    stolen, every = cpu_ticks({0})
+    assert every > 0 and 0 <= stolen <= every
+    all_stolen, all_every = cpu_ticks(None)
+    assert all_every >= every and all_stolen >= stolen
+    assert cpu_ticks({10_000}) == (0, 0)  # no such CPU

@@ -85,20 +85,28 @@ def paired(
     """``b``'s throughput over ``a``'s ((server, connections) each), measured back to
     back ``PAIRED_RUNS`` times (once in a quick run): {"runs": [[a, b] figures],
     "ratios", "median"}."""
-    pairs, ratios = [], []
+    pairs, ratios, stolen = [], [], []
     for i in range(1 if ctx.quick else PAIRED_RUNS):
-        figures = {}
+        figures, took = {}, {}
         for side, (server, connections) in (("a", a), ("b", b))[:: 1 if i % 2 == 0 else -1]:
-            figures[side] = ctx.throughput(server, bodies, connections)["rps"]
+            run = ctx.throughput(server, bodies, connections)
+            figures[side], took[side] = run["rps"], run.get("stolen")
         pairs.append([figures["a"], figures["b"]])
+        stolen.append([took["a"], took["b"]])
         ratios.append(ratio(figures["b"], figures["a"]))
         ctx.echo(
             f"  {label} pair {i + 1}: {figures['a']:,.0f} and {figures['b']:,.0f} {unit},"
-            f" ratio {fmt(ratios[-1])}"
+            f" ratio {fmt(ratios[-1])}" + _stolen_note(took["a"], took["b"])
         )
     known = sorted(r for r in ratios if r is not None)
     median = known[len(known) // 2] if len(known) == len(ratios) else None
-    return {"runs": pairs, "ratios": ratios, "median": median}
+    return {"runs": pairs, "ratios": ratios, "median": median, "stolen_pct": stolen}
+
+
+def _stolen_note(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return ""
+    return f" (CPU time stolen by the hypervisor: {a:g}% and {b:g}%)"
 
 
 def headline_level(levels: list[int]) -> int:

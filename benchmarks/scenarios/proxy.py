@@ -499,30 +499,63 @@ def _scaling_table(scaling: dict[str, dict[str, Any]]) -> dict[str, Any]:
     low, high = SCALE_LEVELS
     rows = []
     for kind, figures in scaling.items():
-        pairs = zip(figures["runs"], figures["ratios"], strict=True)
-        for i, ((at_low, at_high), r) in enumerate(pairs):
-            rows.append([f"{kind} ({UNITS[kind]})", i + 1, fmt(at_low), fmt(at_high), fmt(r)])
-        rows.append([f"{kind} ({UNITS[kind]})", "median", "", "", fmt(figures["median"])])
+        stolen = figures.get("stolen_pct") or [[None, None]] * len(figures["runs"])
+        pairs = zip(figures["runs"], figures["ratios"], stolen, strict=True)
+        for i, ((at_low, at_high), r, took) in enumerate(pairs):
+            rows.append(
+                [f"{kind} ({UNITS[kind]})", i + 1, fmt(at_low), fmt(at_high), fmt(r), _took(took)]
+            )
+        rows.append([f"{kind} ({UNITS[kind]})", "median", "", "", fmt(figures["median"]), ""])
     return {
         "title": f"Gateway at {low} and {high} connections, run back to back in pairs",
-        "columns": ["kind", "pair", f"c={low}", f"c={high}", f"c={high}/c={low}"],
+        "columns": [
+            "kind",
+            "pair",
+            f"c={low}",
+            f"c={high}",
+            f"c={high}/c={low}",
+            "CPU stolen % (steal)",
+        ],
         "rows": rows,
     }
+
+
+def _took(took: list[float | None]) -> str:
+    return " / ".join("" if t is None else f"{t:g}" for t in took)
 
 
 def _versus_table(versus: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for kind, by_level in versus.items():
         for c, figures in by_level.items():
-            pairs = zip(figures["runs"], figures["ratios"], strict=True)
-            for i, ((forwarder, gateway), r) in enumerate(pairs):
+            stolen = figures.get("stolen_pct") or [[None, None]] * len(figures["runs"])
+            pairs = zip(figures["runs"], figures["ratios"], stolen, strict=True)
+            for i, ((forwarder, gateway), r, took) in enumerate(pairs):
                 rows.append(
-                    [f"{kind} ({UNITS[kind]})", c, i + 1, fmt(forwarder), fmt(gateway), fmt(r)]
+                    [
+                        f"{kind} ({UNITS[kind]})",
+                        c,
+                        i + 1,
+                        fmt(forwarder),
+                        fmt(gateway),
+                        fmt(r),
+                        _took(took),
+                    ]
                 )
-            rows.append([f"{kind} ({UNITS[kind]})", c, "median", "", "", fmt(figures["median"])])
+            rows.append(
+                [f"{kind} ({UNITS[kind]})", c, "median", "", "", fmt(figures["median"]), ""]
+            )
     return {
         "title": "Gateway and forwarder at the same connections, run back to back in pairs",
-        "columns": ["kind", "connections", "pair", "forwarder", "gateway", "gateway/forwarder"],
+        "columns": [
+            "kind",
+            "connections",
+            "pair",
+            "forwarder",
+            "gateway",
+            "gateway/forwarder",
+            "CPU stolen % (steal)",
+        ],
         "rows": rows,
     }
 
