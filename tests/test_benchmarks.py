@@ -318,6 +318,8 @@ def test_proxy_report_reads_every_level() -> None:
         "stream": {"runs": [[100, 95], [100, 97], [100, 99]], "ratios": [0.95, 0.97, 0.99]},
     }
     scaling["json"]["median"], scaling["stream"]["median"] = 1.02, 0.97
+    # Requests per server CPU-second, the same pairs: steal-proof, judged on their own.
+    scaling["json"].update(cpu_ratios=[1.1, 1.2, 0.9], cpu_median=1.1)
     # So do gateway/forwarder's: the sweep's single points (0.85 and 0.75) are shown beside.
     versus = {
         kind: {
@@ -354,6 +356,10 @@ def test_proxy_report_reads_every_level() -> None:
         ),
         "gateway req/s c=256 / c=8, JSON (median of paired runs)": (1.02, True),
         "gateway streams/s c=256 / c=8 (median of paired runs)": (0.97, False),
+        "gateway requests per server CPU-second c=256 / c=8, json (median of the same pairs:"
+        " CPU time stolen from the server is not counted)": (1.1, True),
+        "gateway streams per server CPU-second c=256 / c=8, stream (median of the same pairs:"
+        " CPU time stolen from the server is not counted)": (None, None),
         "added TTFT p99 ms over the forwarder (c=32, paced)": (1.5, True),
         "gateway RSS MB after 100,000 proxied requests": (81.0, False),
         "gateway open fds over idle after the load": (3, False),
@@ -362,6 +368,7 @@ def test_proxy_report_reads_every_level() -> None:
     assert result["headline"]["added_ttft_p99_ms_saturated"] == 3.5
     assert result["headline"]["gateway c=256/c=8"] == {"json": 1.02, "stream": 0.97}
     assert result["headline"]["gateway c=256/c=8 sweep"] == {"json": 1.056, "stream": 1.056}
+    assert result["headline"]["gateway c=256/c=8 per cpu"] == {"json": 1.1, "stream": None}
     assert result["headline"]["gateway/forwarder json"] == {32: 0.9, 64: 0.82}
     assert result["headline"]["gateway/forwarder json sweep"][64] == 0.75
     assert [t["title"] for t in result["tables"][:3]] == [

@@ -85,22 +85,33 @@ def paired(
     """``b``'s throughput over ``a``'s ((server, connections) each), measured back to
     back ``PAIRED_RUNS`` times (once in a quick run): {"runs": [[a, b] figures],
     "ratios", "median"}."""
-    pairs, ratios, stolen = [], [], []
+    pairs, ratios, stolen, cpu_ratios = [], [], [], []
     for i in range(1 if ctx.quick else PAIRED_RUNS):
-        figures, took = {}, {}
+        figures, took, cpu = {}, {}, {}
         for side, (server, connections) in (("a", a), ("b", b))[:: 1 if i % 2 == 0 else -1]:
             run = ctx.throughput(server, bodies, connections)
-            figures[side], took[side] = run["rps"], run.get("stolen")
+            figures[side], took[side], cpu[side] = run["rps"], run.get("stolen"), run.get("cpu_us")
         pairs.append([figures["a"], figures["b"]])
         stolen.append([took["a"], took["b"]])
         ratios.append(ratio(figures["b"], figures["a"]))
+        # Requests per CPU-second of the servers, b over a: less CPU a request is more.
+        cpu_ratios.append(ratio(cpu["a"], cpu["b"]))
         ctx.echo(
             f"  {label} pair {i + 1}: {figures['a']:,.0f} and {figures['b']:,.0f} {unit},"
             f" ratio {fmt(ratios[-1])}" + _stolen_note(took["a"], took["b"])
         )
     known = sorted(r for r in ratios if r is not None)
     median = known[len(known) // 2] if len(known) == len(ratios) else None
-    return {"runs": pairs, "ratios": ratios, "median": median, "stolen_pct": stolen}
+    known_cpu = sorted(r for r in cpu_ratios if r is not None)
+    cpu_median = known_cpu[len(known_cpu) // 2] if len(known_cpu) == len(cpu_ratios) else None
+    return {
+        "runs": pairs,
+        "ratios": ratios,
+        "median": median,
+        "stolen_pct": stolen,
+        "cpu_ratios": cpu_ratios,  # b's requests per server CPU-second over a's
+        "cpu_median": cpu_median,
+    }
 
 
 def _stolen_note(a: float | None, b: float | None) -> str:

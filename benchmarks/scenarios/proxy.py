@@ -320,6 +320,17 @@ def _report(
             1,
             runs=scaling.get("stream", {}).get("ratios"),
         ),
+        *(
+            check(
+                f"gateway {unit} per server CPU-second c={high} / c={low}, {kind}"
+                " (median of the same pairs: CPU time stolen from the server is not counted)",
+                scaling.get(kind, {}).get("cpu_median"),
+                ">=",
+                1,
+                runs=scaling.get(kind, {}).get("cpu_ratios"),
+            )
+            for kind, unit in (("json", "requests"), ("stream", "streams"))
+        ),
         check(
             f"added TTFT p99 ms over the forwarder (c={ttft_level}, paced)",
             added_ttft,
@@ -345,6 +356,10 @@ def _report(
         "gateway json rps": gateway_rps["json"],
         "gateway stream rps": gateway_rps["stream"],
         f"gateway c={high}/c={low}": scale,  # paired runs, median
+        # the same pairs, requests per CPU-second of the gateway process
+        f"gateway c={high}/c={low} per cpu": {
+            kind: scaling.get(kind, {}).get("cpu_median") for kind in KINDS
+        },
         f"gateway c={high}/c={low} sweep": swept,  # the sweep's two runs, minutes apart
         "ttft_connections": ttft_level,
         "added_ttft_p99_ms": added_ttft,  # paced
@@ -499,13 +514,26 @@ def _scaling_table(scaling: dict[str, dict[str, Any]]) -> dict[str, Any]:
     low, high = SCALE_LEVELS
     rows = []
     for kind, figures in scaling.items():
-        stolen = figures.get("stolen_pct") or [[None, None]] * len(figures["runs"])
-        pairs = zip(figures["runs"], figures["ratios"], stolen, strict=True)
-        for i, ((at_low, at_high), r, took) in enumerate(pairs):
+        count = len(figures["runs"])
+        stolen = figures.get("stolen_pct") or [[None, None]] * count
+        per_cpu = figures.get("cpu_ratios") or [None] * count
+        pairs = zip(figures["runs"], figures["ratios"], per_cpu, stolen, strict=True)
+        for i, ((at_low, at_high), r, cpu, took) in enumerate(pairs):
             rows.append(
-                [f"{kind} ({UNITS[kind]})", i + 1, fmt(at_low), fmt(at_high), fmt(r), _took(took)]
+                [
+                    f"{kind} ({UNITS[kind]})",
+                    i + 1,
+                    fmt(at_low),
+                    fmt(at_high),
+                    fmt(r),
+                    fmt(cpu),
+                    _took(took),
+                ]
             )
-        rows.append([f"{kind} ({UNITS[kind]})", "median", "", "", fmt(figures["median"]), ""])
+        median_cpu = fmt(figures.get("cpu_median"))
+        rows.append(
+            [f"{kind} ({UNITS[kind]})", "median", "", "", fmt(figures["median"]), median_cpu, ""]
+        )
     return {
         "title": f"Gateway at {low} and {high} connections, run back to back in pairs",
         "columns": [
@@ -514,6 +542,7 @@ def _scaling_table(scaling: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f"c={low}",
             f"c={high}",
             f"c={high}/c={low}",
+            f"c={high}/c={low} per server CPU-second",
             "CPU stolen % (steal)",
         ],
         "rows": rows,

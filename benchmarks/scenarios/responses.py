@@ -9,7 +9,6 @@ is the steadier figure, and the check reads it when measured.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgspec
@@ -30,20 +29,10 @@ DOORS = {
 }
 
 
-def _cpu_seconds(server: Server) -> float | None:
-    """User + system CPU time of the server process so far (None off Linux)."""
-    try:
-        with open(f"/proc/{server.proc.pid}/stat") as stat:  # type: ignore[union-attr]
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, AttributeError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measure(ctx: Context, server: Server, door: str, connections: int, **kw: Any) -> Any:
-    before = _cpu_seconds(server)
+    before = server.cpu_seconds()
     point = _load(ctx, server, door, connections, **kw)
-    after = _cpu_seconds(server)
+    after = server.cpu_seconds()
     point["cpu_us_per_stream"] = (
         round((after - before) / point["requests"] * 1e6, 1)
         if before is not None and after is not None and point.get("requests")
