@@ -16,13 +16,6 @@ Run: ``python -m benchmarks.instructions [--kind json|stream] [--requests N]``
 runs, with how its writes (head, then body) coalesce into reads. ``--upstream oneshot``
 (JSON only) answers each request in one write from a bare asyncio protocol: the same
 bytes every time, steady to a few hundred instructions, for A/B runs of small changes.
-
-``--in-flight N`` keeps N requests in flight at once (N callers, each sending its next
-request when its answer is in) instead of one; ``--cache`` also simulates the caches
-(callgrind's cache simulation, a 2 MB last level, as this machine's L2 per core) and
-reports the last-level misses a request, reads and writes: what grows with the requests
-in flight (each request's objects and coroutine frames, touched again after the others'),
-and what made a proxy slower at 256 connections than at 8 with the same instructions.
 """
 
 from __future__ import annotations
@@ -107,23 +100,17 @@ async def _target(name: str, upstream: str) -> AsyncIterator[tuple[Any, Callable
     from gateway.app import create_app as create_gateway
 
     port = int(upstream.rsplit(":", 1)[1])
-    config = gateway_config(port)
-    # Under valgrind hundreds of connects at once take seconds.
-    config["gateway_settings"] = {"upstream": {"connect_timeout": 300.0}}
-    gateway = create_gateway(config)
+    gateway = create_gateway(gateway_config(port))
     gateway.own_process()  # as the command does
     loop = asyncio.get_running_loop()
     await gateway.runtime.startup()
-    from gateway._gc import tune
-
-    tune()  # as the command does after startup
     try:
         yield gateway, lambda: {SCOPE_DISCONNECT: Disconnect(loop)}
     finally:
         await gateway.runtime.shutdown()
 
 
-def _measure(name: str, kind: str, upstream: str, n: int, in_flight: int = 1) -> None:
+def _measure(name: str, kind: str, upstream: str, n: int) -> None:
     """In the process callgrind runs: warm up, then ``n`` requests inside reduce()."""
     import uvloop
 
@@ -149,15 +136,7 @@ def _measure(name: str, kind: str, upstream: str, n: int, in_flight: int = 1) ->
             answer = await _one(app, body, scope)
         return answer
 
-    if in_flight > 1:
-        one_at_a_time = requests
-
-        async def requests(count: int) -> bytes:
-            shares = [count // in_flight + (i < count % in_flight) for i in range(in_flight)]
-            answers = await asyncio.gather(*(one_at_a_time(k) for k in shares if k))
-            return answers[0]
-
-    answer = loop.run_until_complete(requests(max(_WARMUP, 8 * in_flight)))
+    answer = loop.run_until_complete(requests(_WARMUP))
     # Collected by callgrind: everything while reduce() runs, and nothing else.
     functools.reduce(lambda _, __: loop.run_until_complete(requests(n)), [0], None)
     loop.run_until_complete(target.__aexit__(None, None, None))
@@ -217,23 +196,12 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the upstream did not start")
 
 
-def _count(
-    name: str,
-    kind: str,
-    upstream: str,
-    n: int,
-    keep: Path | None,
-    in_flight: int = 1,
-    cache: bool = False,
-) -> dict[str, int]:
-    """Per request: ``Ir`` (instructions) and, with ``cache``, ``DLmr``/``DLmw``."""
+def _count(name: str, kind: str, upstream: str, n: int, keep: Path | None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = (keep or Path(tmp)) / f"callgrind.{name}.{kind}.out"
-        simulate = ["--cache-sim=yes", "--LL=2097152,16,64"] if cache else []
         command = [
             "valgrind",
             "--tool=callgrind",
-            *simulate,
             "--collect-atstart=no",
             "--toggle-collect=functools_reduce",
             f"--callgrind-out-file={out}",
@@ -248,22 +216,16 @@ def _count(
             upstream,
             "--requests",
             str(n),
-            "--in-flight",
-            str(in_flight),
         ]
         # String hashes seeded alike in every run: dict probing, and so the count, repeats.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, cwd=_ROOT, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: valgrind failed:\n{done.stderr[-3000:]}")
-        text = out.read_text()
-        events = re.search(r"^events: (.+)$", text, re.MULTILINE)
-        totals = re.search(r"^(?:summary|totals): (.+)$", text, re.MULTILINE)
-        if events is None or totals is None:
+        totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
             raise SystemExit(f"{name}: no totals in {out}")
-        names, values = events.group(1).split(), map(int, totals.group(1).split())
-        counts = dict(zip(names, values, strict=True))
-        return {event: counts[event] // n for event in ("Ir", "DLmr", "DLmw") if event in counts}
+        return int(totals.group(1)) // n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,16 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         default="starlette",
         help="the proxy scenario's Starlette upstream, or one answering in one write",
     )
-    parser.add_argument("--in-flight", type=int, default=1, help="requests in flight at once")
-    parser.add_argument(
-        "--cache", action="store_true", help="simulate the caches: last-level misses a request"
-    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
-        _measure(args.inside, args.kind, args.url, args.requests, args.in_flight)
+        _measure(args.inside, args.kind, args.url, args.requests)
         return 0
     if args.serve:
         _oneshot(args.serve)
@@ -306,14 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_listening(port, proc)
         counts = {}
-        url = f"http://127.0.0.1:{port}"
         for name in args.targets.split(","):
-            got = _count(name, args.kind, url, args.requests, args.keep, args.in_flight, args.cache)
-            counts[name] = got["Ir"]
-            line = f"{name} {args.kind}: {got['Ir']:,} instructions a request"
-            if args.cache:
-                line += f", last-level misses {got['DLmr']:,} read + {got['DLmw']:,} written"
-            print(f"{line} ({args.in_flight} in flight)", flush=True)
+            counts[name] = _count(
+                name, args.kind, f"http://127.0.0.1:{port}", args.requests, args.keep
+            )
+            print(f"{name} {args.kind}: {counts[name]:,} instructions a request", flush=True)
         if "gateway" in counts and "forwarder" in counts:
             print(f"forwarder/gateway: {counts['forwarder'] / counts['gateway']:.3f}")
     finally:
