@@ -419,8 +419,9 @@ class Disconnect:
         ``ClientGone`` at once if it has gone."""
         if self.gone:
             raise ClientGone
-        task = self._watched = _task_of(self.loop)  # the loop given: no getpid()
+        task = _task_of(self.loop)  # the loop given: no getpid()
         assert task is not None
+        self._watched: asyncio.Task[Any] = task
         self._baseline = task.cancelling()
         self._task = task
 
