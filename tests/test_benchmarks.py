@@ -629,3 +629,64 @@ def test_cpu_ticks_count_stolen_time_of_the_cpus_asked() -> None:
     all_stolen, all_every = cpu_ticks(None)
     assert all_every >= every and all_stolen >= stolen
     assert cpu_ticks({10_000}) == (0, 0)  # no such CPU
+
+
+def test_every_checked_ratio_is_the_median_of_pairs_at_the_headline_level() -> None:
+    from benchmarks.scenarios import chat
+
+    # gw-off answers 100 req/s; gw-observed 90 in its sweep point, then 95, 70 and 99
+    # in its pairs: a single point would say 0.9, the pairs' median says 0.95.
+    observed = iter([90.0, 95.0, 70.0, 99.0])
+    order: list[tuple[str, int]] = []
+
+    class Ctx:
+        quick = False
+        before = None
+        connections = [8, 32]
+
+        def targets(self, *names: str) -> list[str]:
+            return list(names[:3])
+
+        def start_all(self, targets: list[str]) -> tuple[dict[str, str], dict]:
+            return {t: t for t in targets}, {}
+
+        def same_bytes(self, servers: dict[str, str], body: bytes) -> dict[str, bool]:
+            return {t: True for t in servers if t != "gateway"}
+
+        def throughput(
+            self, server: str, bodies: list[bytes], connections: int, duration: float = 5
+        ) -> dict:
+            if duration == 1:  # the warm-up
+                return {"rps": 1.0}
+            order.append((server, connections))
+            rps = next(observed) if server == "gw-observed" and connections == 32 else 100.0
+            return {
+                "rps": rps,
+                "p50_ms": 1.0,
+                "p99_ms": 2.0,
+                "errors": 0,
+                "connections": connections,
+            }
+
+        def stop_all(self) -> None:
+            pass
+
+        def echo(self, line: str) -> None:
+            pass
+
+    scenario = chat.run(Ctx())  # type: ignore[arg-type]
+    checks = {item["figure"]: item for item in scenario["checks"]}
+    item = checks["req/s observability on/off (c=32, median of paired runs)"]
+    assert item["value"] == 0.95 and item["ok"] is True
+    assert item["by_level"] == {"8": 1.0, "32": 0.9}  # the sweep's points, shown beside
+    assert scenario["paired"]["observed/off"]["ratios"] == [0.95, 0.7, 0.99]
+    assert scenario["headline"]["observed/off sweep"] == 0.9
+    # Unchecked ratios (gateway/raw) are not paired; the pairs alternate who goes first.
+    assert set(scenario["paired"]) == {"gateway/baseline", "observed/off"}
+    tail = order[-6:]
+    assert tail == [("gw-off", 32), ("gw-observed", 32)] * 1 + [
+        ("gw-observed", 32),
+        ("gw-off", 32),
+        ("gw-off", 32),
+        ("gw-observed", 32),
+    ]

@@ -147,7 +147,8 @@ def run_throughput(
     """Throughput and latency of each target at each concurrency level, interleaved.
 
     ``checks`` are (figure, ratio key, op, bound) read at the headline level; ``pairs``
-    are more ratios, (key, target, target), their targets measured with the others.
+    are more ratios, (key, target, target), their targets measured with the others. A
+    ratio a check reads is the median of paired runs (``paired``) at the headline level.
     """
     from ..payloads import chat_body
 
@@ -163,6 +164,7 @@ def run_throughput(
         ]
         checks = [*checks, (f"{unit} gateway/before", "gateway/before", ">=", 0.9)]
     targets += dict.fromkeys(t for _, *pair in pairs for t in pair if t not in targets)
+    checked = {key for _, key, _, _ in checks}
     body = chat_body(model, stream=stream)
     levels = ctx.connections
     servers, failed = ctx.start_all(targets)
@@ -186,15 +188,19 @@ def run_throughput(
                     f"  p99 {point['p99_ms']:.2f} ms  errors {point['errors']}"
                 )
         top = headline_level(levels)
-        versus = None
-        if "gateway" in servers and "baseline" in servers:
-            versus = paired(
-                ctx,
-                (servers["baseline"], top),
-                (servers["gateway"], top),
-                [body],
-                f"{name:<9} c={top} baseline / gateway",
-            )
+        # Every ratio a check reads is also measured in back-to-back pairs at the
+        # headline level: one 5-s point of each side moved a ratio by 0.2 with the
+        # machine's noise (CPU stolen from one side and not the other).
+        measured: dict[str, dict[str, Any]] = {}
+        for key, a, b in [("gateway/baseline", "gateway", "baseline"), *pairs]:
+            if a in servers and b in servers and key in checked:
+                measured[key] = paired(
+                    ctx,
+                    (servers[b], top),
+                    (servers[a], top),
+                    [body],
+                    f"{name:<9} c={top} {b} / {a}",
+                )
     finally:
         ctx.stop_all()
     by = {(p["target"], p["connections"]): p for p in points}
@@ -242,10 +248,10 @@ def run_throughput(
         row.append(sum(p["errors"] for p in points if p["connections"] == connections))
         rows.append([fmt(cell) for cell in row])
     headline = dict(next(r for r in ratios if r["connections"] == top))
-    if versus is not None:
+    for key, pairs_of_key in measured.items():
         # The checks and the headline read the paired median; the sweep's stays beside it.
-        headline["gateway/baseline sweep"] = headline["gateway/baseline"]
-        headline["gateway/baseline"] = versus["median"]
+        headline[f"{key} sweep"] = headline.get(key)
+        headline[key] = pairs_of_key["median"]
     return {
         "unit": unit,
         "metric": metric,
@@ -256,7 +262,8 @@ def run_throughput(
         "points": points,
         "ratios": ratios,
         "headline": headline,
-        "gateway/baseline paired": versus,
+        "gateway/baseline paired": measured.get("gateway/baseline"),
+        "paired": measured,  # every checked ratio's pairs, by its key
         "checks": [
             check(
                 f"{figure} (c={top}{', median of paired runs' if paired_key else ''})",
@@ -267,7 +274,7 @@ def run_throughput(
                 paired={top: headline.get(key)} if paired_key else None,
             )
             for figure, key, op, bound in checks
-            for paired_key in [key == "gateway/baseline" and versus is not None]
+            for paired_key in [key in measured]
         ],
         "columns": columns,
         "rows": rows,
