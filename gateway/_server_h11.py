@@ -50,6 +50,11 @@ class GatewayH11Protocol(_Guard, H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose(exc)
+        # No reference cycles left for the collector (see the httptools protocol's).
+        conn = self.conn
+        assert isinstance(conn, _CheckedConnection)
+        del conn.guard
+        self.cycle = None
 
     def handle_events(self) -> None:
         super().handle_events()
