@@ -376,19 +376,25 @@ def _connection_garbage(http: str) -> int:
                 await asyncio.sleep(0)
             protocol.connection_lost(None)
 
-        for _ in range(5):
-            await one()
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(50):
-                await one()
-            await asyncio.sleep(0.01)
-            return gc.collect()
-        finally:
-            gc.enable()
+        return await _collected(one, warm_up=5, runs=50)
 
     return asyncio.run(connections())
+
+
+async def _collected(one: Any, *, warm_up: int, runs: int) -> int:
+    """What the cyclic collector finds after ``runs`` calls of ``one`` (after a warm-up),
+    with automatic collections off meanwhile."""
+    for _ in range(warm_up):
+        await one()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(runs):
+            await one()
+        await asyncio.sleep(0.01)
+        return gc.collect()
+    finally:
+        gc.enable()
 
 
 def _garbage() -> str:
@@ -415,17 +421,7 @@ def _garbage() -> str:
             while transport.written.count(b"HTTP/1.1 200 ") == answers:
                 await asyncio.sleep(0)
 
-        for _ in range(20):
-            await one()
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(100):
-                await one()
-            await asyncio.sleep(0.01)
-            return gc.collect()
-        finally:
-            gc.enable()
+        return await _collected(one, warm_up=20, runs=100)
 
     bare = asyncio.run(served(app, _request("POST", "/echo", b"x")))
     request = _request("POST", "/v1/chat/completions", chat, b"content-type: application/json\r\n")
