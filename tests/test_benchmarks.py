@@ -154,7 +154,7 @@ def test_chat_seed_measures_every_target(runs: dict[str, Run]) -> None:
     # run, three in a full one); the sweep's single ratio is shown beside it.
     (check,) = scenario["checks"]
     assert check["figure"] == "req/s gateway/baseline (c=8, median of paired runs)"
-    versus = scenario["gateway/baseline paired"]
+    versus = scenario["paired"]["gateway/baseline"]
     ((baseline, gateway),) = versus["runs"]
     assert versus["ratios"] == [round(gateway / baseline, 3)] == [versus["median"]]
     assert check["value"] == scenario["headline"]["gateway/baseline"] == versus["median"]
@@ -684,7 +684,9 @@ def test_every_checked_ratio_is_the_median_of_pairs_at_the_headline_level() -> N
     # Unchecked ratios (gateway/raw) are not paired; the pairs alternate who goes first.
     assert set(scenario["paired"]) == {"gateway/baseline", "observed/off"}
     tail = order[-6:]
-    assert tail == [("gw-off", 32), ("gw-observed", 32)] * 1 + [
+    assert tail == [
+        ("gw-off", 32),
+        ("gw-observed", 32),
         ("gw-observed", 32),
         ("gw-off", 32),
         ("gw-off", 32),

@@ -328,11 +328,7 @@ def test_a_request_leaves_no_garbage_for_the_collector() -> None:
     # other) is freed only by the cyclic collector: a pause every few thousand requests
     # that showed as a p99 five times the baseline's under load. Counted in a process of
     # its own: other tests' servers in this one make garbage of their own meanwhile.
-    code = "from tests.test_server_http11 import _garbage; print(_garbage())"
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
+    out = _in_own_process("from tests.test_server_http11 import _garbage; print(_garbage())")
     assert out.stdout.split() == ["0", "0"], out.stdout + out.stderr
 
 
@@ -341,15 +337,19 @@ def test_a_closed_connection_leaves_no_garbage_for_the_collector() -> None:
     # pointed back: each closed connection left ~24 objects (its last request's task and
     # context among them) to the collector, and a client that never keeps a connection
     # alive left them a request (+12 MB of RSS at 32 such clients).
-    code = (
+    out = _in_own_process(
         "from tests.test_server_http11 import _connection_garbage as g;"
         " print(g('httptools'), g('h11'))"
     )
+    assert out.stdout.split() == ["0", "0"], out.stdout + out.stderr
+
+
+def _in_own_process(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a Python process of its own, at the repo root."""
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["0", "0"], out.stdout + out.stderr
 
 
 def _connection_garbage(http: str) -> int:

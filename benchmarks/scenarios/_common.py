@@ -262,7 +262,6 @@ def run_throughput(
         "points": points,
         "ratios": ratios,
         "headline": headline,
-        "gateway/baseline paired": measured.get("gateway/baseline"),
         "paired": measured,  # every checked ratio's pairs, by its key
         "checks": [
             check(
