@@ -400,6 +400,20 @@ class Disconnect:
         self._task: asyncio.Task[Any] | None = None
         self._cancelled = False
 
+    # Shortcuts a server may offer for its own ``receive`` and ``send`` (called only
+    # where the app was given them unwrapped: ``receive.__self__`` / ``send.__self__`` is
+    # this object).
+
+    def take_body(self) -> bytes | None:
+        """The whole request body if it is already here and none of it was received;
+        None: call ``receive()``."""
+        return None
+
+    def respond(self, status: int, headers: Any, body: bytes) -> bool:
+        """Send a whole response (a start and a last body message) at once; False: use
+        ``send()``."""
+        return False
+
     def fire(self) -> None:
         """The client went away (called on the loop's thread, once or more)."""
         self.gone = True

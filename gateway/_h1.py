@@ -382,20 +382,9 @@ class Response:
         length = self.content_length
         if length is not None and length > cap and self._decoder is None and not truncate:
             raise BodyTooLarge(f"the answer is {length} bytes")
-        chunks = self._chunks
-        if (
-            self._complete
-            and len(chunks) == 1
-            and self._decoder is None
-            and self._error is None
-            and not self._paused
-        ):
-            # The usual answer: all of it came with its head, in one piece.
-            whole = chunks[0]
-            if len(whole) <= cap:
-                chunks.clear()
-                self._size = 0
-                return whole
+        whole = self.body_at_hand(cap)
+        if whole is not None:
+            return whole
         parts: list[bytes] = []
         size = 0
         while (data := await self.next()) is not None:
@@ -407,6 +396,25 @@ class Response:
                 raise BodyTooLarge(f"the answer is over {cap} bytes")
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def body_at_hand(self, cap: int) -> bytes | None:
+        """The whole body if all of it came with the head, in one piece of at most
+        ``cap`` bytes, not compressed (the usual answer): no coroutine to read it. None:
+        ``read`` it."""
+        chunks = self._chunks
+        if (
+            self._complete
+            and len(chunks) == 1
+            and self._decoder is None
+            and self._error is None
+            and not self._paused
+        ):
+            whole = chunks[0]
+            if len(whole) <= cap:
+                chunks.clear()
+                self._size = 0
+                return whole
+        return None
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool if it was read

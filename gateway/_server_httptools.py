@@ -170,6 +170,22 @@ class _Cycle(Disconnect):
             self.buffered = 0
         return {"type": "http.request", "body": data, "more_body": self.more_body}
 
+    def take_body(self) -> bytes | None:
+        """The whole body, if it has all arrived and none of it was received: what
+        ``receive()`` would return, without its coroutine or message. None: call
+        ``receive()``."""
+        if self.more_body or not self.ready or self.expect_100 or self.gone or self.complete:
+            return None
+        if self.proto.read_paused:
+            self.proto.resume_reading()  # (as receive())
+        self.ready = False
+        body = self.body
+        if not body:
+            return b""
+        self.body = []
+        self.buffered = 0
+        return body[0] if len(body) == 1 else b"".join(body)
+
     async def send(self, message: Any) -> None:
         proto = self.proto
         if proto.write_paused is not None and not self.gone:
@@ -181,16 +197,7 @@ class _Cycle(Disconnect):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
                 )
-            status = message["status"]
-            record = self.record
-            if record is None:
-                self.head = self._head(status, message.get("headers", ()), None)
-            else:
-                record.responded = perf_counter()
-                record.status = status
-                self.head = self._head(status, message.get("headers", ()), record.id)
-            self.started = True  # (after the checks: a refused head can be a 500 still)
-            self.expect_100 = False
+            self._begin(message["status"], message.get("headers", ()))
             # Held for the body's first bytes, which usually follow in the same step of
             # the app: one write, not two. Sent alone at the loop's next turn otherwise.
             self.loop.call_soon(self.flush)
@@ -204,8 +211,33 @@ class _Cycle(Disconnect):
             raise RuntimeError(
                 f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
             )
-        body = message.get("body", b"")
-        more = message.get("more_body", False)
+        self._body(message.get("body", b""), message.get("more_body", False))
+
+    def respond(self, status: int, headers: Any, body: bytes) -> bool:
+        """A whole response in one write: ``send()``'s two messages without their
+        coroutines or the held head's flush. False if it must go through ``send()``
+        (writing is paused, or a response started)."""
+        if self.gone:
+            return True  # (as send(): nothing written)
+        if self.started or self.proto.write_paused is not None:
+            return False
+        self._begin(status, headers)
+        self._body(body, False)
+        return True
+
+    def _begin(self, status: int, headers: Any) -> None:
+        record = self.record
+        if record is None:
+            self.head = self._head(status, headers, None)
+        else:
+            record.responded = perf_counter()
+            record.status = status
+            self.head = self._head(status, headers, record.id)
+        self.started = True  # (after the checks: a refused head can be a 500 still)
+        self.expect_100 = False
+
+    def _body(self, body: bytes, more: bool) -> None:
+        proto = self.proto
         if self.chunked:
             data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
             if not more:

@@ -17,7 +17,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ._aio import SCOPE_DISCONNECT, ClientGone, until_disconnect
+from ._aio import SCOPE_DISCONNECT, ClientGone, Disconnect, until_disconnect
 from .bodies import _convert_body, _decode_body
 from .errors import (
     BadRequestError,
@@ -43,6 +43,10 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 async def _send_json(send: Send, status: int, payload: bytes, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
     headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
+    # The gateway's own server writes it at once: two coroutines and messages less.
+    server = getattr(send, "__self__", None)
+    if isinstance(server, Disconnect) and server.respond(status, headers, payload):
+        return
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -251,7 +255,9 @@ class _Endpoint:
         self, scope: Scope, receive: Receive, kind: type[Any]
     ) -> tuple[Any, dict[str, Any], float | None]:
         """The request body as ``kind`` and as a dict, and the request's own timeout."""
-        body = await self.runtime.read_body(scope, receive)
+        body = self.runtime.body_at_hand(receive)
+        if body is None:
+            body = await self.runtime.read_body(scope, receive)
         request, data = _decode_body(body, kind)
         callbacks = self.runtime.callbacks
         if callbacks is not None:

@@ -204,7 +204,10 @@ class OpenAIProvider(Provider):
                     raise upstream_error(response, content, target, path)
                 if stream:
                     return response, b""
-                content = await _read(response, clients.max_response_bytes)
+                cap = clients.max_response_bytes
+                content = response.body_at_hand(cap)
+                if content is None:
+                    content = await _read(response, cap)
             except BaseException:
                 # Unread or cut short: drop the connection rather than pool it.
                 response.close()
