@@ -692,3 +692,16 @@ def test_every_checked_ratio_is_the_median_of_pairs_at_the_headline_level() -> N
         ("gw-off", 32),
         ("gw-observed", 32),
     ]
+
+
+def test_inflight_counts_what_requests_in_flight_hold(tmp_path: Path) -> None:
+    import asyncio
+
+    from benchmarks.inflight import measure
+
+    held, stats = asyncio.run(measure(16, tmp_path))
+    # Every request holds its scope, cycle, task and coroutines while the upstream waits:
+    # kilobytes each, made by the gateway's own lines.
+    assert held / 16 > 2000
+    lines = {Path(s.traceback[0].filename).name for s in stats if s.size_diff > 0}
+    assert {"_server_httptools.py", "edge.py"} <= lines, lines
