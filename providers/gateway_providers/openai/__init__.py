@@ -205,9 +205,8 @@ class OpenAIProvider(Provider):
                 if stream:
                     return response, b""
                 cap = clients.max_response_bytes
-                content = response.body_at_hand(cap)
-                if content is None:
-                    content = await _read(response, cap)
+                whole = response.body_at_hand(cap)
+                content = whole if whole is not None else await _read(response, cap)
             except BaseException:
                 # Unread or cut short: drop the connection rather than pool it.
                 response.close()
