@@ -693,6 +693,8 @@ async def test_a_timeout_a_busy_event_loop_caused_does_not_mark_redis_down(
             break
         await asyncio.sleep(0.1)
     assert shared.up
+    # What the warm-up counted (a slow connect on a loaded machine is an outage too).
+    late, outages = shared.late, shared.outages
     assert redis_server.process is not None
     redis_server.process.send_signal(signal.SIGSTOP)  # Redis answers nothing now
     try:
@@ -700,10 +702,11 @@ async def test_a_timeout_a_busy_event_loop_caused_does_not_mark_redis_down(
         await asyncio.sleep(0.01)  # the call is sent and waiting
         time.sleep(0.3)  # then the loop is busy far past the 50 ms timeout
         assert await read is None  # answered locally...
-        assert shared.up and shared.late == 1 and shared.outages == 0  # ...Redis not down
+        assert shared.up and shared.late == late + 1  # ...Redis not down
+        assert shared.outages == outages
         # On an idle loop the same timeout is Redis' fault: down, local counters.
         assert await shared.sync(keys, ()) is None
-        assert not shared.up and shared.outages == 1
+        assert not shared.up and shared.outages == outages + 1
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
         await shared.aclose()
