@@ -414,6 +414,10 @@ class Disconnect:
         ``send()``."""
         return False
 
+    def write(self, body: bytes, more: bool) -> bool:
+        """Send a body message of a started response; False: use ``send()``."""
+        return False
+
     def fire(self) -> None:
         """The client went away (called on the loop's thread, once or more)."""
         self.gone = True

@@ -225,6 +225,17 @@ class _Cycle(Disconnect):
         self._body(body, False)
         return True
 
+    def write(self, body: bytes, more: bool) -> bool:
+        """``send()`` of a body message without its coroutine or message (a stream's
+        chunks). False if it must go through ``send()`` (no response started, or it
+        completed, or writing is paused: ``send()`` waits)."""
+        if self.gone:
+            return True  # (as send(): nothing written)
+        if not self.started or self.complete or self.proto.write_paused is not None:
+            return False
+        self._body(body, more)
+        return True
+
     def _begin(self, status: int, headers: Any) -> None:
         record = self.record
         if record is None:

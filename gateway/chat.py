@@ -14,7 +14,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ._aio import ClientGone, Deadline, until_disconnect
+from ._aio import ClientGone, Deadline, Disconnect, until_disconnect
 from .bodies import _NOT_OPTIONAL, ChatRequest
 from .edge import (
     _CUT,
@@ -252,6 +252,10 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
     # identity test per chunk.
     hint = relay_hint.get() or RelayHint()
     held: list[bytes] = []
+    # The gateway's own server writes a chunk at once: a coroutine and a message less
+    # each (it says False while the client reads too slowly: then send() waits).
+    server = getattr(send, "__self__", None)
+    write = server.write if isinstance(server, Disconnect) else _no_write
     try:
         async for chunk in routed.result:
             if chunk is hint.held:
@@ -264,7 +268,8 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
                 held.clear()
             else:
                 data = b"data: " + _encode(chunk) + b"\n\n"
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            if not write(data, True):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
         tail = _DONE
     except GatewayError as exc:
         exc = _public(scope, exc)
@@ -285,10 +290,15 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
     if held:
         tail = _framed(held) + tail
     try:
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if not write(tail, False):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise ClientGone from None
     return status
+
+
+def _no_write(body: bytes, more: bool) -> bool:
+    return False
 
 
 def _framed(chunks: list[bytes]) -> bytes:

@@ -52,6 +52,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     answer = how + b" " + body
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(answer))]
     sender = getattr(send, "__self__", None)
+    if scope["path"] == "/written":
+        # A body written before a response started is not written.
+        assert not (isinstance(sender, Disconnect) and sender.write(b"early", True))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece, more in ((how + b" ", True), (body, True), (b"", False)):
+            if not (isinstance(sender, Disconnect) and sender.write(piece, more)):
+                await send({"type": "http.response.body", "body": piece, "more_body": more})
+        # Nor one after the response completed.
+        assert not (isinstance(sender, Disconnect) and sender.write(b"late", True))
+        return
     if scope["path"] == "/started":
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         # A response begun through send() is not begun again.
@@ -130,6 +140,16 @@ def test_pipelined_requests_are_taken_and_answered_in_order(served: ServerHandle
         ]
 
 
+def test_a_started_response_is_written_piece_by_piece(served: ServerHandle) -> None:
+    with _connect(served) as sock:
+        sock.sendall(_request("POST", "/written", b"abc") + _request("POST", "/echo", b"z"))
+        reader = Reader(sock)
+        _, headers, body = reader.response()
+        assert headers[b"transfer-encoding"] == b"chunked"
+        assert body == _took(served) + b" abc"
+        assert reader.response()[::2] == (201, _took(served) + b" z")  # kept alive
+
+
 def test_a_started_response_is_finished_through_send(served: ServerHandle) -> None:
     with _connect(served) as sock:
         sock.sendall(_request("POST", "/started", b"x"))
@@ -152,6 +172,16 @@ _ANSWER = (
 )
 
 
+_EVENTS = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"proxied",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}'
+    b"\n\n"
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"proxied",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
 async def _answer_in_one_write(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """An upstream that writes each answer's head and body at once (as vLLM's server
     does once under load, and the benchmarks' upstream always)."""
@@ -165,16 +195,21 @@ async def _answer_in_one_write(reader: asyncio.StreamReader, writer: asyncio.Str
             for line in head.split(b"\r\n")
             if line.lower().startswith(b"content-length")
         )
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
+        kind, answer = b"application/json", _ANSWER
+        if b'"stream":true' in body:
+            kind, answer = b"text/event-stream", _EVENTS
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(_ANSWER), _ANSWER)
+            b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (kind, len(answer), answer)
         )
     writer.close()
 
 
-async def _coroutines_per_request(config_path: Any, runs: int) -> dict[str, float]:
-    """Coroutine frames of the gateway's modules started per proxied JSON request, with
+async def _coroutines_per_request(
+    config_path: Any, runs: int, *, stream: bool = False
+) -> dict[str, float]:
+    """Coroutine frames of the gateway's modules started per proxied request, with
     the upstream, the gateway's server and its client on this thread's loop (a profile
     hook sees one thread)."""
     import uvicorn
@@ -202,7 +237,9 @@ async def _coroutines_per_request(config_path: Any, runs: int) -> dict[str, floa
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    body = b'{"model":"proxied","messages":[{"role":"user","content":"hi"}]}'
+    body = b'{"model":"proxied","messages":[{"role":"user","content":"hi"}]%s}' % (
+        b',"stream":true' if stream else b""
+    )
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\n\r\n%s" % (len(body), body)
@@ -227,6 +264,9 @@ async def _coroutines_per_request(config_path: Any, runs: int) -> dict[str, floa
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
+        if stream:  # chunked, to its last chunk (an SSE event never ends in "0")
+            assert b"data: [DONE]" in await reader.readuntil(b"\r\n0\r\n\r\n")
+            return
         length = next(
             int(line.split(b":")[1])
             for line in head.split(b"\r\n")
@@ -259,3 +299,13 @@ def test_a_proxied_json_request_takes_its_body_and_answers_at_once(tmp_path: Any
     assert per_request.get("ChatCompletions.handle") == 1, per_request  # (the hook saw it)
     for name in ("_Cycle.receive", "_Cycle.send", "Runtime.read_body", "Response.read", "_read"):
         assert name not in per_request, per_request
+
+
+def test_a_proxied_stream_writes_its_chunks_without_send(tmp_path: Any) -> None:
+    """A stream's chunks and its end go out through ``Disconnect.write``: ``send()``
+    runs once a stream, for its head."""
+    per_stream = asyncio.run(
+        _coroutines_per_request(tmp_path / "config.yaml", runs=20, stream=True)
+    )
+    assert per_stream.get("ChatCompletions.handle") == 1, per_stream
+    assert per_stream.get("_Cycle.send") == 1, per_stream
