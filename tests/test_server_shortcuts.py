@@ -23,16 +23,14 @@ from gateway._aio import Disconnect
 from gateway._server import Limits, protocol_factory
 from tests.fake_upstream import ServerHandle, serve_in_thread
 from tests.test_server_http11 import Reader, _request
+from tests.test_server_http11 import app as http11_app
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Echoes ``took``/``read`` (whether ``take_body`` had the body) and the body."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        await http11_app(scope, receive, send)
+        return
     server = getattr(receive, "__self__", None)
     body = server.take_body() if isinstance(server, Disconnect) else None
     how = b"took" if body is not None else b"read"
