@@ -252,10 +252,7 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
     # identity test per chunk.
     hint = relay_hint.get() or RelayHint()
     held: list[bytes] = []
-    # The gateway's own server writes a chunk at once: a coroutine and a message less
-    # each (it says False while the client reads too slowly: then send() waits).
-    server = getattr(send, "__self__", None)
-    write = server.write if isinstance(server, Disconnect) else _no_write
+    write = _chunk_writer(send)
     try:
         async for chunk in routed.result:
             if chunk is hint.held:
@@ -295,6 +292,14 @@ async def _write_stream(scope: Scope, send: Send, routed: Routed) -> int:
     except OSError:
         raise ClientGone from None
     return status
+
+
+def _chunk_writer(send: Send) -> Callable[[bytes, bool], bool]:
+    """What writes a started response's body message at once: the gateway's own server
+    (``Disconnect.write``: a coroutine and a message less a chunk) where ``send`` is its
+    own; False from it means use ``send()`` (which waits while the client reads slowly)."""
+    server = getattr(send, "__self__", None)
+    return server.write if isinstance(server, Disconnect) else _no_write
 
 
 def _no_write(body: bytes, more: bool) -> bool:

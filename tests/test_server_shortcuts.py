@@ -205,7 +205,7 @@ async def _answer_in_one_write(reader: asyncio.StreamReader, writer: asyncio.Str
 
 
 async def _coroutines_per_request(
-    config_path: Any, runs: int, *, stream: bool = False
+    config_path: Any, runs: int, *, stream: bool = False, path: str = "/v1/chat/completions"
 ) -> dict[str, float]:
     """Coroutine frames of the gateway's modules started per proxied request, with
     the upstream, the gateway's server and its client on this thread's loop (a profile
@@ -235,12 +235,12 @@ async def _coroutines_per_request(
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    body = b'{"model":"proxied","messages":[{"role":"user","content":"hi"}]%s}' % (
+    body = b'{"model":"proxied","max_tokens":16,"messages":[{"role":"user","content":"hi"}]%s}' % (
         b',"stream":true' if stream else b""
     )
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
     )
     started: Counter[str] = Counter()
     kept: list[Any] = []  # the frames: their ids stay unique while counted
@@ -263,7 +263,8 @@ async def _coroutines_per_request(
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         if stream:  # chunked, to its last chunk (an SSE event never ends in "0")
-            assert b"data: [DONE]" in await reader.readuntil(b"\r\n0\r\n\r\n")
+            events = await reader.readuntil(b"\r\n0\r\n\r\n")
+            assert b"data: [DONE]" in events or b"message_stop" in events, events
             return
         length = next(
             int(line.split(b":")[1])
@@ -306,4 +307,13 @@ def test_a_proxied_stream_writes_its_chunks_without_send(tmp_path: Any) -> None:
         _coroutines_per_request(tmp_path / "config.yaml", runs=20, stream=True)
     )
     assert per_stream.get("ChatCompletions.handle") == 1, per_stream
+    assert per_stream.get("_Cycle.send") == 1, per_stream
+
+
+def test_a_front_door_stream_writes_its_events_without_send(tmp_path: Any) -> None:
+    """The same for a front door's stream (Anthropic's /v1/messages here: one writer serves
+    them all)."""
+    per_stream = asyncio.run(
+        _coroutines_per_request(tmp_path / "config.yaml", runs=20, stream=True, path="/v1/messages")
+    )
     assert per_stream.get("_Cycle.send") == 1, per_stream

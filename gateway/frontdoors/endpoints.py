@@ -12,7 +12,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from .._aio import ClientGone
-from ..chat import _SSE_HEADERS, _stream, _tapped
+from ..chat import _SSE_HEADERS, _chunk_writer, _stream, _tapped
 from ..edge import (
     _CUT,
     _answer,
@@ -52,6 +52,7 @@ async def _write_events(
             "headers": [*_SSE_HEADERS, *_routed_headers(routed)],
         }
     )
+    write = _chunk_writer(send)
     try:
         pending = events.start()  # sent with the first chunk's events: one send fewer
         feed = events.feed
@@ -60,7 +61,7 @@ async def _write_events(
             if pending:
                 body = pending + body
                 pending = b""
-            if body:
+            if body and not write(body, True):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
         tail = pending + events.close()
         done()
@@ -78,7 +79,8 @@ async def _write_events(
         status = 500
         tail = events.fail(_unexpected(scope, exc))
     try:
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if not write(tail, False):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise ClientGone from None
     return status
