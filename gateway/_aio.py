@@ -39,6 +39,7 @@ __all__ = [
     "IdleTimeout",
     "deadline",
     "running_loop",
+    "served_by",
     "until_disconnect",
     "within",
 ]
@@ -453,6 +454,14 @@ class Disconnect:
             return False
         self._cancelled = False
         return _cancelled_by_us(self._watched, self._baseline)
+
+
+def served_by(channel: Any) -> Disconnect | None:
+    """The request's ``Disconnect`` if ``channel`` (the app's ``receive`` or ``send``) is
+    its server's own, unwrapped: then its shortcuts (``take_body``, ``respond``,
+    ``write``) stand for the channel. None for a wrapped channel or another server."""
+    server = getattr(channel, "__self__", None)
+    return server if isinstance(server, Disconnect) else None
 
 
 async def until_disconnect(

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ._aio import ClientGone, Deadline, Disconnect, until_disconnect
+from ._aio import ClientGone, Deadline, served_by, until_disconnect
 from .bodies import _NOT_OPTIONAL, ChatRequest
 from .edge import (
     _CUT,
@@ -298,8 +298,8 @@ def _chunk_writer(send: Send) -> Callable[[bytes, bool], bool]:
     """What writes a started response's body message at once: the gateway's own server
     (``Disconnect.write``: a coroutine and a message less a chunk) where ``send`` is its
     own; False from it means use ``send()`` (which waits while the client reads slowly)."""
-    server = getattr(send, "__self__", None)
-    return server.write if isinstance(server, Disconnect) else _no_write
+    server = served_by(send)
+    return _no_write if server is None else server.write
 
 
 def _no_write(body: bytes, more: bool) -> bool:

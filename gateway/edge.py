@@ -17,7 +17,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ._aio import SCOPE_DISCONNECT, ClientGone, Disconnect, until_disconnect
+from ._aio import SCOPE_DISCONNECT, ClientGone, served_by, until_disconnect
 from .bodies import _convert_body, _decode_body
 from .errors import (
     BadRequestError,
@@ -44,8 +44,8 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 async def _send_json(send: Send, status: int, payload: bytes, extra: list[Any] = ()) -> None:  # type: ignore[assignment]
     headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
     # The gateway's own server writes it at once: two coroutines and messages less.
-    server = getattr(send, "__self__", None)
-    if isinstance(server, Disconnect) and server.respond(status, headers, payload):
+    server = served_by(send)
+    if server is not None and server.respond(status, headers, payload):
         return
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 from starlette.types import Receive, Scope
 
-from ._aio import ClientGone, Disconnect
+from ._aio import ClientGone, served_by
 from ._context import current_runtime
 from ._threads import ThreadPool
 from .errors import (
@@ -124,8 +124,8 @@ class Runtime:
         """The whole body if the gateway's own server has it already (most requests:
         it came with the head), without ``read_body``'s coroutine and ``receive``'s;
         None: call ``read_body``."""
-        server = getattr(receive, "__self__", None)
-        if not isinstance(server, Disconnect):
+        server = served_by(receive)
+        if server is None:
             return None
         body = server.take_body()
         if body is not None and len(body) > self.body_limit:
