@@ -596,6 +596,28 @@ def test_versus_pairs_gateway_and_forwarder_at_each_ratio_level() -> None:
     assert proxy._versus(Ctx(), {"gateway": "gateway"}, [32, 64]) == {}  # type: ignore[arg-type]
 
 
+def test_scaling_rounds_interleave_the_targets_and_keep_each_ratio() -> None:
+    from benchmarks.scaling import rounds
+
+    order: list[tuple[str, int]] = []
+    # (req/s, req per CPU-second) by target and level: the gateway scales, raw does not.
+    figures = {("gateway", 8): (100.0, 200.0), ("gateway", 256): (110.0, 210.0)}
+    figures |= {("raw", 8): (400.0, 500.0), ("raw", 256): (300.0, 450.0)}
+
+    def run(target: str, connections: int) -> tuple[float, float]:
+        order.append((target, connections))
+        return figures[target, connections]
+
+    rows = rounds(run, ["gateway", "raw"], 2, 8, 256)
+    # Low, high, high, low; at each level every target once, their order turned each round.
+    first = [(t, c) for c in (8, 256, 256, 8) for t in ("gateway", "raw")]
+    second = [(t, c) for c in (8, 256, 256, 8) for t in ("raw", "gateway")]
+    assert order == first + second
+    assert [r["ratio"] for r in rows["gateway"]] == [1.1, 1.1]
+    assert rows["gateway"][0]["cpu_ratio"] == 1.05
+    assert rows["raw"][1] == {"low": 400.0, "high": 300.0, "ratio": 0.75, "cpu_ratio": 0.9}
+
+
 def test_concurrency_reads_callgrind_totals(tmp_path: Path) -> None:
     from benchmarks.concurrency import _totals
 
