@@ -105,14 +105,10 @@ def measure(
                 url, [body], connections=connections, duration=duration, cpus=ctx.load_cpus
             )
             used = _cpu_seconds(servers[target]) - before
+            print(f"  {target} c={connections}: {got['rps']:,.0f} req/s", flush=True)
             return got["rps"], got["requests"] / max(used, 1e-9)
 
-        def progress(target: str, connections: int) -> tuple[float, float]:
-            figures = run(target, connections)
-            print(f"  {target} c={connections}: {figures[0]:,.0f} req/s", flush=True)
-            return figures
-
-        return rounds(progress, targets, count, low, high)
+        return rounds(run, targets, count, low, high)
     finally:
         for server in servers.values():
             server.stop()
